@@ -1,0 +1,1 @@
+"""Command-line interface: parses arguments, calls a task, prints. No logic lives here."""

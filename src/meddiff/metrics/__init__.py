@@ -1,0 +1,1 @@
+"""meddiff.metrics: image and distribution metrics."""
