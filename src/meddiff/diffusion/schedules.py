@@ -164,8 +164,8 @@ class DiscreteSchedule(NoiseSchedule):
         lower = t.floor().long().clamp(0, self.num_train_steps - 1)
         upper = (lower + 1).clamp(max=self.num_train_steps - 1)
         w = t - lower
-        log_ab = self.alphas_cumprod.log()
-        alpha_bar = torch.exp((1 - w) * log_ab[lower] + w * log_ab[upper])
+        log_ab = self.alphas_cumprod.log()  # -inf at T-1 with zero terminal SNR: avoid 0 * -inf
+        alpha_bar = torch.exp(torch.where(w > 0, (1 - w) * log_ab[lower] + w * log_ab[upper], log_ab[lower]))
         return alpha_bar.sqrt(), (1 - alpha_bar).clamp(min=0).sqrt()
 
     def _dense_times(self) -> Tensor:
