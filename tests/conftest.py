@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -15,9 +14,3 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} not found (it sits beside the checkout in CI)")
     return SHARED_DATA
-
-
-@pytest.fixture(autouse=True)
-def _deterministic_threads():
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    yield

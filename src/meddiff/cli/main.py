@@ -11,7 +11,7 @@ from meddiff import __version__
 from meddiff.errors import MeddiffError
 
 # Each module defines `register(subparsers)`; the sub-parser it adds sets `func(args) -> int`.
-COMMAND_MODULES = ("meddiff.cli.demo",)
+COMMAND_MODULES = ("meddiff.cli.demo", "meddiff.cli.train", "meddiff.cli.data", "meddiff.cli.mask")
 
 
 def build_parser() -> argparse.ArgumentParser:

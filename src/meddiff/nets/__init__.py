@@ -1,1 +1,40 @@
-"""meddiff.nets."""
+"""meddiff.nets: network factories (MONAI DiffusionModelUNet, noise-aware classifier) with conditioning.
+
+``build_network(config)`` dispatches on ``config["kind"]`` ("unet" or "classifier"); a resolved config
+(``net.config``) rebuilds the same network, which is what checkpoints store in meta.json.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from meddiff.errors import MeddiffError, check_choice
+from meddiff.nets.classifier import CLASSIFIER_DEFAULTS, NoiseAwareClassifier, build_classifier
+from meddiff.nets.unet import (
+    CLASS_LABELS,
+    COND_IMAGE,
+    UNET_DEFAULTS,
+    DiffusionUNet,
+    build_unet,
+    check_spatial_size,
+    resolve_unet_config,
+    size_multiple,
+)
+
+NETWORKS = {"unet": build_unet, "classifier": build_classifier}
+
+
+def build_network(config: dict) -> nn.Module:
+    """Build a network from its config; ``kind`` selects the factory (default "unet")."""
+    if not isinstance(config, dict):
+        raise MeddiffError(f"the model config must be a mapping, got {type(config).__name__}")
+    kind = config.get("kind", "unet")
+    check_choice("model.kind", kind, NETWORKS)
+    return NETWORKS[kind](config)
+
+
+__all__ = [
+    "CLASSIFIER_DEFAULTS", "CLASS_LABELS", "COND_IMAGE", "NETWORKS", "UNET_DEFAULTS",
+    "DiffusionUNet", "NoiseAwareClassifier", "build_classifier", "build_network", "build_unet",
+    "check_spatial_size", "resolve_unet_config", "size_multiple",
+]

@@ -1,0 +1,172 @@
+"""Every sampler, run with the exact denoiser of a known distribution, reproduces it; errors shrink with steps.
+
+Deterministic samplers are affine maps for a Gaussian target (the exact denoiser is affine in x), so their
+output distribution is known exactly: push x_T = 0 and the basis vectors through the sampler and read off
+mean and covariance, with no sampling noise. Stochastic samplers are checked by Monte Carlo.
+"""
+
+import pytest
+import torch
+
+from meddiff.diffusion import (
+    VESDE,
+    VPSDE,
+    DiscreteSchedule,
+    FlowSchedule,
+    Hook,
+    get_sampler,
+    initial_noise,
+    make_grid,
+)
+from meddiff.diffusion.analytic import anisotropic_gaussian, mixture_2d
+from meddiff.metrics.distributions import frechet_distance, sample_moments
+
+GAUSSIAN = anisotropic_gaussian()
+MIXTURE = mixture_2d()
+TARGET_MEAN, TARGET_COV = GAUSSIAN.mean(), GAUSSIAN.covariance()
+
+
+def exact_output_frechet(sampler: str, schedule, steps: int, spacing=None) -> float:
+    """Frechet distance of a deterministic sampler's exact output law (affine push-forward) to the target."""
+    grid = make_grid(schedule, steps, spacing)
+    std = grid.prior_std()
+    basis = torch.cat([torch.zeros(1, 16), torch.eye(16)]).double()
+    out = get_sampler(sampler)(GAUSSIAN.denoiser(schedule), basis * std, grid)
+    offset, matrix = out[0], (out[1:] - out[0]).T / std
+    return frechet_distance(offset, std**2 * matrix @ matrix.T, TARGET_MEAN, TARGET_COV)
+
+
+def monte_carlo_frechet(sampler: str, schedule, steps: int, n: int = 20000, seed: int = 0, **kwargs) -> float:
+    grid = make_grid(schedule, steps)
+    g = torch.Generator().manual_seed(seed)
+    x = initial_noise(grid, (n, 16), generator=g, dtype=torch.float64)
+    out = get_sampler(sampler)(GAUSSIAN.denoiser(schedule), x, grid, generator=g, **kwargs)
+    return frechet_distance(*sample_moments(out), TARGET_MEAN, TARGET_COV)
+
+
+def mixture_samples(sampler: str, schedule, steps: int, n: int = 20000, seed: int = 0, hook=None, denoiser=None, **kw):
+    grid = make_grid(schedule, steps)
+    g = torch.Generator().manual_seed(seed)
+    x = initial_noise(grid, (n, 2), generator=g, dtype=torch.float64)
+    return get_sampler(sampler)(denoiser or MIXTURE.denoiser(schedule), x, grid, generator=g, hook=hook, **kw)
+
+
+DETERMINISTIC = ["ddim", "euler", "heun", "dpmpp_2m"]
+SCHEDULES = {"ddpm-linear": DiscreteSchedule("linear"), "vp": VPSDE(), "ve": VESDE()}
+
+
+@pytest.mark.parametrize("schedule_name", sorted(SCHEDULES))
+@pytest.mark.parametrize("sampler", DETERMINISTIC)
+def test_deterministic_samplers_converge_on_gaussian(sampler, schedule_name):
+    schedule = SCHEDULES[schedule_name]
+    errors = [exact_output_frechet(sampler, schedule, steps) for steps in (5, 10, 20, 50)]
+    assert all(b < a for a, b in zip(errors, errors[1:])), f"{sampler} error must shrink with steps: {errors}"
+    # measured at 200 steps: first order 1.3e-3 to 2.1e-3, second order at the floor (7e-5 VP, 7e-4 VE,
+    # set by the N(0, 1 + sigma_max^2) prior); a wrong coefficient stays above 1e-2
+    assert exact_output_frechet(sampler, schedule, 200) < 3e-3
+
+
+@pytest.mark.parametrize("schedule_name", sorted(SCHEDULES))
+def test_second_order_solvers_beat_first_order_at_equal_steps(schedule_name):
+    schedule = SCHEDULES[schedule_name]
+    euler = exact_output_frechet("euler", schedule, 20)
+    assert exact_output_frechet("dpmpp_2m", schedule, 20) < euler / 3
+    assert exact_output_frechet("heun", schedule, 10) < euler  # 19 evaluations against 20
+
+
+def test_fast_solvers_reach_ddpm_1000_accuracy_at_20_steps():
+    """The benchmark's headline claim in a test: DPM-Solver++ at 20 NFE matches DDPM at 1000 steps (log-SNR grid)."""
+    ddpm_1000 = monte_carlo_frechet("ddpm", VPSDE(), 1000)
+    assert exact_output_frechet("dpmpp_2m", VPSDE(), 20) < max(ddpm_1000, 5e-3)
+
+
+@pytest.mark.parametrize("schedule_name", sorted(SCHEDULES))
+@pytest.mark.parametrize("sampler,kwargs", [
+    ("ddpm", {}),
+    ("ddpm", {"variance": "fixed_large"}),
+    ("ddim", {"eta": 1.0}),
+    ("pc", {}),
+    ("pc", {"predictor": "euler_maruyama"}),
+])
+def test_stochastic_samplers_match_gaussian(sampler, kwargs, schedule_name):
+    """At 1000 steps with 20k samples, the Monte Carlo floor of the Frechet distance is ~2e-3; a wrong
+    coefficient (e.g. fixed-large variance on a coarse grid, or a missing sqrt) gives > 0.02."""
+    fd = monte_carlo_frechet(sampler, SCHEDULES[schedule_name], 1000, **kwargs)
+    assert fd < 6e-3, f"{sampler}{kwargs} on {schedule_name}: Frechet distance {fd:.2e}"
+
+
+def test_wrong_variance_is_caught():
+    """Guard that the tolerance above can fail: DDPM with a doubled noise std is far off."""
+
+    class DoubleNoise(Hook):
+        def step(self, x_next, x0, t_next):
+            return x_next + 0.05 * torch.randn(x_next.shape, generator=torch.Generator().manual_seed(int(t_next[0]) + 7), dtype=x_next.dtype)
+
+    grid = make_grid(VPSDE(), 200)
+    g = torch.Generator().manual_seed(0)
+    x = initial_noise(grid, (20000, 16), generator=g, dtype=torch.float64)
+    out = get_sampler("ddpm")(GAUSSIAN.denoiser(VPSDE()), x, grid, generator=g, hook=DoubleNoise())
+    assert frechet_distance(*sample_moments(out), TARGET_MEAN, TARGET_COV) > 6e-3
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "heun", "dpmpp_2m", "pc"])
+def test_mixture_mode_weights(sampler):
+    """Unequal modes (0.4, 0.3, 0.2, 0.1) keep their weights: total-variation error < 0.02 at 20k samples
+    (Monte Carlo standard error ~0.005)."""
+    steps = 50 if sampler in ("heun", "dpmpp_2m") else 500
+    samples = mixture_samples(sampler, VPSDE(), steps)
+    assert MIXTURE.mode_weight_error(samples) < 0.02, MIXTURE.mode_weights(samples)
+
+
+def test_rectified_flow_euler_is_the_velocity_step():
+    """On the flow schedule (alpha = 1 - t, sigma = t), 'euler' equals x_s = x_t + (s - t) v_hat with v = eps - x0."""
+    schedule = FlowSchedule()
+    grid = make_grid(schedule, 10, "uniform")
+    denoiser = GAUSSIAN.denoiser(schedule)
+    x = initial_noise(grid, (64, 16), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ours = get_sampler("euler")(denoiser, x, grid)
+    times = grid.times.tolist()
+    for t, s in zip(times[:-1], times[1:]):
+        x0 = denoiser(x, torch.full((64,), t, dtype=torch.float64))
+        velocity = (x - (1 - t) * x0) / t - x0
+        x = x + ((s if s >= 0 else 0.0) - t) * velocity
+    torch.testing.assert_close(ours, x)
+    errors = [exact_output_frechet("euler", schedule, n, "uniform") for n in (10, 50, 250)]
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 5e-3, errors
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "pc", "dpmpp_2m"])
+def test_same_seed_same_samples(sampler):
+    kwargs = {"eta": 0.5} if sampler == "ddim" else {}
+    a = mixture_samples(sampler, DiscreteSchedule("linear"), 20, n=256, seed=5, **kwargs)
+    b = mixture_samples(sampler, DiscreteSchedule("linear"), 20, n=256, seed=5, **kwargs)
+    assert torch.equal(a, b)
+    if sampler != "dpmpp_2m":
+        c = mixture_samples(sampler, DiscreteSchedule("linear"), 20, n=256, seed=6, **kwargs)
+        assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "euler", "heun", "dpmpp_2m", "pc"])
+def test_hook_reaches_every_sampler(sampler):
+    """A step hook that pins coordinate 0 (inpainting-style replacement) is honoured by every sampler, and the
+    denoised hook sees every network evaluation."""
+
+    class PinFirst(Hook):
+        calls = 0
+
+        def denoised(self, x, x0, t):
+            PinFirst.calls += 1
+            return x0
+
+        def step(self, x_next, x0, t_next):
+            x_next = x_next.clone()
+            x_next[:, 0] = 1.5 if float(t_next[0]) < 0 else x_next[:, 0]
+            return x_next
+
+    grid = make_grid(VPSDE(), 8)
+    x = initial_noise(grid, (32, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = get_sampler(sampler)(MIXTURE.denoiser(VPSDE()), x, grid, hook=PinFirst(), generator=torch.Generator().manual_seed(0))
+    assert torch.all(out[:, 0] == 1.5)
+    from meddiff.diffusion import network_evaluations
+
+    assert PinFirst.calls == network_evaluations(sampler, 8)

@@ -1,0 +1,237 @@
+"""meddiff.training: loss cross-check, bit-for-bit resume, checkpoints, NaN stop, EMA, LR schedule, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from torch.utils.data import Dataset
+
+from meddiff.diffusion import diffusion_loss, make_schedule
+from meddiff.errors import MeddiffError
+from meddiff.training import (
+    EMA,
+    Trainer,
+    TrainingDiverged,
+    denoising_loss,
+    list_checkpoints,
+    load_checkpoint,
+    load_state,
+    lr_factor,
+)
+
+
+class TinyDataset(Dataset):
+    """n random images (C, *spatial) in [-1, 1] with labels i % 2 and, optionally, a conditioning image."""
+
+    num_classes = 2
+
+    def __init__(self, n: int = 12, shape=(1, 16, 16), cond: bool = False, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.rand((n, *shape), generator=g) * 2 - 1
+        self.labels = torch.arange(n) % 2
+        self.cond = cond
+        self.image_shape = shape
+        self.poisoned = False
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        image = self.images[i] * (float("nan") if self.poisoned else 1.0)
+        item = {"image": image, "label": self.labels[i]}
+        if self.cond:
+            item["cond_image"] = -self.images[i]
+        return item
+
+
+def tiny_config(**run) -> dict:
+    return {
+        "model": {"channels": [8, 16], "attention_levels": [False, True], "num_classes": "auto", "class_dropout": 0.3},
+        "schedule": {"warmup_steps": 2, "kind": "cosine"},
+        "optimiser": {"lr": 1e-3},
+        "run": {"name": "tiny", "steps": 6, "batch_size": 4, "grad_accum": 2, "log_every": 1, "checkpoint_every": 2,
+                "keep_checkpoints": 2, "progress": False, "ema_decay": 0.9, **run},
+    }
+
+
+def test_denoising_loss_equals_diffusion_loss_bit_for_bit():
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 1, 3, padding=1)
+    model = lambda x, t: net(x) * (1 + t.view(-1, 1, 1, 1) / 1000)  # noqa: E731
+    schedule = make_schedule("cosine")
+    x0 = torch.rand(4, 1, 8, 8) * 2 - 1
+    for prediction, gamma in (("eps", None), ("v", 5.0), ("x0", 5.0), ("score", None)):
+        reference = diffusion_loss(model, x0, schedule, prediction, min_snr_gamma=gamma,
+                                   generator=torch.Generator().manual_seed(3))
+        g = torch.Generator().manual_seed(3)
+        t = schedule.sample_training_times(4, g)
+        noise = torch.randn(x0.shape, generator=g)
+        assert denoising_loss(model, x0, t, noise, schedule, prediction, min_snr_gamma=gamma) == reference
+
+
+def test_resume_repeats_the_loss_sequence_bit_for_bit(tmp_path):
+    full = Trainer(tiny_config(), TinyDataset(), run_dir=tmp_path / "full")
+    uninterrupted = full.fit()
+    assert [s for s, _ in uninterrupted] == [1, 2, 3, 4, 5, 6]
+
+    def kill_after_5(step, loss):  # step 4 is checkpointed, step 5 is lost with the "killed" process
+        if step == 5:
+            raise KeyboardInterrupt
+
+    first = Trainer(tiny_config(), TinyDataset(), run_dir=tmp_path / "killed")
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(on_step=kill_after_5)
+    assert first.history == uninterrupted[:5]
+    with pytest.raises(MeddiffError, match="pass --resume"):
+        Trainer(tiny_config(), TinyDataset(), run_dir=tmp_path / "killed").fit()
+    resumed = Trainer(tiny_config(), TinyDataset(), run_dir=tmp_path / "killed")
+    after = resumed.fit(resume=True)
+    assert after == uninterrupted[4:]  # steps 5 and 6, exact float equality
+    for name in ("model.safetensors", "ema.safetensors"):
+        a = load_file(tmp_path / "full" / "checkpoints" / "step_00000006" / name)
+        b = load_file(tmp_path / "killed" / "checkpoints" / "step_00000006" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    # the log was cut back to the checkpoint and continued: one line per step, same losses
+    lines = [json.loads(line) for line in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["loss"]) for r in lines] == uninterrupted
+    # a changed config is refused on resume
+    changed = tiny_config()
+    changed["optimiser"]["lr"] = 1.0
+    with pytest.raises(MeddiffError, match="optimiser.lr: 0.001 -> 1.0"):
+        Trainer(changed, TinyDataset(), run_dir=tmp_path / "killed").fit(resume=True)
+
+
+def test_checkpoint_layout_meta_and_load(tmp_path):
+    trainer = Trainer(tiny_config(sample_every=3, num_samples=4, sample_steps=3), TinyDataset(),
+                      run_dir=tmp_path / "run")
+    trainer.fit()
+    checkpoints = list_checkpoints(tmp_path / "run" / "checkpoints")
+    assert [c.name for c in checkpoints] == ["step_00000004", "step_00000006"]  # keep_checkpoints=2
+    assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith(".")]
+    state = torch.load(checkpoints[-1] / "state.pt", weights_only=True)
+    assert state["step"] == 6 and set(state) >= {"optimizer", "scheduler", "generator", "torch_rng"}
+    assert load_state(tmp_path / "run")["step"] == 6
+    meta = json.loads((checkpoints[-1] / "meta.json").read_text())
+    for key in ("task", "network", "image_size", "channels", "normalisation", "schedule", "prediction", "versions"):
+        assert key in meta
+    assert meta["image_size"] == [16, 16] and meta["network"]["num_classes"] == 2
+    assert meta["versions"]["torch"] == torch.__version__ and "git_commit" in meta["versions"]
+    model, meta2 = load_checkpoint(tmp_path / "run")  # the run directory resolves to the latest checkpoint
+    ema = load_file(checkpoints[-1] / "ema.safetensors")
+    assert all(torch.equal(model.state_dict()[k], ema[k]) for k in ema)
+    assert not all(torch.equal(ema[k], trainer.net.state_dict()[k].cpu()) for k in ema)  # EMA differs from raw
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["model"]["in_channels"] == 1 and config["run"]["batch_size"] == 4  # resolved
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == ["step_00000003.png",
+                                                                              "step_00000006.png"]
+    header = (tmp_path / "run" / "log.csv").read_text().splitlines()[0]
+    assert header == "step,loss,lr,grad_norm,images_per_s,elapsed_s"
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    data = TinyDataset()
+    trainer = Trainer(tiny_config(), data, run_dir=tmp_path / "run")
+
+    def poison(step, loss):
+        if step == 2:
+            data.poisoned = True
+
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 3.*step_00000002"):
+        trainer.fit(on_step=poison)
+    assert [c.name for c in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["step_00000002"]
+    saved = load_file(tmp_path / "run" / "checkpoints" / "step_00000002" / "model.safetensors")
+    assert all(torch.equal(saved[k], v.cpu()) for k, v in trainer.net.state_dict().items())  # no NaN update
+
+
+@pytest.mark.parametrize("kind", ["3d_unconditional", "2d_image_conditional", "classifier"])
+def test_other_model_kinds_train(tmp_path, kind):
+    config = tiny_config(steps=2, grad_accum=1, checkpoint_every=2)
+    if kind == "3d_unconditional":
+        config["model"] = {"channels": [8, 16], "attention_levels": [False, True]}
+        data = TinyDataset(shape=(1, 8, 8, 8))
+    elif kind == "2d_image_conditional":
+        config["model"] = {"channels": [8, 16], "attention_levels": [False, False]}
+        config["diffusion"] = {"prediction": "v", "schedule": {"kind": "vp"}}
+        data = TinyDataset(cond=True)
+    else:
+        config["task"] = "classifier"
+        config["model"] = {"channels": [8, 16], "attention_levels": [False, True]}
+        data = TinyDataset()
+    trainer = Trainer(config, data, run_dir=tmp_path / kind)
+    losses = [loss for _, loss in trainer.fit()]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    model, meta = load_checkpoint(tmp_path / kind)
+    if kind == "2d_image_conditional":
+        assert meta["network"]["cond_channels"] == 1 and meta["network"]["time_scale"] == 1000.0
+        assert trainer.sample(2, seed=0).shape == (2, 1, 16, 16)
+    if kind == "classifier":
+        assert meta["task"] == "classifier" and model(torch.zeros(1, 1, 16, 16), torch.zeros(1)).shape == (1, 2)
+    if kind == "3d_unconditional":
+        assert meta["image_size"] == [8, 8, 8]
+
+
+def test_ema_warmup_matches_the_formula():
+    net = torch.nn.Linear(2, 1)
+    ema = EMA(net, decay=0.99, warmup=True)
+    start = ema.module.weight.detach().clone()
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    ema.update(net, 1)
+    d = 2 / 11  # min(0.99, (1 + 1) / (10 + 1))
+    torch.testing.assert_close(ema.module.weight, d * start + (1 - d) * net.weight)
+    assert ema.decay_at(10**6) == 0.99 and EMA(net, 0.5, warmup=False).decay_at(1) == 0.5
+
+
+def test_lr_schedule_warmup_then_decay():
+    assert [lr_factor(s, 4, 10, "constant", 0) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert lr_factor(10, 4, 10, "cosine", 0.1) == pytest.approx(0.1)
+    assert lr_factor(7, 4, 10, "linear", 0.0) == pytest.approx(0.5)
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(MeddiffError, match=r"unknown key\(s\) \['stepz'\] in run"):
+        Trainer({"run": {"name": "x", "stepz": 3}}, TinyDataset(), run_dir=tmp_path)
+    with pytest.raises(MeddiffError, match="run.batch_size=5 must be divisible by run.grad_accum x processes = 2 x 1"):
+        Trainer(tiny_config(batch_size=5), TinyDataset(), run_dir=tmp_path)
+    with pytest.raises(MeddiffError, match="run.precision='bf16' needs CUDA"):
+        Trainer(tiny_config(precision="bf16", device="cpu"), TinyDataset(), run_dir=tmp_path)
+    with pytest.raises(MeddiffError, match="model.in_channels=3 does not match the data"):
+        config = tiny_config()
+        config["model"]["in_channels"] = 3
+        Trainer(config, TinyDataset(), run_dir=tmp_path)
+    with pytest.raises(MeddiffError, match="pad or crop to a multiple of 2"):
+        Trainer(tiny_config(), TinyDataset(shape=(1, 15, 16)), run_dir=tmp_path)
+
+
+def test_cli_train_runs_and_reports_errors(tmp_path, monkeypatch, capsys):
+    import meddiff.data
+    from meddiff.cli import main as cli_main
+    from meddiff.cli import train as cli_train
+
+    assert "meddiff.cli.train" in cli_main.COMMAND_MODULES
+    config = tiny_config(steps=2, checkpoint_every=2, out_dir=str(tmp_path / "runs"))
+    config["data"] = {"kind": "tiny"}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(config))
+    seen = {}
+
+    def build_dataset(data_config, split="train"):
+        seen["args"] = (data_config, split)
+        return TinyDataset()
+
+    monkeypatch.setattr(meddiff.data, "build_dataset", build_dataset, raising=False)
+    parser = argparse.ArgumentParser()
+    cli_train.register(parser.add_subparsers())
+    args = parser.parse_args(["train", "--config", str(path), "--name", "cli"])
+    assert args.func(args) == 0
+    assert seen["args"] == ({"kind": "tiny"}, "train")
+    assert (tmp_path / "runs" / "cli" / "checkpoints" / "step_00000002" / "meta.json").is_file()
+    assert "run directory" in capsys.readouterr().out
+    args = parser.parse_args(["train", "--config", str(tmp_path / "missing.yaml")])
+    with pytest.raises(MeddiffError, match="missing.yaml not found"):
+        args.func(args)
