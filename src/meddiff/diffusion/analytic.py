@@ -57,6 +57,8 @@ class GaussianMixture:
         var = alpha[:, :, None] ** 2 * lam[None] + sigma[:, :, None] ** 2  # (n, K, D)
         gain = alpha[:, :, None] * lam[None] / var
         x0 = self.means[None] + torch.einsum("kdj,nkj->nkd", u, gain * proj)
+        if len(self.weights) == 1:  # a single Gaussian: responsibilities are 1
+            return x0, torch.zeros(x.shape[0], 1, dtype=torch.float64, device=x.device)
         log_density = -0.5 * (proj**2 / var + var.log() + math.log(2 * math.pi)).sum(-1)
         log_resp = torch.log_softmax(self.weights.log()[None] + log_density, dim=1)
         return x0, log_resp
