@@ -17,7 +17,6 @@ from meddiff.training import (
     EMA,
     Trainer,
     TrainingDiverged,
-    denoising_loss,
     list_checkpoints,
     load_checkpoint,
     load_state,
@@ -59,7 +58,7 @@ def tiny_config(**run) -> dict:
     }
 
 
-def test_denoising_loss_equals_diffusion_loss_bit_for_bit():
+def test_loss_with_caller_drawn_t_and_noise_equals_generator_draws_bit_for_bit():
     torch.manual_seed(0)
     net = torch.nn.Conv2d(1, 1, 3, padding=1)
     model = lambda x, t: net(x) * (1 + t.view(-1, 1, 1, 1) / 1000)  # noqa: E731
@@ -71,7 +70,7 @@ def test_denoising_loss_equals_diffusion_loss_bit_for_bit():
         g = torch.Generator().manual_seed(3)
         t = schedule.sample_training_times(4, g)
         noise = torch.randn(x0.shape, generator=g)
-        assert denoising_loss(model, x0, t, noise, schedule, prediction, min_snr_gamma=gamma) == reference
+        assert diffusion_loss(model, x0, schedule, prediction, min_snr_gamma=gamma, t=t, noise=noise) == reference
 
 
 def test_resume_repeats_the_loss_sequence_bit_for_bit(tmp_path):

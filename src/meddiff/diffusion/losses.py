@@ -43,19 +43,25 @@ def diffusion_loss(
     min_snr_gamma: float | None = None,
     generator: torch.Generator | None = None,
     cond: dict | None = None,
+    t: Tensor | None = None,
+    noise: Tensor | None = None,
 ) -> Tensor:
     """Mean over the batch of ||model(x_t, t) - target||^2 averaged over pixels (L_simple, Ho et al. 2020, eq. 14).
 
     x0: (B, C, *spatial) clean images; t uniform over the schedule; noise drawn with ``generator``
     (on CPU, then moved, so a seed gives the same batch on any device). The score target -noise/sigma
-    is weighted by sigma^2 (Song et al. 2021, eq. 7), which makes it the eps loss.
+    is weighted by sigma^2 (Song et al. 2021, eq. 7), which makes it the eps loss. Passing ``t`` (B,) and
+    ``noise`` (drawn by the caller, e.g. for a global batch split over DDP processes) skips the draws.
     """
     check_choice("prediction", prediction, PREDICTIONS)
     if min_snr_gamma is not None and min_snr_gamma <= 0:
         raise MeddiffError(f"min_snr_gamma={min_snr_gamma} must be positive (5 is the paper's value) or None")
     batch = x0.shape[0]
-    t = schedule.sample_training_times(batch, generator)
-    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    if t is None:
+        t = schedule.sample_training_times(batch, generator)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+    noise = noise.to(x0.device)
     alpha, sigma = schedule.alpha_sigma(t)
     a, s = broadcast_to(alpha, x0), broadcast_to(sigma, x0)
     x_t = a * x0 + s * noise

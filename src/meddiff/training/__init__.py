@@ -17,7 +17,6 @@ from meddiff.training.trainer import (
     Trainer,
     TrainingDiverged,
     classifier_loss,
-    denoising_loss,
     lr_factor,
     train,
     versions,
@@ -25,7 +24,7 @@ from meddiff.training.trainer import (
 
 __all__ = [
     "EMA", "SECTION_DEFAULTS", "StepBatchSampler", "Trainer", "TrainingDiverged", "classifier_loss",
-    "denoising_loss", "image_grid", "list_checkpoints", "load_checkpoint", "load_config", "load_state",
+    "image_grid", "list_checkpoints", "load_checkpoint", "load_config", "load_state",
     "load_weights", "lr_factor", "read_meta", "resolve_checkpoint", "resolve_config", "save_checkpoint",
     "save_image_grid", "train", "versions",
 ]

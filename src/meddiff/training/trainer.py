@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 import meddiff
 from meddiff.diffusion import ModelDenoiser, get_sampler, initial_noise, make_grid, make_schedule
-from meddiff.diffusion.losses import min_snr_weight
-from meddiff.diffusion.parametrization import broadcast_to, training_target
+from meddiff.diffusion.losses import diffusion_loss
+from meddiff.diffusion.parametrization import broadcast_to
 from meddiff.errors import MeddiffError
 from meddiff.nets import CLASS_LABELS, COND_IMAGE, build_network
 from meddiff.training.checkpoint import list_checkpoints, load_state, load_weights, save_checkpoint
@@ -133,26 +133,6 @@ def dataset_image_shape(dataset: Dataset) -> tuple[int, ...]:
 
 
 # --- losses -----------------------------------------------------------------------------------------------
-
-
-def denoising_loss(model: Callable[..., Tensor], x0: Tensor, t: Tensor, noise: Tensor, schedule, prediction: str,
-                   *, min_snr_gamma: float | None = None, cond: dict | None = None) -> Tensor:
-    """``meddiff.diffusion.diffusion_loss`` with the timesteps t (B,) and noise drawn by the caller.
-
-    The trainer draws t and noise for the global batch and slices them per process; with the draws of
-    diffusion_loss (t first, then noise, from the same generator) it returns the same value bit for bit.
-    """
-    alpha, sigma = schedule.alpha_sigma(t)
-    a, s = broadcast_to(alpha, x0), broadcast_to(sigma, x0)
-    output = model(a * x0 + s * noise, t.to(x0.device), **(cond or {}))
-    target = training_target(prediction, x0, noise, a, s)
-    error = (output.float() - target.float()) ** 2
-    if prediction == "score":
-        error = error * s.float() ** 2
-    per_sample = error.reshape(x0.shape[0], -1).mean(dim=1)
-    if min_snr_gamma is not None:
-        per_sample = per_sample * min_snr_weight((alpha / sigma) ** 2, min_snr_gamma, prediction).to(per_sample)
-    return per_sample.mean()
 
 
 def classifier_loss(model: Callable[..., Tensor], x0: Tensor, t: Tensor, noise: Tensor, schedule,
@@ -374,7 +354,7 @@ class Trainer:
                 cond[CLASS_LABELS] = labels
             if self.config["model"].get("cond_channels"):
                 cond[COND_IMAGE] = batch[COND_IMAGE].to(self.device)
-            return denoising_loss(self.train_model, x0, t, noise, self.schedule, diffusion["prediction"],
+            return diffusion_loss(self.train_model, x0, self.schedule, diffusion["prediction"], t=t, noise=noise,
                                   min_snr_gamma=diffusion["min_snr_gamma"], cond=cond)
 
     def _train_step(self, micro_batches: list[dict]) -> tuple[float, float, float]:
