@@ -2,8 +2,8 @@
 
 Targets: an anisotropic 16-D Gaussian (eigenvalues 0.01..4, Frechet distance to the truth) and a 4-mode 2D
 Gaussian mixture (weights 0.4/0.3/0.2/0.1, total-variation error of the mode weights). Every sampler runs the
-exact denoiser under a VP SDE (beta 0.1..20) on its default log-SNR grid; a second table compares grids for the
-fast solvers. Prints markdown tables and writes JSON with --out.
+exact denoiser under a VP SDE (beta 0.1..20) on its recommended grid (``recommended_spacing``); a second table
+compares grids, which is how those recommendations were chosen. Prints markdown tables and writes JSON with --out.
 
     python benchmarks/sampler_accuracy.py --out sampler_accuracy.json [--samples 50000]
 """
@@ -18,7 +18,7 @@ import time
 import torch
 
 from meddiff import __version__
-from meddiff.diffusion import VPSDE, DiscreteSchedule, get_sampler, initial_noise, make_grid, network_evaluations
+from meddiff.diffusion import VPSDE, DiscreteSchedule, get_sampler, initial_noise, make_grid, network_evaluations, recommended_spacing
 from meddiff.diffusion.analytic import anisotropic_gaussian, mixture_2d
 from meddiff.metrics.distributions import frechet_distance, sample_moments
 
@@ -42,7 +42,7 @@ def run_one(target_name: str, target, schedule, sampler: str, steps: int, spacin
     fd = frechet_distance(*sample_moments(samples), target.mean(), target.covariance())
     return {
         "target": target_name, "sampler": sampler, "schedule": type(schedule).__name__,
-        "spacing": spacing or ("trailing" if schedule.is_discrete else "logsnr"), "steps": steps,
+        "spacing": spacing, "steps": steps,
         "nfe": network_evaluations(sampler, steps), "frechet_distance": fd,
         "mode_weight_error": target.mode_weight_error(samples) if len(target.weights) > 1 else None,
         "seconds": seconds,
@@ -74,7 +74,7 @@ def main() -> None:
             if steps is None:
                 continue
             for name, target in targets.items():
-                results.append(run_one(name, target, vp, sampler, steps, None, args.samples, args.seed))
+                results.append(run_one(name, target, vp, sampler, steps, recommended_spacing(sampler, vp), args.samples, args.seed))
                 r = results[-1]
                 print(f"{name:10s} {sampler:9s} NFE {r['nfe']:4d}  FD {r['frechet_distance']:.2e}  "
                       f"MWE {r['mode_weight_error'] if r['mode_weight_error'] is not None else '-'}  {r['seconds']:.1f}s",
@@ -102,8 +102,8 @@ def main() -> None:
                              "reaches_ddpm_1000": r[metric] <= ref[metric]})
     report = {"meddiff": __version__, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
               "samples": args.samples, "seed": args.seed, "results": results, "grids": grids, "verdicts": verdicts}
-    cols = ["target", "sampler", "nfe", "frechet_distance", "mode_weight_error", "seconds"]
-    print("\n## Samplers (VP SDE, log-SNR grid, exact denoiser)\n")
+    cols = ["target", "sampler", "spacing", "nfe", "frechet_distance", "mode_weight_error", "seconds"]
+    print("\n## Samplers (VP SDE, recommended grid, exact denoiser)\n")
     print(table(results, cols))
     print("\n## Time grids (16-D Gaussian)\n")
     print(table(grids, ["schedule", "sampler", "nfe", "spacing", "frechet_distance"]))

@@ -12,6 +12,7 @@ from meddiff.diffusion.samplers import (
     get_sampler,
     initial_noise,
     network_evaluations,
+    recommended_spacing,
     sample_ddim,
     sample_ddpm,
     sample_dpmpp_2m,
@@ -36,6 +37,6 @@ __all__ = [
     "ClassifierFreeGuidance", "ClassifierGuidance", "Denoiser", "DiscreteSchedule", "FlowSchedule", "Hook",
     "HookChain", "ModelDenoiser", "NoiseSchedule", "TimeGrid", "VESDE", "VPSDE",
     "add_noise", "diffusion_loss", "from_x0", "get_sampler", "initial_noise", "make_grid", "make_schedule",
-    "min_snr_weight", "network_evaluations", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m", "sample_euler",
+    "min_snr_weight", "network_evaluations", "recommended_spacing", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m", "sample_euler",
     "sample_heun", "sample_pc", "to_x0",
 ]

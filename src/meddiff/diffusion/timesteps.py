@@ -61,8 +61,8 @@ def make_grid(
 ) -> TimeGrid:
     """Grid of ``steps`` model evaluations over the schedule.
 
-    Spacings (default "trailing" for discrete schedules, "logsnr" for continuous ones, chosen by
-    benchmarks/sampler_accuracy.py):
+    Spacings (default "trailing" for discrete schedules, "uniform" for continuous ones; see
+    ``recommended_spacing`` in samplers.py for the best one per sampler, measured by benchmarks/sampler_accuracy.py):
     - "trailing": t_i = round(T - i T/N) - 1, includes T-1 (Lin et al. 2024, table 2);
     - "leading": t_i = (N-1-i) * (T // N), as DDIM's original code;
     - "linspace": round(linspace(T-1, 0, N));
@@ -79,7 +79,7 @@ def make_grid(
         if steps > total:
             raise MeddiffError(f"steps={steps} exceeds the {total} training steps of the schedule; use steps <= {total}")
     else:
-        spacing = spacing or "logsnr"
+        spacing = spacing or "uniform"
         check_choice("spacing", spacing, CONTINUOUS_SPACINGS)
 
     t_min, t_max = schedule.t_min, schedule.t_max

@@ -17,7 +17,7 @@ import torch
 
 from meddiff import __version__
 from meddiff.data.assets import asset_path
-from meddiff.diffusion import VPSDE, get_sampler, initial_noise, make_grid, network_evaluations
+from meddiff.diffusion import VPSDE, get_sampler, initial_noise, make_grid, network_evaluations, recommended_spacing
 from meddiff.diffusion.analytic import mixture_2d
 from meddiff.metrics.image import psnr, ssim
 from meddiff.physics import MultiCoilMRI, centre_block, cg_sense, cs_wavelet, estimate_sensitivity_maps, make_mask, zero_filled_rss
@@ -35,7 +35,7 @@ def sampler_section(out: Path, n: int, seed: int, log) -> dict:
     target, schedule = mixture_2d(), VPSDE()
     panels, labels, rows = [_density_image(target.sample(n, torch.Generator().manual_seed(seed)).numpy())], ["exact samples"], []
     for name, steps in DEMO_SAMPLERS:
-        grid = make_grid(schedule, steps)
+        grid = make_grid(schedule, steps, recommended_spacing(name, schedule))
         g = torch.Generator().manual_seed(seed)
         start = time.perf_counter()
         x = initial_noise(grid, (n, 2), generator=g, dtype=torch.float64)
