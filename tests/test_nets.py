@@ -25,7 +25,24 @@ def test_unet_shapes_2d_3d(dims, size):
     net = build_unet({**TINY, "dims": dims, "in_channels": 2})
     x = torch.randn(2, 2, *size)
     assert net(x, torch.tensor([1.0, 500.0])).shape == x.shape
-    assert net.config["out_channels"] == 2 and net.config["use_flash_attention"] is True
+    assert net.config["out_channels"] == 2
+    assert net.config["use_flash_attention"] is torch.cuda.is_available()  # auto default, resolved
+
+
+def test_flash_attention_default_is_auto_and_explicit_values_are_kept(monkeypatch):
+    from meddiff.nets import resolve_unet_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_unet_config(TINY)["use_flash_attention"] is False
+    assert build_classifier({**TINY, "num_classes": 2}).config["use_flash_attention"] is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_unet_config(TINY)["use_flash_attention"] is True
+    for value in (True, False):  # explicit values win over auto, and survive a round trip
+        net = build_unet({**TINY, "use_flash_attention": value})
+        assert net.config["use_flash_attention"] is value
+        assert build_network(net.config).config == net.config
+    with pytest.raises(MeddiffError, match="use_flash_attention='yes' must be true, false or null"):
+        build_unet({**TINY, "use_flash_attention": "yes"})
 
 
 def test_class_conditioning_null_class_and_labels_matter():

@@ -31,7 +31,8 @@ UNET_DEFAULTS: dict[str, Any] = {
     "num_head_channels": None,     # None: min(32, level channels) per level
     "norm_num_groups": None,       # None: largest of 32, 16, 8, 4, 2, 1 dividing every channel count
     "resblock_updown": False,
-    "use_flash_attention": True,   # SDPA (torch.nn.functional.scaled_dot_product_attention)
+    "use_flash_attention": None,   # SDPA attention; None (auto): True when CUDA is available, else False
+                                   # (on CPU, SDPA was much slower for 3D attention; see benchmarks/README.md)
     "num_classes": None,           # int: class-conditional with a null class at index num_classes
     "class_dropout": 0.0,          # probability the trainer replaces a label by the null class (CFG)
     "cond_channels": 0,            # channels of an image concatenated to the input
@@ -60,6 +61,12 @@ def resolve_unet_config(config: dict, defaults: dict | None = None) -> dict:
     check_keys("model", config, defaults)
     cfg = {**defaults, **config}
     check_choice("model.dims", cfg["dims"], (2, 3))
+    flash = cfg["use_flash_attention"]
+    if flash is None:  # auto, resolved here so that the stored config rebuilds the same network anywhere
+        flash = torch.cuda.is_available()
+    if not isinstance(flash, bool):
+        raise MeddiffError(f"model.use_flash_attention={flash!r} must be true, false or null (auto: true on CUDA)")
+    cfg["use_flash_attention"] = flash
     channels = cfg["channels"]
     if not channels or not all(isinstance(c, int) and c > 0 for c in channels):
         raise MeddiffError(f"model.channels={channels!r} must be a non-empty list of positive integers")
