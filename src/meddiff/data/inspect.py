@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from meddiff.data import io
 from meddiff.data.meta import ImageMeta
-from meddiff.data.transforms import apply_window, check_choice, WINDOW_PRESETS
+from meddiff.data.transforms import WINDOW_PRESETS, apply_window, check_choice, to_canonical
 from meddiff.errors import MeddiffError
 
 PERCENTILES = (0.5, 1, 5, 25, 50, 75, 95, 99, 99.5)
@@ -134,6 +135,27 @@ def _kspace_to_image(k: np.ndarray) -> np.ndarray:
     return np.sqrt((np.abs(img) ** 2).sum(axis=-3)) if k.ndim >= 3 else np.abs(img)
 
 
+def _three_planes(arr: np.ndarray, meta: ImageMeta, window: str | None) -> list[np.ndarray]:
+    """Axial, coronal and sagittal middle slices of a volume reoriented to RAS, superior / anterior up, each
+    resized so that pixels are square in mm (a 5 mm CT slab is not squeezed). Without an affine: raw axes."""
+    if meta.format == "npz" and meta.extra.get("medmnist"):
+        return [np.rot90(_display_2d(arr[0], meta, window))]
+    spacing = [1.0, 1.0, 1.0]
+    if meta.affine is not None:
+        arr, meta = to_canonical(arr[None].astype(np.float32), meta, "RAS")
+        arr, spacing = np.asarray(arr)[0], list(meta.spacing)
+    elif meta.spacing:
+        spacing = [float(v) for v in meta.spacing[-3:]]
+    tiles = []
+    for axis in (2, 1, 0):  # axial (R, A), coronal (R, S), sagittal (A, S)
+        plane = np.rot90(_display_2d(np.take(arr, arr.shape[axis] // 2, axis=axis), meta, window))
+        cols_mm, rows_mm = [spacing[a] for a in range(3) if a != axis]
+        unit = min(spacing)
+        size = (max(1, round(plane.shape[1] * cols_mm / unit)), max(1, round(plane.shape[0] * rows_mm / unit)))
+        tiles.append(np.asarray(Image.fromarray(plane).resize(size, Image.BILINEAR)))
+    return tiles
+
+
 def preview(path: str | Path, out: str | Path, *, window: str | None = None, key: str | None = None) -> Path:
     """PNG of an image: 2D as is; 3D as the middle slices of the three planes side by side (CT window applied:
     ``window`` preset, default soft_tissue for HU data); k-space as its RSS image."""
@@ -155,10 +177,7 @@ def preview(path: str | Path, out: str | Path, *, window: str | None = None, key
     if arr.ndim == 2:
         panel = _display_2d(arr, meta, window)
     elif arr.ndim == 3:
-        views = [np.take(arr, arr.shape[a] // 2, axis=a) for a in range(3)]
-        if meta.format == "npz" and meta.extra.get("medmnist"):
-            views = [arr[0]]
-        tiles = [np.rot90(_display_2d(v, meta, window)) for v in views]
+        tiles = _three_planes(arr, meta, window)
         h = max(t.shape[0] for t in tiles)
         padded = [np.pad(t, ((0, h - t.shape[0]), (0, 4))) for t in tiles]
         panel = np.concatenate(padded, axis=1)[:, :-4]
