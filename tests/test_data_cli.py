@@ -88,3 +88,21 @@ def test_cli_errors_are_one_line(run, tmp_path):
         code, out, err = run(*argv)
         assert code == 1 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert not (tmp_path / "x.jpg").exists()
+
+
+def test_preview_planes_are_ras_and_square_in_mm(tmp_path):
+    """A 1 x 1 x 5 mm volume: coronal and sagittal tiles are stretched 5x along z, superior at the top."""
+    import nibabel as nib
+    import numpy as np
+
+    from meddiff.data.inspect import _three_planes
+    from meddiff.data.io import read_image
+
+    vol = np.zeros((40, 30, 8), dtype=np.float32)
+    vol[:, :, -1] = 100.0  # top (superior) slab bright
+    path = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.diag([1.0, 1.0, 5.0, 1.0])), str(path))
+    arr, meta = read_image(path)
+    axial, coronal, sagittal = _three_planes(arr, meta, None)
+    assert axial.shape == (30, 40) and coronal.shape == (40, 40) and sagittal.shape == (40, 30)
+    assert coronal[:3].mean() > coronal[-3:].mean()  # superior up
