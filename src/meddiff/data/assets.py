@@ -24,3 +24,13 @@ def asset_path(name: str) -> Path:
     if not path.exists():
         raise MeddiffError(f"no shipped asset {name!r} in {ASSETS_DIR}; available: {', '.join(list_assets()) or 'none'}")
     return path
+
+
+ASSET_SCHEME = "asset:"
+
+
+def resolve_path(value):
+    """``"asset:NAME[/FILE]"`` -> the shipped asset's path (so configs work from any folder); other values as given."""
+    if isinstance(value, str) and value.startswith(ASSET_SCHEME):
+        return asset_path(value[len(ASSET_SCHEME):])
+    return value

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from meddiff.data import io
+from meddiff.data.assets import resolve_path
 from meddiff.data.splits import SPLIT_CHOICES, load_or_make_split, select, subject_of
 from meddiff.data.transforms import (
     NormConfig,
@@ -229,11 +230,12 @@ def register_dataset(kind: str, factory: Callable[..., Dataset]) -> None:
 def build_dataset(config: dict[str, Any], split: str = "train") -> Dataset:
     """Dataset from a config dict ``{"kind": <one of DATASET_KINDS>, "path": ..., <options>}``.
 
-    Unknown options are an error listing the allowed ones; ``split`` is train, val, test or all.
+    Unknown options are an error listing the allowed ones; ``split`` is train, val, test or all. Path options
+    may name a shipped asset as ``"asset:pneumoniamnist/pneumoniamnist_small.npz"``.
     """
     if not isinstance(config, dict) or "kind" not in config:
         raise MeddiffError(f"dataset config must be a mapping with a 'kind' key (one of {sorted(DATASET_KINDS)})")
-    cfg = dict(config)
+    cfg = {key: resolve_path(value) for key, value in config.items()}
     kind = cfg.pop("kind")
     check_choice("dataset kind", kind, DATASET_KINDS)
     factory = DATASET_KINDS[kind]

@@ -472,6 +472,9 @@ def read_npy(path: PathLike) -> tuple[np.ndarray, ImageMeta]:
 def load_npz(path: PathLike) -> dict[str, np.ndarray]:
     """All arrays of an .npz (no pickles), read fully so that a corrupt member fails here."""
     path = Path(path)
+    if not path.is_file():
+        raise MeddiffError(f"{path}: no such file (relative paths are taken from the current folder; "
+                           "shipped data can be named as 'asset:NAME/FILE')")
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
