@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from meddiff.diffusion import VPSDE, ClassifierFreeGuidance, ClassifierGuidance, HookChain, get_sampler, initial_noise, make_grid
+from meddiff.diffusion import VPSDE, ClassifierFreeGuidance, ClassifierGuidance, Hook, HookChain, get_sampler, initial_noise, make_grid
 from meddiff.diffusion.analytic import mixture_2d
 from meddiff.errors import MeddiffError
 
@@ -64,7 +64,7 @@ def test_hook_chain_applies_hooks_in_order():
     x, t = random_points(16)
     x0 = MIXTURE.denoiser(SCHEDULE)(x, t)
 
-    class Add(ClassifierFreeGuidance):
+    class Add(Hook):
         def __init__(self, value):
             self.value = value
 

@@ -77,6 +77,15 @@ _SNIFF_TO_FORMAT = {"png": "image", "jpeg": "image", "npy": "npy", "npz": "npz",
 _FORMAT_HINT = {"image": ".png/.jpg", "npy": ".npy", "npz": ".npz", "hdf5": ".h5", "dicom": ".dcm", "nifti": ".nii"}
 
 
+_FORMAT_BY_SUFFIX = {
+    suffix: name
+    for name, suffixes in (("nifti", NIFTI_SUFFIXES), ("dicom", DICOM_SUFFIXES), ("image", PIL_SUFFIXES),
+                           ("npy", NPY_SUFFIXES), ("npz", NPZ_SUFFIXES), ("hdf5", HDF5_SUFFIXES),
+                           ("cfl", CFL_SUFFIXES))
+    for suffix in suffixes
+}
+
+
 def detect_format(path: PathLike) -> str:
     """Name of the reader for ``path``: nifti, dicom, dicom_series, image, npy, npz, hdf5 or cfl."""
     path = Path(path)
@@ -92,20 +101,8 @@ def detect_format(path: PathLike) -> str:
     if path.stat().st_size == 0:
         raise MeddiffError(f"{path}: the file is empty (0 bytes)")
     suffix = suffix_of(path)
-    by_suffix = None
-    if suffix in NIFTI_SUFFIXES:
-        by_suffix = "nifti"
-    elif suffix in DICOM_SUFFIXES:
-        by_suffix = "dicom"
-    elif suffix in PIL_SUFFIXES:
-        by_suffix = "image"
-    elif suffix in NPY_SUFFIXES:
-        by_suffix = "npy"
-    elif suffix in NPZ_SUFFIXES:
-        by_suffix = "npz"
-    elif suffix in HDF5_SUFFIXES:
-        by_suffix = "hdf5"
-    elif suffix in CFL_SUFFIXES:
+    by_suffix = _FORMAT_BY_SUFFIX.get(suffix)
+    if by_suffix == "cfl":
         return "cfl"
     sniffed = _sniff(path)
     if by_suffix is None:
