@@ -75,6 +75,9 @@ class MedMNISTDataset(_Base):
     """MedMNIST npz (``{split}_images`` uint8 (N, H, W), (N, H, W, 3) or 3D (N, D, H, W); ``{split}_labels``
     (N, 1) or multi-label (N, K)) -> {"image": (C, H, W) or (1, D, H, W) in [-1, 1], "label": int64}."""
 
+    # uint8 0..255 -> [-1, 1] for every image: the stats `denormalize` needs to write samples back as 0..255
+    normalisation = {"mode": "fixed", "a_min": 0.0, "a_max": 255.0, "b_min": -1.0, "b_max": 1.0}
+
     def __init__(self, path: str | Path, split: str = "train", size: int | Sequence[int] | None = None,
                  augment: dict | None = None, seed: int = 0, max_items: int | None = None) -> None:
         check_choice("split", split, SPLIT_CHOICES)

@@ -63,16 +63,22 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory from itself, a run directory or a checkpoints/ directory (latest one)."""
+    """A checkpoint directory from itself, a run directory, a checkpoints/ directory (latest one) or the name
+    of a shipped checkpoint (`meddiff checkpoints list`)."""
+    from meddiff.training.shipped import list_shipped, shipped_path
+
     path = Path(path)
     if (path / "meta.json").is_file():
         return path
+    if not path.exists() and (shipped := shipped_path(str(path))) is not None:
+        return shipped
     for candidate in (path / "checkpoints", path):
         found = list_checkpoints(candidate)
         if found:
             return found[-1]
-    raise MeddiffError(f"no checkpoint found at {path}: expected a directory with {', '.join(FILES)} "
-                       "or a run directory with checkpoints/step_*/")
+    names = ", ".join(card["name"] for card in list_shipped()) or "none"
+    raise MeddiffError(f"no checkpoint found at {path}: expected a directory with {', '.join(FILES)}, "
+                       f"a run directory with checkpoints/step_*/, or a shipped name ({names})")
 
 
 def read_meta(path: str | Path) -> dict:

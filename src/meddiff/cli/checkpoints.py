@@ -1,0 +1,37 @@
+"""`meddiff checkpoints list`: the models shipped with meddiff (usable by name in every --checkpoint)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("checkpoints", help="list the shipped checkpoints",
+                                   description="Shipped checkpoints: small models trained by scripts/train_shipped.py "
+                                               "(each folder keeps its config, log and exact command).")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="table of shipped checkpoints")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(func=run_list)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    import json
+
+    from meddiff.training.shipped import SHIPPED_DIR, list_shipped
+
+    cards = list_shipped()
+    if args.json:
+        print(json.dumps(cards, indent=2))
+        return 0
+    if not cards:
+        print(f"no shipped checkpoints in {SHIPPED_DIR}")
+        return 0
+    print("| name | task | image size | classes | parameters | MB | default for | description |")
+    print("|---|---|---|---|---|---|---|---|")
+    for c in cards:
+        size = "x".join(str(s) for s in c["image_size"] or []) + f" ({c['channels']} ch)"
+        params = f"{c['parameters'] / 1e6:.2f} M" if c["parameters"] else "?"
+        print(f"| {c['name']} | {c['task']} | {size} | {c['num_classes'] or '-'} | {params} | {c['size_mb']} | "
+              f"{', '.join(c['default_for']) or '-'} | {c['description']} |")
+    return 0

@@ -1,0 +1,170 @@
+"""Synthesis: sample a trained (or shipped) diffusion model, unconditional or class-conditional with
+classifier-free guidance (Ho & Salimans 2022), 2D or 3D, and write the images in their original intensities.
+
+`generate` returns model-space samples in [-1, 1]; `to_intensities` undoes the training normalisation recorded
+in the checkpoint; `write_samples` writes the PNG grid(s), ``samples.npy`` (N, C, *spatial), ``labels.npy``,
+one NIfTI per 3D sample and ``manifest.json`` (checkpoint, sampler, steps, seed, guidance, versions).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from meddiff.data.io import atomic_path, write_nifti
+from meddiff.device import resolve_device
+from meddiff.data.transforms import denormalize
+from meddiff.diffusion.guidance import ClassifierFreeGuidance
+from meddiff.diffusion.parametrization import ModelDenoiser
+from meddiff.diffusion.samplers import get_sampler, initial_noise, network_evaluations, recommended_spacing
+from meddiff.diffusion.schedules import make_schedule
+from meddiff.diffusion.timesteps import make_grid
+from meddiff.errors import MeddiffError
+from meddiff.nets.unet import CLASS_LABELS
+from meddiff.training.checkpoint import load_checkpoint, resolve_checkpoint
+from meddiff.training.images import image_grid
+from meddiff.training.trainer import versions
+
+
+def class_labels_for(meta: dict, num: int, class_label: int | None) -> Tensor | None:
+    """(num,) labels: the given class, or classes in turn (0, 1, ..., 0, 1, ...) for a conditional model."""
+    classes = meta.get("num_classes") or 0
+    if not classes:
+        if class_label is not None:
+            raise MeddiffError("--class was given but this checkpoint is unconditional (num_classes is 0)")
+        return None
+    if class_label is None:
+        return torch.arange(num) % classes
+    if not 0 <= class_label < classes:
+        raise MeddiffError(f"--class {class_label} is out of range: this checkpoint has classes 0..{classes - 1}")
+    return torch.full((num,), class_label, dtype=torch.long)
+
+
+@torch.no_grad()
+def generate(checkpoint: str | Path, num: int, *, sampler: str = "dpmpp_2m", steps: int = 20,
+             class_label: int | None = None, guidance_scale: float = 1.0, seed: int = 0, batch_size: int = 64,
+             device: str = "cpu", model=None, meta: dict | None = None, progress=None
+             ) -> tuple[Tensor, Tensor | None]:
+    """``num`` samples (num, C, *spatial) in model space [-1, 1] and their labels (or None).
+
+    guidance_scale 1 is the plain conditional model, 0 the unconditional one (the null class), > 1 guided.
+    The initial noise comes from one CPU generator seeded with ``seed`` (the same for any batch_size; the
+    stochastic samplers' later draws follow it in batch order).
+    """
+    if num < 1:
+        raise MeddiffError(f"--n {num}: the number of samples must be at least 1")
+    if steps < 1:
+        raise MeddiffError(f"--steps {steps}: must be at least 1")
+    torch_device = resolve_device(device)
+    if model is None:
+        model, meta = load_checkpoint(checkpoint, device=torch_device)
+    if meta.get("task") != "synthesis":
+        raise MeddiffError(f"{checkpoint}: is a {meta.get('task')!r} checkpoint; sampling needs a synthesis model")
+    schedule = make_schedule(meta["schedule"])
+    steps = min(steps, getattr(schedule, "num_train_steps", steps))
+    grid = make_grid(schedule, steps, recommended_spacing(sampler, schedule))
+    denoiser = ModelDenoiser(model, schedule, meta["prediction"])
+    labels = class_labels_for(meta, num, class_label)
+    if guidance_scale != 1.0 and labels is None:
+        raise MeddiffError("--guidance-scale needs a class-conditional checkpoint (this one is unconditional)")
+    shape = (meta["channels"], *meta["image_size"])
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn((num, *shape), generator=generator) * grid.prior_std()
+    run = get_sampler(sampler)
+    out = []
+    for start in range(0, num, batch_size):
+        x = noise[start:start + batch_size].to(torch_device)
+        cond, hook = {}, None
+        if labels is not None:
+            batch_labels = labels[start:start + batch_size].to(torch_device)
+            cond[CLASS_LABELS] = batch_labels
+            null = torch.full_like(batch_labels, model.null_class)
+            if guidance_scale != 1.0:
+                hook = ClassifierFreeGuidance(lambda x_t, t, _null=null: denoiser(x_t, t, **{CLASS_LABELS: _null}),
+                                              guidance_scale)
+        out.append(run(denoiser, x, grid, hook=hook, generator=generator, cond=cond).float().cpu())
+        if progress is not None:
+            progress(min(start + batch_size, num), num)
+    return torch.cat(out).clamp(-1, 1), labels
+
+
+def invertible(meta: dict) -> bool:
+    """Whether the checkpoint recorded one global intensity normalisation (not a per-image one)."""
+    return (meta.get("normalisation") or {}).get("mode") in ("fixed", "window", "zscore")
+
+
+def to_intensities(samples: Tensor, meta: dict) -> np.ndarray:
+    """Model-space samples -> the original intensity range recorded at training (e.g. 0..255 for MedMNIST);
+    model space unchanged when the training normalisation was per image (no global inverse exists)."""
+    if invertible(meta):
+        return np.asarray(denormalize(samples, meta["normalisation"]), dtype=np.float32)
+    return samples.numpy().astype(np.float32)
+
+
+def sample_grid(samples: Tensor, nrow: int | None = None) -> np.ndarray:
+    """uint8 grid of samples in [-1, 1]; 3D volumes show the central slice of each axis side by side."""
+    if samples.ndim == 5:
+        d, h, w = samples.shape[2:]
+        side = max(d, h, w)
+        planes = [samples[:, :, d // 2], samples[:, :, :, h // 2], samples[:, :, :, :, w // 2]]
+        padded = [torch.nn.functional.pad(p, (0, side - p.shape[-1], 0, side - p.shape[-2]), value=-1) for p in planes]
+        samples = torch.cat(padded, dim=-1)
+        nrow = nrow or max(1, round(math.sqrt(samples.shape[0] / 3)))
+    return image_grid(samples, nrow)
+
+
+def write_samples(out_dir: str | Path, samples: Tensor, labels: Tensor | None, meta: dict, *,
+                  manifest: dict) -> dict[str, Path]:
+    """Write the grids, arrays and manifest of a sampling run to ``out_dir``; returns the paths by kind."""
+    from PIL import Image
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    groups = {"grid": slice(None)} if labels is None else {
+        f"grid_class{c}": (labels == c) for c in sorted(set(labels.tolist()))}
+    for name, index in groups.items():
+        with atomic_path(out_dir / f"{name}.png") as tmp:
+            Image.fromarray(sample_grid(samples[index])).save(tmp, format="PNG")
+        written[name] = out_dir / f"{name}.png"
+    intensities = to_intensities(samples, meta)
+    with atomic_path(out_dir / "samples.npy") as tmp:
+        np.save(tmp, intensities)
+    written["samples"] = out_dir / "samples.npy"
+    if labels is not None:
+        with atomic_path(out_dir / "labels.npy") as tmp:
+            np.save(tmp, labels.numpy())
+        written["labels"] = out_dir / "labels.npy"
+    if samples.ndim == 5:
+        for i, volume in enumerate(intensities):
+            written[f"nifti_{i}"] = write_nifti(out_dir / f"sample_{i:04d}.nii.gz", volume[0])
+    with atomic_path(out_dir / "manifest.json") as tmp:
+        tmp.write_text(json.dumps({**manifest, "files": {k: v.name for k, v in written.items()},
+                                   "intensity_range": "original" if invertible(meta) else "model [-1, 1]", "versions": versions()}, indent=2, default=str))
+    written["manifest"] = out_dir / "manifest.json"
+    return written
+
+
+def sample_to_folder(checkpoint: str | Path, out_dir: str | Path, num: int, *, sampler: str = "dpmpp_2m",
+                     steps: int = 20, class_label: int | None = None, guidance_scale: float = 1.0, seed: int = 0,
+                     batch_size: int = 64, device: str = "cpu", progress=None) -> dict:
+    """`generate` then `write_samples`; returns the manifest (with wall time and network evaluations)."""
+    path = resolve_checkpoint(checkpoint)
+    model, meta = load_checkpoint(path, device=resolve_device(device))
+    started = time.perf_counter()
+    samples, labels = generate(path, num, sampler=sampler, steps=steps, class_label=class_label,
+                               guidance_scale=guidance_scale, seed=seed, batch_size=batch_size, device=device,
+                               model=model, meta=meta, progress=progress)
+    seconds = time.perf_counter() - started
+    per_step = network_evaluations(sampler, min(steps, getattr(make_schedule(meta["schedule"]), "num_train_steps", steps)))
+    manifest = {"checkpoint": str(path), "num": num, "sampler": sampler, "steps": steps, "seed": seed,
+                "class": class_label, "guidance_scale": guidance_scale, "seconds": round(seconds, 3),
+                "network_evaluations_per_sample": per_step * (2 if guidance_scale != 1.0 else 1)}
+    files = write_samples(out_dir, samples, labels, meta, manifest=manifest)
+    return {**manifest, "files": {k: str(v) for k, v in files.items()}}
