@@ -66,7 +66,8 @@ def _fmt(value) -> str:
 
 
 def write_report(path: Path, title: str, sections: list[dict]) -> Path:
-    """Write an HTML page; each section is {"title", "text", optional "table" (rows), optional "figure" (PNG path)}."""
+    """Write an HTML page; each section is {"title", "text", optional "table" (rows), "figure" (PNG path, or a
+    list of them) and "details" ((summary, preformatted text): a collapsed block, e.g. a config file)}."""
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}"
@@ -78,8 +79,12 @@ def write_report(path: Path, title: str, sections: list[dict]) -> Path:
         parts.append(f"<h2>{html.escape(section['title'])}</h2><p>{html.escape(section.get('text', ''))}</p>")
         if section.get("table"):
             parts.append(table_html(section["table"]))
-        if section.get("figure"):
-            parts.append(f"<p><img src='{_png_data_uri(section['figure'])}'></p>")
+        figures = section.get("figure") or []
+        for figure in figures if isinstance(figures, (list, tuple)) else [figures]:
+            parts.append(f"<p><img src='{_png_data_uri(figure)}'></p>")
+        if section.get("details"):
+            summary, text = section["details"]
+            parts.append(f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(text)}</pre></details>")
     parts.append("</body></html>")
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")

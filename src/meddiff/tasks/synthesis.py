@@ -84,10 +84,8 @@ def generate(checkpoint: str | Path, num: int, *, sampler: str = "dpmpp_2m", ste
         if labels is not None:
             batch_labels = labels[start:start + batch_size].to(torch_device)
             cond[CLASS_LABELS] = batch_labels
-            null = torch.full_like(batch_labels, model.null_class)
-            if guidance_scale != 1.0:
-                hook = ClassifierFreeGuidance(lambda x_t, t, _null=null: denoiser(x_t, t, **{CLASS_LABELS: _null}),
-                                              guidance_scale)
+            if guidance_scale != 1.0:  # the denoiser called without labels is the null-class (unconditional) model
+                hook = ClassifierFreeGuidance(denoiser, guidance_scale)
         out.append(run(denoiser, x, grid, hook=hook, generator=generator, cond=cond).float().cpu())
         if progress is not None:
             progress(min(start + batch_size, num), num)
