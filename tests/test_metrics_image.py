@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -69,3 +71,64 @@ def test_metric_errors():
         ssim(_img(shape=(8, 8)), _img(shape=(8, 8)))
     with pytest.raises(MeddiffError, match="mask"):
         psnr(_img(), _img(), mask=torch.zeros(40, 36, dtype=torch.bool))
+
+
+# ------------------------------------------------------------------------------------------ MS-SSIM and 3D SSIM
+from meddiff.data import asset_path, read_image  # noqa: E402
+from meddiff.metrics.image import MS_SSIM_WEIGHTS, ms_ssim  # noqa: E402
+
+
+def _monai(kind, pred, ref, dims, **kw):
+    from monai.metrics import MultiScaleSSIMMetric, SSIMMetric
+
+    metric = (SSIMMetric if kind == "ssim" else MultiScaleSSIMMetric)(dims, reduction="none", **kw)
+    return metric(pred[:, None].float(), ref[:, None].float()).reshape(-1).double()
+
+
+def test_ssim_and_ms_ssim_match_monai_on_random_images():
+    g = torch.Generator().manual_seed(3)
+    ref = torch.rand(3, 192, 200, generator=g)
+    x = (ref + 0.15 * torch.randn(ref.shape, generator=g)).clamp(0, 1)
+    assert torch.allclose(ssim(x, ref, 1.0), _monai("ssim", x, ref, 2, data_range=1.0), atol=2e-5)
+    assert torch.allclose(ms_ssim(x, ref, 1.0), _monai("ms", x, ref, 2, data_range=1.0), atol=2e-5)
+    vol_ref = torch.rand(2, 48, 50, 52, generator=g)
+    vol = vol_ref + 0.3 * torch.randn(vol_ref.shape, generator=g)
+    w = (0.2, 0.3, 0.5)
+    assert torch.allclose(ssim(vol, vol_ref, 1.0, spatial_dims=3), _monai("ssim", vol, vol_ref, 3, data_range=1.0),
+                          atol=2e-5)
+    assert torch.allclose(ms_ssim(vol, vol_ref, 1.0, spatial_dims=3, size=7, weights=w),
+                          _monai("ms", vol, vol_ref, 3, data_range=1.0, kernel_size=7, weights=w), atol=2e-5)
+
+
+def test_ms_ssim_matches_monai_on_real_mr():
+    data = np.load(asset_path("brats_tcga_slices") / "brats_tcga_slices.npz")
+    t1, t2 = (torch.from_numpy(data["images"][:, c].astype(np.float64)) for c in (0, 2))  # 4 slices, 240 x 240
+    top = float(max(t1.max(), t2.max()))
+    t1, t2 = t1 / top, t2 / top
+    blurred = torch.nn.functional.avg_pool2d(t1[:, None], 3, 1, 1)[:, 0]
+    for x in (t2, blurred):  # another contrast (low similarity) and a blurred copy (high similarity)
+        assert torch.allclose(ms_ssim(x, t1, 1.0), _monai("ms", x, t1, 2, data_range=1.0), atol=2e-5)
+    assert float(ms_ssim(blurred, t1, 1.0).min()) > float(ms_ssim(t2, t1, 1.0).max())
+    folder = asset_path("brats_tcga_2mm") / "TCGA-FG-6692"
+    vol = [torch.from_numpy(read_image(folder / f"TCGA-FG-6692_{c}.nii.gz")[0].astype(np.float64))
+           for c in ("t1", "t1ce")]
+    top = float(max(v.max() for v in vol))
+    a, b = vol[0][None] / top, vol[1][None] / top  # (1, 76, 88, 68)
+    w = (0.3, 0.3, 0.4)
+    assert torch.allclose(ms_ssim(b, a, 1.0, spatial_dims=3, weights=w),
+                          _monai("ms", b, a, 3, data_range=1.0, weights=w), atol=2e-5)
+    assert torch.allclose(ssim(b, a, 1.0, spatial_dims=3), _monai("ssim", b, a, 3, data_range=1.0), atol=2e-5)
+
+
+def test_ms_ssim_properties_and_errors():
+    x = _img(shape=(180, 176))
+    assert float(ms_ssim(x, x)) == pytest.approx(1.0, abs=1e-12)
+    one_scale = ms_ssim(x + 0.1, x, 1.0, weights=(1.0,))
+    assert float(one_scale) == pytest.approx(float(ssim(x + 0.1, x, 1.0)), abs=1e-12), "one scale = SSIM"
+    assert len(MS_SSIM_WEIGHTS) == 5 and sum(MS_SSIM_WEIGHTS) == pytest.approx(1.0, abs=1e-3)
+    with pytest.raises(MeddiffError, match="too small for 5 MS-SSIM scales"):
+        ms_ssim(_img(shape=(100, 100)), _img(shape=(100, 100)))
+    with pytest.raises(MeddiffError, match="spatial_dims"):
+        ms_ssim(x, x, spatial_dims=4)
+    with pytest.raises(MeddiffError, match="non-negative"):
+        ms_ssim(x, x, weights=(-1.0, 2.0))
