@@ -79,3 +79,28 @@ def test_guidance_rejects_negative_scale():
         ClassifierFreeGuidance(MIXTURE.denoiser(SCHEDULE), -1.0)
     with pytest.raises(MeddiffError, match="scale"):
         ClassifierGuidance(MIXTURE.classifier(SCHEDULE), SCHEDULE, torch.zeros(2), scale=-2)
+
+
+def test_clip_denoised_clamps_every_x0_estimate_and_the_ddim_result():
+    from meddiff.diffusion import ClipDenoised, DiscreteSchedule, make_grid, sample_ddim
+
+    schedule = DiscreteSchedule("linear", 100)
+    grid = make_grid(schedule, 5, "trailing")
+    seen = []
+
+    def overshooting(x, t, **cond):  # an x0 estimate 5x outside the data range
+        return torch.full_like(x, 5.0)
+
+    class Record(ClipDenoised):
+        def denoised(self, x, x0, t):
+            out = super().denoised(x, x0, t)
+            seen.append(float(out.abs().max()))
+            return out
+
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    result = sample_ddim(overshooting, x, grid, hook=Record(-1.0, 1.0))
+    assert seen == [1.0] * 5
+    torch.testing.assert_close(result, torch.ones_like(x))  # the last DDIM step returns x0_hat
+    assert float(sample_ddim(overshooting, x, grid).max()) == 5.0
+    with pytest.raises(MeddiffError, match="low < high"):
+        ClipDenoised(1.0, -1.0)

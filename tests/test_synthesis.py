@@ -80,13 +80,17 @@ def test_guidance_scale_zero_is_the_null_class_model_and_one_is_the_conditional(
         conditional = sample_ddim(denoiser, noise, grid, cond={"class_labels": ones}).clamp(-1, 1)
     for scale, expected in ((0.0, unconditional), (1.0, conditional)):
         samples, labels = synthesis.generate(runs["cond"], 4, sampler="ddim", steps=5, class_label=1,
-                                             guidance_scale=scale, seed=3, model=model, meta=meta)
+                                             guidance_scale=scale, seed=3, model=model, meta=meta,
+                                             clip_denoised=False)
         assert labels.tolist() == [1, 1, 1, 1]
         torch.testing.assert_close(samples, expected, atol=1e-5, rtol=0)
     assert (conditional - unconditional).abs().max() > 1e-2
     guided, _ = synthesis.generate(runs["cond"], 4, sampler="ddim", steps=5, class_label=1, guidance_scale=3.0,
-                                   seed=3, model=model, meta=meta)
+                                   seed=3, model=model, meta=meta, clip_denoised=False)
     assert (guided - conditional).abs().max() > 1e-3  # guidance changes the result
+    clipped, _ = synthesis.generate(runs["cond"], 4, sampler="ddim", steps=5, class_label=1, seed=3, model=model,
+                                    meta=meta)  # default: x0 estimates clamped to [-1, 1] at every step
+    assert (clipped - conditional).abs().max() > 1e-3
 
 
 def test_seed_fixes_the_samples_for_any_batch_size_with_a_deterministic_sampler(runs):

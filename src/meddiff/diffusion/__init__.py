@@ -3,7 +3,7 @@
 No medical code lives here: everything works on tensors (B, ...) and a denoiser(x, t, **cond) -> x0_hat.
 """
 
-from meddiff.diffusion.guidance import ClassifierFreeGuidance, ClassifierGuidance, HookChain
+from meddiff.diffusion.guidance import ClassifierFreeGuidance, ClassifierGuidance, ClipDenoised, HookChain
 from meddiff.diffusion.losses import add_noise, diffusion_loss, min_snr_weight
 from meddiff.diffusion.parametrization import PREDICTIONS, Denoiser, ModelDenoiser, from_x0, to_x0
 from meddiff.diffusion.samplers import (
@@ -34,7 +34,7 @@ from meddiff.diffusion.timesteps import TimeGrid, make_grid
 
 __all__ = [
     "BETA_SCHEDULES", "CLEAN_TIME", "PREDICTIONS", "SAMPLERS",
-    "ClassifierFreeGuidance", "ClassifierGuidance", "Denoiser", "DiscreteSchedule", "FlowSchedule", "Hook",
+    "ClassifierFreeGuidance", "ClassifierGuidance", "ClipDenoised", "Denoiser", "DiscreteSchedule", "FlowSchedule", "Hook",
     "HookChain", "ModelDenoiser", "NoiseSchedule", "TimeGrid", "VESDE", "VPSDE",
     "add_noise", "diffusion_loss", "from_x0", "get_sampler", "initial_noise", "make_grid", "make_schedule",
     "min_snr_weight", "network_evaluations", "recommended_spacing", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m", "sample_euler",

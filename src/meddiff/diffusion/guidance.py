@@ -63,6 +63,19 @@ class ClassifierFreeGuidance(Hook):
         return x0_uncond + self.scale * (x0 - x0_uncond)
 
 
+class ClipDenoised(Hook):
+    """Clamp x0_hat to the data range [low, high] at every step ("clip_denoised" of Ho et al. 2020's code and
+    diffusers' ``clip_sample``): keeps pixel-space samples in range when the network's x0 estimate overshoots."""
+
+    def __init__(self, low: float = -1.0, high: float = 1.0) -> None:
+        if not low < high:
+            raise MeddiffError(f"ClipDenoised needs low < high, got {low}, {high}")
+        self.low, self.high = low, high
+
+    def denoised(self, x: Tensor, x0: Tensor, t: Tensor) -> Tensor:
+        return x0.clamp(self.low, self.high)
+
+
 class HookChain(Hook):
     """Apply several hooks in order (e.g. guidance, then data consistency)."""
 

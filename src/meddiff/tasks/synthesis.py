@@ -20,7 +20,7 @@ from torch import Tensor
 from meddiff.data.io import atomic_path, write_nifti
 from meddiff.device import resolve_device
 from meddiff.data.transforms import denormalize
-from meddiff.diffusion.guidance import ClassifierFreeGuidance
+from meddiff.diffusion.guidance import ClassifierFreeGuidance, ClipDenoised, HookChain
 from meddiff.diffusion.parametrization import ModelDenoiser
 from meddiff.diffusion.samplers import get_sampler, initial_noise, network_evaluations, recommended_spacing
 from meddiff.diffusion.schedules import make_schedule
@@ -49,11 +49,12 @@ def class_labels_for(meta: dict, num: int, class_label: int | None) -> Tensor | 
 @torch.no_grad()
 def generate(checkpoint: str | Path, num: int, *, sampler: str = "dpmpp_2m", steps: int = 20,
              class_label: int | None = None, guidance_scale: float = 1.0, seed: int = 0, batch_size: int = 64,
-             device: str = "cpu", model=None, meta: dict | None = None, progress=None
+             device: str = "cpu", clip_denoised: bool = True, model=None, meta: dict | None = None, progress=None
              ) -> tuple[Tensor, Tensor | None]:
     """``num`` samples (num, C, *spatial) in model space [-1, 1] and their labels (or None).
 
     guidance_scale 1 is the plain conditional model, 0 the unconditional one (the null class), > 1 guided.
+    clip_denoised clamps every x0 estimate to the model range [-1, 1] (`ClipDenoised`).
     The initial noise comes from one CPU generator seeded with ``seed`` (the same for any batch_size; the
     stochastic samplers' later draws follow it in batch order).
     """
@@ -80,12 +81,14 @@ def generate(checkpoint: str | Path, num: int, *, sampler: str = "dpmpp_2m", ste
     out = []
     for start in range(0, num, batch_size):
         x = noise[start:start + batch_size].to(torch_device)
-        cond, hook = {}, None
+        cond, hooks = {}, []
         if labels is not None:
-            batch_labels = labels[start:start + batch_size].to(torch_device)
-            cond[CLASS_LABELS] = batch_labels
+            cond[CLASS_LABELS] = labels[start:start + batch_size].to(torch_device)
             if guidance_scale != 1.0:  # the denoiser called without labels is the null-class (unconditional) model
-                hook = ClassifierFreeGuidance(denoiser, guidance_scale)
+                hooks.append(ClassifierFreeGuidance(denoiser, guidance_scale))
+        if clip_denoised:
+            hooks.append(ClipDenoised(-1.0, 1.0))
+        hook = HookChain(hooks) if hooks else None
         out.append(run(denoiser, x, grid, hook=hook, generator=generator, cond=cond).float().cpu())
         if progress is not None:
             progress(min(start + batch_size, num), num)
@@ -151,18 +154,18 @@ def write_samples(out_dir: str | Path, samples: Tensor, labels: Tensor | None, m
 
 def sample_to_folder(checkpoint: str | Path, out_dir: str | Path, num: int, *, sampler: str = "dpmpp_2m",
                      steps: int = 20, class_label: int | None = None, guidance_scale: float = 1.0, seed: int = 0,
-                     batch_size: int = 64, device: str = "cpu", progress=None) -> dict:
+                     batch_size: int = 64, device: str = "cpu", clip_denoised: bool = True, progress=None) -> dict:
     """`generate` then `write_samples`; returns the manifest (with wall time and network evaluations)."""
     path = resolve_checkpoint(checkpoint)
     model, meta = load_checkpoint(path, device=resolve_device(device))
     started = time.perf_counter()
     samples, labels = generate(path, num, sampler=sampler, steps=steps, class_label=class_label,
                                guidance_scale=guidance_scale, seed=seed, batch_size=batch_size, device=device,
-                               model=model, meta=meta, progress=progress)
+                               clip_denoised=clip_denoised, model=model, meta=meta, progress=progress)
     seconds = time.perf_counter() - started
     per_step = network_evaluations(sampler, min(steps, getattr(make_schedule(meta["schedule"]), "num_train_steps", steps)))
     manifest = {"checkpoint": str(path), "num": num, "sampler": sampler, "steps": steps, "seed": seed,
-                "class": class_label, "guidance_scale": guidance_scale, "seconds": round(seconds, 3),
+                "class": class_label, "guidance_scale": guidance_scale, "clip_denoised": clip_denoised, "seconds": round(seconds, 3),
                 "network_evaluations_per_sample": per_step * (2 if guidance_scale != 1.0 else 1)}
     files = write_samples(out_dir, samples, labels, meta, manifest=manifest)
     return {**manifest, "files": {k: str(v) for k, v in files.items()}}
