@@ -18,13 +18,17 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from meddiff.diffusion.noise import NoiseFn
 from meddiff.diffusion.parametrization import Denoiser
 from meddiff.diffusion.timesteps import TimeGrid
 from meddiff.errors import MeddiffError, check_choice
 
 
 class Hook:
-    """Identity hook; subclasses override ``denoised`` and/or ``step``. Tensors t are (B,) schedule times."""
+    """Identity hook; subclasses override ``denoised`` and/or ``step``. Tensors t are (B,) schedule times.
+    ``needs_grad = True`` asks the sampler to evaluate the denoiser under autograd (see ``_Stepper.x0``)."""
+
+    needs_grad = False
 
     def denoised(self, x: Tensor, x0: Tensor, t: Tensor) -> Tensor:
         return x0
@@ -45,7 +49,10 @@ def initial_noise(grid: TimeGrid, shape: tuple[int, ...], *, generator: torch.Ge
     return (torch.randn(shape, generator=generator, dtype=dtype) * grid.prior_std()).to(device)
 
 
-def _noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+def _noise_like(x: Tensor, generator: torch.Generator | None, noise_fn: NoiseFn | None = None) -> Tensor:
+    """Gaussian noise like x, or ``noise_fn(shape, generator)`` (e.g. simplex noise, meddiff.diffusion.noise)."""
+    if noise_fn is not None:
+        return noise_fn(tuple(x.shape), generator).to(device=x.device, dtype=x.dtype)
     return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
 
 
@@ -67,8 +74,13 @@ class _Stepper:
         return torch.full((self.batch,), float(self.grid.times[i]), device=self.device, dtype=self.dtype)
 
     def x0(self, x: Tensor, i: int) -> Tensor:
-        """Hooked x0 prediction at grid point i."""
+        """Hooked x0 prediction at grid point i. A hook with ``needs_grad = True`` (DPS) gets x as a leaf that
+        requires grad and x0_hat with its graph, and must return a detached x0_hat."""
         t = self.time(i)
+        if getattr(self.hook, "needs_grad", False):
+            with torch.enable_grad():
+                x_in = x.detach().requires_grad_(True)
+                return self.hook.denoised(x_in, self.denoiser(x_in, t, **self.cond), t)
         return self.hook.denoised(x, self.denoiser(x, t, **self.cond), t)
 
     def after_step(self, i: int, x_next: Tensor, x0: Tensor) -> Tensor:
@@ -84,13 +96,15 @@ class _Stepper:
 
 def sample_ddpm(denoiser: Denoiser, x: Tensor, grid: TimeGrid, *, variance: str = "fixed_small",
                 hook: Hook | None = None, generator: torch.Generator | None = None,
-                callback: Callback | None = None, cond: dict | None = None) -> Tensor:
+                callback: Callback | None = None, cond: dict | None = None,
+                noise_fn: NoiseFn | None = None) -> Tensor:
     """Ancestral sampling from the posterior q(x_s | x_t, x0_hat) (Ho et al. 2020, eq. 6-7, Alg. 2).
 
     With a = alpha_t/alpha_s and b^2 = sigma_t^2 - a^2 sigma_s^2 (= beta_t for adjacent VP steps):
     mean = (alpha_s b^2 / sigma_t^2) x0_hat + (a sigma_s^2 / sigma_t^2) x_t;
     variance "fixed_small" = b^2 sigma_s^2 / sigma_t^2 (beta tilde), "fixed_large" = b^2 (beta).
-    No noise is added on the final step to clean data.
+    No noise is added on the final step to clean data. ``noise_fn(shape, generator)`` replaces the Gaussian
+    draws (AnoDDPM's simplex noise, Wyatt et al. 2022, Alg. 2).
     """
     check_choice("variance", variance, ("fixed_small", "fixed_large"))
     run = _Stepper(denoiser, x, grid, hook, callback, cond)
@@ -102,14 +116,15 @@ def sample_ddpm(denoiser: Denoiser, x: Tensor, grid: TimeGrid, *, variance: str 
         x_next = (a_s * b2 / s_t**2) * x0 + (a * s_s**2 / s_t**2) * x
         if s_s > 0:
             var = b2 * s_s**2 / s_t**2 if variance == "fixed_small" else b2
-            x_next = x_next + math.sqrt(max(var, 1e-20)) * _noise_like(x, generator)
+            x_next = x_next + math.sqrt(max(var, 1e-20)) * _noise_like(x, generator, noise_fn)
         x = run.after_step(i, x_next, x0)
     return x
 
 
 def sample_ddim(denoiser: Denoiser, x: Tensor, grid: TimeGrid, *, eta: float = 0.0,
                 hook: Hook | None = None, generator: torch.Generator | None = None,
-                callback: Callback | None = None, cond: dict | None = None) -> Tensor:
+                callback: Callback | None = None, cond: dict | None = None,
+                noise_fn: NoiseFn | None = None) -> Tensor:
     """DDIM (Song, Meng & Ermon 2021, eq. 12): x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z.
 
     c = eta * (sigma_s / sigma_t) * sqrt(sigma_t^2 - a^2 sigma_s^2), a = alpha_t / alpha_s (eq. 16);
@@ -126,8 +141,26 @@ def sample_ddim(denoiser: Denoiser, x: Tensor, grid: TimeGrid, *, eta: float = 0
         c = eta * (s_s / s_t) * math.sqrt(max(s_t**2 - (a_t / a_s) ** 2 * s_s**2, 0.0))
         x_next = a_s * x0 + math.sqrt(max(s_s**2 - c**2, 0.0)) * eps
         if eta > 0:
-            x_next = x_next + c * _noise_like(x, generator)
+            x_next = x_next + c * _noise_like(x, generator, noise_fn)
         x = run.after_step(i, x_next, x0)
+    return x
+
+
+def invert_ddim(denoiser: Denoiser, x: Tensor, grid: TimeGrid, *, callback: Callback | None = None,
+                cond: dict | None = None) -> Tensor:
+    """Deterministic DDIM encoding of clean x (B, ...) to the grid's first time: the eta = 0 step of ``sample_ddim``
+    run backwards over the grid (Song et al. 2021, sec. 4.3; Wolleb et al. 2022, eq. 4).
+
+    x is taken as the state at the grid's last model time; each step x_s' = alpha_s' x0_hat + sigma_s' eps_hat
+    moves to the next noisier time s'. ``sample_ddim(denoiser, invert_ddim(...), grid)`` reconstructs x up to
+    the discretisation error.
+    """
+    run = _Stepper(denoiser, x, grid, None, callback, cond)
+    for n, i in enumerate(range(grid.steps - 1, 0, -1)):  # model times from the least to the most noisy
+        x0 = run.x0(x, i)
+        x = run.alphas[i - 1] * x0 + run.sigmas[i - 1] * run.eps(x, x0, i)
+        if callback is not None:
+            callback(n, x, x0)
     return x
 
 

@@ -1,6 +1,6 @@
 """meddiff.nets: network factories (MONAI DiffusionModelUNet, noise-aware classifier) with conditioning.
 
-``build_network(config)`` dispatches on ``config["kind"]`` ("unet" or "classifier"); a resolved config
+``build_network(config)`` dispatches on ``config["kind"]`` ("unet", "classifier" or "autoencoder"); a resolved config
 (``net.config``) rebuilds the same network, which is what checkpoints store in meta.json.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from meddiff.errors import MeddiffError, check_choice
+from meddiff.nets.autoencoder import AUTOENCODER_DEFAULTS, ConvAutoEncoder, build_autoencoder
 from meddiff.nets.classifier import CLASSIFIER_DEFAULTS, NoiseAwareClassifier, build_classifier
 from meddiff.nets.unet import (
     CLASS_LABELS,
@@ -21,7 +22,7 @@ from meddiff.nets.unet import (
     size_multiple,
 )
 
-NETWORKS = {"unet": build_unet, "classifier": build_classifier}
+NETWORKS = {"unet": build_unet, "classifier": build_classifier, "autoencoder": build_autoencoder}
 
 
 def build_network(config: dict) -> nn.Module:
@@ -34,7 +35,7 @@ def build_network(config: dict) -> nn.Module:
 
 
 __all__ = [
-    "CLASSIFIER_DEFAULTS", "CLASS_LABELS", "COND_IMAGE", "NETWORKS", "UNET_DEFAULTS",
+    "AUTOENCODER_DEFAULTS", "CLASSIFIER_DEFAULTS", "ConvAutoEncoder", "build_autoencoder", "CLASS_LABELS", "COND_IMAGE", "NETWORKS", "UNET_DEFAULTS",
     "DiffusionUNet", "NoiseAwareClassifier", "build_classifier", "build_network", "build_unet",
     "check_spatial_size", "resolve_unet_config", "size_multiple",
 ]

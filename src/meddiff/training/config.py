@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from meddiff.diffusion import PREDICTIONS, make_schedule
+from meddiff.diffusion.noise import resolve_noise_config
 from meddiff.errors import MeddiffError, check_choice
 from meddiff.nets.unet import check_keys
 
@@ -25,6 +26,7 @@ SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
         "schedule": {"kind": "discrete", "beta_schedule": "linear", "num_train_steps": 1000},
         "prediction": "eps",
         "min_snr_gamma": None,
+        "noise": None,             # null: Gaussian; {kind: simplex, octaves, persistence, frequency}: AnoDDPM noise
     },
     "optimiser": {
         "lr": 1e-4,
@@ -104,6 +106,7 @@ def resolve_config(config: dict) -> dict:
     diffusion, optimiser, schedule, run = (config[k] for k in ("diffusion", "optimiser", "schedule", "run"))
     diffusion["schedule"] = make_schedule(diffusion["schedule"]).to_config()  # validates and makes explicit
     check_choice("diffusion.prediction", diffusion["prediction"], PREDICTIONS)
+    diffusion["noise"] = resolve_noise_config(diffusion["noise"])
     check_choice("schedule.kind", schedule["kind"], LR_SCHEDULES)
     check_choice("run.precision", run["precision"], PRECISIONS)
     check_choice("run.channels_last", run["channels_last"], ("auto", True, False))

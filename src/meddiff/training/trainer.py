@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 import meddiff
 from meddiff.diffusion import ModelDenoiser, get_sampler, initial_noise, make_grid, make_schedule
 from meddiff.diffusion.losses import diffusion_loss
+from meddiff.diffusion.noise import make_noise
 from meddiff.diffusion.parametrization import broadcast_to
 from meddiff.errors import MeddiffError
 from meddiff.nets import CLASS_LABELS, COND_IMAGE, build_network
@@ -332,7 +333,7 @@ class Trainer:
             drop = torch.rand(batch, generator=self.generator)
         t = self.schedule.sample_training_times(batch, self.generator)
         shape = (batch, model["in_channels"], *model["image_size"])
-        noise = torch.randn(shape, generator=self.generator)
+        noise = make_noise(self.config["diffusion"].get("noise"))(shape, self.generator)  # Gaussian or simplex
         return t, noise, drop
 
     def _micro_loss(self, batch: dict, t: Tensor, noise: Tensor, drop: Tensor | None) -> Tensor:

@@ -1,0 +1,203 @@
+"""Anomaly detection: metrics against references, post-processing, and the Wolleb / AnoDDPM translations checked
+with the exact denoiser and classifier of a two-mode Gaussian mixture ("healthy" mode 0, "diseased" mode 1)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from meddiff.diffusion import make_schedule
+from meddiff.diffusion.analytic import GaussianMixture
+from meddiff.errors import MeddiffError
+from meddiff.metrics.segmentation import auprc, auroc, best_dice, detection_metrics, dice, otsu_threshold
+from meddiff.tasks.anomaly import (
+    anoddpm_heal,
+    connected_components,
+    image_score,
+    intensity_map,
+    mirror_healthy_half,
+    normalise_mr,
+    pick_threshold,
+    to_model_size,
+    wolleb_heal,
+)
+
+
+# ------------------------------------------------------------------------------------------- metrics
+def brute_auroc(s, y):
+    pos, neg = s[y], s[~y]
+    return np.mean([(p > n) + 0.5 * (p == n) for p, n in itertools.product(pos, neg)])
+
+
+def brute_curves(s, y):
+    out = []
+    for tau in np.unique(s)[::-1]:
+        pred = s >= tau
+        tp = (pred & y).sum()
+        out.append((tau, tp / y.sum(), tp / pred.sum(), 2 * tp / (pred.sum() + y.sum())))
+    return out
+
+
+def test_metrics_match_brute_force_with_ties():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        s = rng.integers(0, 6, 60).astype(float)  # many ties
+        y = rng.random(60) < 0.3
+        assert auroc(s, y) == pytest.approx(brute_auroc(s, y), abs=1e-12)
+        curves = brute_curves(s, y)
+        recall_prev, ap = 0.0, 0.0
+        for _, recall, precision, _ in curves:
+            ap += (recall - recall_prev) * precision
+            recall_prev = recall
+        assert auprc(s, y) == pytest.approx(ap, abs=1e-12)
+        best = max(curves, key=lambda c: c[3])
+        assert best_dice(s, y) == pytest.approx((best[3], best[0]), abs=1e-12)
+
+
+def test_average_precision_reference_value():
+    # sklearn's documented example: average_precision_score([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) = 0.8333
+    assert auprc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.83333333, abs=1e-8)
+    assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+
+
+def test_auroc_and_dice_agree_with_monai():
+    from monai.metrics import DiceMetric, compute_roc_auc
+
+    rng = np.random.default_rng(1)
+    s = rng.random(500)
+    y = rng.random(500) < 0.2
+    assert auroc(s, y) == pytest.approx(float(compute_roc_auc(torch.tensor(s), torch.tensor(y.astype(float)))),
+                                        abs=1e-9)
+    pred = rng.random((1, 1, 16, 16)) < 0.4
+    true = rng.random((1, 1, 16, 16)) < 0.3
+    metric = DiceMetric(include_background=True)
+    monai_dice = float(metric(torch.tensor(pred).float(), torch.tensor(true).float()).item())
+    assert dice(pred, true) == pytest.approx(monai_dice, abs=1e-6)
+
+
+def test_metric_edge_cases():
+    assert detection_metrics([0.1, 0.9, 0.8], [0, 1, 1]) == pytest.approx(
+        {"auroc": 1.0, "auprc": 1.0, "best_dice": 1.0, "best_threshold": 0.8})
+    assert dice(np.zeros(4), np.zeros(4)) == 1.0
+    with pytest.raises(MeddiffError, match="both classes"):
+        auroc([1, 2], [1, 1])
+    with pytest.raises(MeddiffError, match="same size"):
+        auroc([1, 2, 3], [1, 0])
+    with pytest.raises(MeddiffError, match="NaN"):
+        auprc([np.nan, 1], [1, 0])
+
+
+def test_otsu_splits_two_modes():
+    rng = np.random.default_rng(0)
+    values = np.r_[rng.normal(0, 0.1, 1000), rng.normal(3, 0.1, 300)]
+    tau = otsu_threshold(values)
+    assert (values[:1000] < tau).all() and (values[1000:] >= tau).all()   # any cut in the gap is optimal
+
+
+# ------------------------------------------------------------------------------------------- post-processing
+def test_connected_components_drop_small_ones():
+    seg = np.zeros((20, 20), bool)
+    seg[2:8, 2:8] = True      # 36 pixels
+    seg[15, 15] = True        # 1 pixel
+    seg[10, 10] = seg[11, 11] = True   # diagonal pair: one 8-connected component of 2
+    kept, count = connected_components(seg, min_size=2)
+    assert count == 2 and kept.sum() == 38 and kept[15, 15] == 0
+
+
+def test_thresholds():
+    maps = np.r_[np.zeros(90), np.ones(10)].reshape(10, 10)
+    mask = np.ones((10, 10), bool)
+    assert 0 < pick_threshold(maps, mask, "otsu") <= 1
+    assert pick_threshold(maps, mask, "fixed", 0.3) == 0.3
+    healthy = [np.linspace(0, 1, 101)]
+    assert pick_threshold(maps, mask, "percentile", 95, healthy) == pytest.approx(0.95)
+    with pytest.raises(MeddiffError, match="--healthy"):
+        pick_threshold(maps, mask, "percentile")
+    with pytest.raises(MeddiffError, match="needs a value"):
+        pick_threshold(maps, mask, "fixed")
+
+
+def test_intensity_baseline_is_a_masked_zscore_over_the_whole_input():
+    rng = np.random.default_rng(0)
+    image = rng.normal(100, 10, (2, 8, 8, 3)).astype(np.float32)
+    mask = np.ones((8, 8, 3), bool)
+    mask[0] = False
+    z = intensity_map(image, mask)
+    assert np.all(z[0] == 0)
+    assert z[mask].mean() == pytest.approx(0, abs=1e-5) and z[mask].std() == pytest.approx(1, abs=1e-4)
+    assert image_score(np.arange(100.0).reshape(10, 10), np.ones((10, 10), bool), top=0.05) == pytest.approx(97.0)
+
+
+def test_mr_normalisation_is_scale_invariant_and_mirroring_heals_one_hemisphere():
+    rng = np.random.default_rng(0)
+    image = np.zeros((2, 20, 20), np.float32)
+    image[:, 4:16, 4:16] = rng.uniform(50, 150, (2, 12, 12))
+    a, b = normalise_mr(image), normalise_mr(image * 7.5)
+    assert np.allclose(a, b, atol=1e-6) and a.min() == -1 and a.max() <= 1
+    assert np.all(a[:, 0, 0] == -1)
+    seg = np.zeros((20, 20), bool)
+    seg[5:8, 6:10] = True                    # tumour left of the midline x = 9.5
+    healed = mirror_healthy_half(image, seg, 9.5)
+    assert np.array_equal(healed[:, 5:8, 6:10], image[:, 12:15, 6:10][:, ::-1])   # rows x -> 19 - x
+    assert np.array_equal(healed[:, 10:], image[:, 10:])
+    seg[9:11] = True                         # crossing the midline: no healthy half
+    assert mirror_healthy_half(image, seg, 9.5) is None
+    assert to_model_size(torch.ones(1, 2, 20, 20), (10, 10)).shape == (1, 2, 10, 10)
+
+
+# ------------------------------------------------------------------------------------------- the methods
+SCHEDULE = make_schedule("linear")
+MIXTURE = GaussianMixture([0.5, 0.5], [[-2.0, 0.0], [2.0, 0.0]], np.stack([np.eye(2) * 0.1] * 2))
+
+
+def diseased(n=64, seed=0):
+    return MIXTURE.means[1] + 0.3 * torch.randn(n, 2, generator=torch.Generator().manual_seed(seed),
+                                                dtype=torch.float64)
+
+
+def test_wolleb_without_guidance_reconstructs_and_with_guidance_heals():
+    x = diseased()
+    den, clf = MIXTURE.denoiser(SCHEDULE), MIXTURE.classifier(SCHEDULE)
+    same = wolleb_heal(den, clf, SCHEDULE, x, 500, 0.0, 100)
+    assert float((same - x).abs().max()) < 0.1           # deterministic DDIM encode/decode ~ identity
+    healed = wolleb_heal(den, clf, SCHEDULE, x, 500, 20.0, 100)
+    t0 = torch.zeros(len(x))
+    healthy_prob = MIXTURE.classifier(SCHEDULE)(healed, t0).exp()[:, 0]
+    assert float(healthy_prob.mean()) > 0.9               # guided to the healthy mode
+    assert float((healed - MIXTURE.means[0]).norm(dim=1).mean()) < 1.0
+
+
+@pytest.mark.parametrize("noise", [None, {"kind": "simplex", "octaves": 2, "persistence": 0.8, "frequency": 4}])
+def test_anoddpm_heals_from_a_deep_level_and_keeps_the_input_from_a_shallow_one(noise):
+    healthy_model = MIXTURE.denoiser(SCHEDULE, component=0)
+    # simplex noise needs images: use (B, 2, 4, 4) "images" whose pixels are independent mixture draws
+    if noise is None:
+        x, flat = diseased(), lambda a: a
+    else:
+        x, flat = diseased(64 * 16).reshape(64, 4, 4, 2).permute(0, 3, 1, 2), \
+            lambda a: a.permute(0, 2, 3, 1).reshape(-1, 2)
+
+    def den(z, t):
+        return flat_inverse(healthy_model(flat(z), t.repeat_interleave(flat(z).shape[0] // z.shape[0])), z)
+
+    def flat_inverse(a, like):
+        return a if noise is None else a.reshape(like.shape[0], 4, 4, 2).permute(0, 3, 1, 2)
+
+    g = torch.Generator().manual_seed(0)
+    deep = flat(anoddpm_heal(den, SCHEDULE, x, 900, 30, noise=noise, generator=g))
+    shallow = flat(anoddpm_heal(den, SCHEDULE, x, 5, 5, noise=noise, generator=g))
+    assert float((deep - MIXTURE.means[0]).norm(dim=1).mean()) < 1.0
+    assert float((shallow - flat(x)).norm(dim=1).mean()) < 0.3
+
+
+@pytest.mark.slow
+def test_report_section_with_the_shipped_models(tmp_path):
+    from meddiff.tasks.anomaly import report_section
+
+    section = report_section(tmp_path, log=lambda *a: None)
+    assert section["figure"].is_file() and [r["method"] for r in section["table"]] == [
+        "intensity", "autoencoder", "anoddpm", "anoddpm-gaussian", "wolleb"]
+    assert all(0 <= r["pixel_auroc"] <= 1 for r in section["table"])
