@@ -21,15 +21,22 @@ def test_help_lists_every_command_with_a_line():
 
 def test_demo_writes_report_results_and_figures(tmp_path):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--samples", "2000"]) == 0
+    assert main(["demo", "--out", str(out), "--samples", "2000", "--synthetic", "32"]) == 0
     results = json.loads((out / "results.json").read_text())
-    titles = [s["title"] for s in results["sections"]]
-    assert any("Samplers" in t for t in titles) and any("MRI" in t for t in titles)
-    mri = next(s for s in results["sections"] if "MRI" in s["title"])["table"]
-    by_method = {row["method"]: row["psnr_db"] for row in mri}
-    assert by_method["CS L1-wavelet"] > by_method["zero-filled"] + 3  # measured 33.0 vs 25.5 dB
+    sections = {s["title"].split(":")[0].split(" (")[0]: s["table"] for s in results["sections"]}
+    assert set(sections) == {"Samplers on a known distribution", "Synthesis", "MRI reconstruction with the brain diffusion prior",
+                             "Anomaly detection"}
+    mri = {row["method"]: row["psnr_db"] for row in sections["MRI reconstruction with the brain diffusion prior"]}
+    assert mri["cs-wavelet"] > mri["zero-filled"] + 3  # measured 29.4 vs 22.6 dB at 8x
+    assert mri["dps"] > mri["zero-filled"] + 3
+    synthesis = {row["metric"]: row["value"] for row in sections["Synthesis"]}
+    assert {"FID", "KID", "precision", "recall", "near-copies"} <= set(synthesis)
+    anomaly = {row["method"]: row["pixel_auroc"] for row in sections["Anomaly detection"]}
+    assert anomaly["intensity"] > 0.9  # the FLAIR baseline on an unseen BraTS subject
+    evaluation = json.loads((out / "synthesis" / "eval.json").read_text())
+    assert evaluation["features"]["name"] == "pneumonia-cnn" and evaluation["fake"]["count"] == 32
     report = (out / "report.html").read_text()
-    assert report.count("data:image/png;base64,") == 3
+    assert report.count("data:image/png;base64,") == 4
     assert not list(out.glob(".*.tmp"))
 
 

@@ -11,7 +11,9 @@ from meddiff import __version__
 from meddiff.errors import MeddiffError
 
 # Each module defines `register(subparsers)`; the sub-parser it adds sets `func(args) -> int`.
-COMMAND_MODULES = ("meddiff.cli.demo", "meddiff.cli.train", "meddiff.cli.data", "meddiff.cli.mask")
+COMMAND_MODULES = ("meddiff.cli.demo", "meddiff.cli.train", "meddiff.cli.sample", "meddiff.cli.checkpoints",
+                   "meddiff.cli.data", "meddiff.cli.mask", "meddiff.cli.report", "meddiff.cli.evaluate",
+                   "meddiff.cli.reconstruct", "meddiff.cli.detect")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,8 +20,6 @@ from meddiff import __version__
 from meddiff.data.assets import asset_path
 from meddiff.diffusion import VPSDE, get_sampler, initial_noise, make_grid, network_evaluations, recommended_spacing
 from meddiff.diffusion.analytic import mixture_2d
-from meddiff.metrics.image import psnr, ssim
-from meddiff.physics import MultiCoilMRI, centre_block, cg_sense, cs_wavelet, estimate_sensitivity_maps, make_mask, zero_filled_rss
 from meddiff.report import labelled_row, save_png, to_uint8, write_report
 
 DEMO_SAMPLERS = [("ddpm", 1000), ("ddim", 10), ("dpmpp_2m", 10), ("heun", 10), ("pc", 100)]
@@ -100,35 +98,6 @@ def synthesis_section(out: Path, n: int, seed: int, log) -> dict:
                     "Full numbers: synthesis/eval.json.", "table": table, "figure": figure}
 
 
-def mri_section(out: Path, seed: int, log) -> dict:
-    folder = asset_path("kspace_brain_8ch")
-    kspace = torch.from_numpy(np.load(folder / "kspace.npy"))
-    reference = torch.from_numpy(np.load(folder / "rss_reference.npy"))
-    mask = make_mask(tuple(kspace.shape[-2:]), 4, "gaussian", acs_fraction=0.08, seed=seed, axis=-2)
-    y = kspace * mask
-    start = time.perf_counter()
-    operator = MultiCoilMRI(estimate_sensitivity_maps(y, acs=centre_block(mask)), mask)
-    calib = time.perf_counter() - start
-    top = float(reference.max())
-    results, rows = {"fully sampled (RSS)": reference}, []
-    for name, solve in [("zero-filled", lambda: zero_filled_rss(y)), ("CG-SENSE", lambda: cg_sense(operator, y).abs()),
-                        ("CS L1-wavelet", lambda: cs_wavelet(operator, y).abs())]:
-        start = time.perf_counter()
-        image = solve()
-        seconds = time.perf_counter() - start + (calib if name != "zero-filled" else 0.0)
-        results[name] = image
-        rows.append({"method": name, "psnr_db": float(psnr(image, reference, top)),
-                     "ssim": float(ssim(image, reference, top)), "seconds": seconds})
-        log(f"  MRI {name:14s} PSNR {rows[-1]['psnr_db']:.2f} dB  SSIM {rows[-1]['ssim']:.3f}  {seconds:.1f}s")
-    panels = [to_uint8(im.numpy(), 0, top) for im in results.values()]
-    panels += [to_uint8(mask.expand_as(reference).numpy().astype(float), 0, 1)]
-    figure = save_png(labelled_row(panels, list(results) + ["mask 4x"]), out / "mri_baselines.png")
-    return {"title": "MRI reconstruction, 8-coil brain k-space, 4x 1D Gaussian mask (8 % ACS)",
-            "text": "Retrospective undersampling of the embedded fully sampled k-space; metrics against the RSS of the "
-                    "fully sampled data. The diffusion solvers are added by the reconstruction task.",
-            "table": rows, "figure": figure}
-
-
 def run_demo(out_dir: str | Path = "runs/demo", *, samples: int = 20000, synthetic: int = 128, seed: int = 0,
              log=print) -> Path:
     """Run every demo section, write PNGs, results.json and report.html into ``out_dir``; returns the report path."""
@@ -136,9 +105,11 @@ def run_demo(out_dir: str | Path = "runs/demo", *, samples: int = 20000, synthet
     out.mkdir(parents=True, exist_ok=True)
     log(f"meddiff {__version__} demo -> {out}")
     from meddiff.tasks.anomaly import report_section as anomaly_section
+    from meddiff.tasks.mri import report_section as mri_section
 
     sections = [sampler_section(out, samples, seed, log), synthesis_section(out, synthetic, seed, log),
-                mri_section(out, seed, log), anomaly_section(out, seed=seed, log=log)]
+                mri_section(out, method="dps", pattern="gaussian", acceleration=8, seed=seed, log=log),
+                anomaly_section(out, seed=seed, log=log)]
     results = {"version": __version__, "seed": seed, "torch": torch.__version__,
                "sections": [{"title": s["title"], "table": s.get("table")} for s in sections]}
     tmp = out / ".results.json.tmp"
