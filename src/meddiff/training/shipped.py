@@ -99,6 +99,8 @@ def export_checkpoint(checkpoint: str | Path, name: str, *, command: str, descri
         shutil.copy2(samples[-1], tmp / "samples.png")
     for target, source in (extra_files or {}).items():
         shutil.copy2(source, tmp / target)
+    if (final / "README.md").is_file() and not (tmp / "README.md").exists():  # the hand-written model card stays
+        shutil.copy2(final / "README.md", tmp / "README.md")
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
