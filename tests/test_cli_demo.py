@@ -34,7 +34,8 @@ def test_demo_writes_report_results_and_figures(tmp_path):
     anomaly = {row["method"]: row["pixel_auroc"] for row in sections["Anomaly detection"]}
     assert anomaly["intensity"] > 0.9  # the FLAIR baseline on an unseen BraTS subject
     evaluation = json.loads((out / "synthesis" / "eval.json").read_text())
-    assert evaluation["features"]["name"] == "pneumonia-cnn" and evaluation["fake"]["count"] == 32
+    assert evaluation["features"]["name"] == "pneumonia-cnn"
+    assert evaluation["fake"]["n"] == 32 and evaluation["fake"]["labels"] == [16, 16]
     report = (out / "report.html").read_text()
     assert report.count("data:image/png;base64,") == 4
     assert not list(out.glob(".*.tmp"))
