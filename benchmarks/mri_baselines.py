@@ -15,15 +15,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from meddiff.data.io import atomic_path
 
 from meddiff.metrics.image import nmse, psnr, ssim
 from meddiff.physics import (MultiCoilMRI, centre_block, cg_sense, cs_tv, cs_wavelet, estimate_sensitivity_maps,
@@ -138,11 +138,8 @@ def main(argv=None) -> int:
                    "threads": args.threads, "data": "mri_kspace_brain_8ch (ESPIRiT demo, 8 coils, 230x180)"})
     if not args.tune:
         print(markdown(result["summary"]))
-    out = Path(args.out)
-    fd, tmp = tempfile.mkstemp(dir=out.parent if str(out.parent) else ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, out)
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(json.dumps(result, indent=1))
     return 0
 
 

@@ -16,15 +16,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from meddiff.data.io import atomic_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mri_baselines import ACS_FRACTION, FOREGROUND, SETTINGS, load_slice, scores  # noqa: E402
@@ -169,11 +169,8 @@ def main(argv=None) -> int:
                    "prior_meta_step": prior.meta.get("step"), "seeds": args.seeds,
                    "diffusion_seeds": args.diffusion_seeds, "variants": VARIANTS,
                    "data": "mri_kspace_brain_8ch (ESPIRiT demo, 8 coils, 230x180)"})
-    out = Path(args.out)
-    fd, tmp = tempfile.mkstemp(dir=out.parent if str(out.parent) else ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, out)
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(json.dumps(result, indent=1))
     return 0
 
 

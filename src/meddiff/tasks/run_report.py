@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image
 
 from meddiff.device import resolve_device
@@ -25,6 +24,7 @@ from meddiff.report.html import labelled_row, write_report
 from meddiff.report.plots import Series, line_plot, smooth
 from meddiff.tasks.synthesis import generate, sample_grid
 from meddiff.training.checkpoint import load_checkpoint, resolve_checkpoint
+from meddiff.training.config import load_config
 from meddiff.training.images import image_grid
 
 LOSS_PLOT_SIZE = (720, 320)  # pixels (width, height) of the loss-curve PNG
@@ -107,13 +107,7 @@ def _read_config(run_dir: Path) -> dict:
         raise MeddiffError(f"{run_dir} has no config.yaml: expected a run directory written by `meddiff train` "
                            "(config.yaml, log.csv, checkpoints/step_*/) or a shipped checkpoint directory "
                            "(config.yaml, meta.json, ema.safetensors)")
-    try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise MeddiffError(f"{path} is not valid YAML: {error}") from None
-    if not isinstance(config, dict):
-        raise MeddiffError(f"{path} must hold the run's config mapping (task, model, diffusion, data, ..., run)")
-    return config
+    return load_config(path)
 
 
 def read_log(run_dir: str | Path) -> dict[str, np.ndarray]:
