@@ -77,7 +77,8 @@ def test_guidance_scale_zero_is_the_null_class_model_and_one_is_the_conditional(
     ones = torch.ones(4, dtype=torch.long)
     with torch.no_grad():
         unconditional = sample_ddim(denoiser, noise, grid, cond={"class_labels": null}).clamp(-1, 1)
-        conditional = sample_ddim(denoiser, noise, grid, cond={"class_labels": ones}).clamp(-1, 1)
+        raw = sample_ddim(denoiser, noise, grid, cond={"class_labels": ones})
+    conditional = raw.clamp(-1, 1)
     for scale, expected in ((0.0, unconditional), (1.0, conditional)):
         samples, labels = synthesis.generate(runs["cond"], 4, sampler="ddim", steps=5, class_label=1,
                                              guidance_scale=scale, seed=3, model=model, meta=meta,
@@ -91,6 +92,11 @@ def test_guidance_scale_zero_is_the_null_class_model_and_one_is_the_conditional(
     clipped, _ = synthesis.generate(runs["cond"], 4, sampler="ddim", steps=5, class_label=1, seed=3, model=model,
                                     meta=meta)  # default: x0 estimates clamped to [-1, 1] at every step
     assert (clipped - conditional).abs().max() > 1e-3
+    zscored = {**meta, "normalisation": {"mode": "zscore", "mean": 0.0, "std": 1.0}}  # unbounded data: no clamp
+    unclamped, _ = synthesis.generate(runs["cond"], 4, sampler="ddim", steps=5, class_label=1, seed=3, model=model,
+                                      meta=zscored)
+    assert raw.abs().max() > 1  # the randomised net leaves the range, so this tests that nothing clamps
+    torch.testing.assert_close(unclamped, raw, atol=1e-5, rtol=0)
 
 
 def test_seed_fixes_the_samples_for_any_batch_size_with_a_deterministic_sampler(runs):

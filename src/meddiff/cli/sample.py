@@ -23,7 +23,8 @@ def register(subparsers) -> None:
     parser.add_argument("--guidance-scale", type=float, default=1.0,
                         help="classifier-free guidance: 1 = conditional model, 0 = unconditional, >1 = stronger")
     parser.add_argument("--no-clip", action="store_true",
-                        help="do not clamp the x0 estimates to the data range [-1, 1] at each step")
+                        help="do not clamp the x0 estimates to [-1, 1] at each step (default: clamp unless the "
+                             "training data was z-scored)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint or default_checkpoint("sample")
     result = sample_to_folder(checkpoint, args.out, args.n, sampler=args.sampler, steps=args.steps,
                               class_label=args.class_label, guidance_scale=args.guidance_scale, seed=args.seed,
-                              batch_size=args.batch_size, device=args.device, clip_denoised=not args.no_clip,
+                              batch_size=args.batch_size, device=args.device, clip_denoised=False if args.no_clip else None,
                               progress=lambda done, total: print(f"sampled {done}/{total}", flush=True))
     print(f"wrote {args.n} samples ({args.sampler}, {args.steps} steps, {result['seconds']:.1f} s) to {args.out}: "
           + ", ".join(sorted(result["files"])[:6]))

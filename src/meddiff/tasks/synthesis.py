@@ -49,12 +49,13 @@ def class_labels_for(meta: dict, num: int, class_label: int | None) -> Tensor | 
 @torch.no_grad()
 def generate(checkpoint: str | Path, num: int, *, sampler: str = "dpmpp_2m", steps: int = 20,
              class_label: int | None = None, guidance_scale: float = 1.0, seed: int = 0, batch_size: int = 64,
-             device: str = "cpu", clip_denoised: bool = True, model=None, meta: dict | None = None, progress=None
+             device: str = "cpu", clip_denoised: bool | None = None, model=None, meta: dict | None = None, progress=None
              ) -> tuple[Tensor, Tensor | None]:
-    """``num`` samples (num, C, *spatial) in model space [-1, 1] and their labels (or None).
+    """``num`` samples (num, C, *spatial) in model space ([-1, 1] unless z-scored) and their labels (or None).
 
     guidance_scale 1 is the plain conditional model, 0 the unconditional one (the null class), > 1 guided.
-    clip_denoised clamps every x0 estimate to the model range [-1, 1] (`ClipDenoised`).
+    clip_denoised clamps every x0 estimate to the model range [-1, 1] (`ClipDenoised`); None = unless the training
+    data was z-scored (unbounded).
     The initial noise comes from one CPU generator seeded with ``seed`` (the same for any batch_size; the
     stochastic samplers' later draws follow it in batch order).
     """
@@ -86,13 +87,19 @@ def generate(checkpoint: str | Path, num: int, *, sampler: str = "dpmpp_2m", ste
             cond[CLASS_LABELS] = labels[start:start + batch_size].to(torch_device)
             if guidance_scale != 1.0:  # the denoiser called without labels is the null-class (unconditional) model
                 hooks.append(ClassifierFreeGuidance(denoiser, guidance_scale))
-        if clip_denoised:
+        if clip_denoised or (clip_denoised is None and bounded(meta)):
             hooks.append(ClipDenoised(-1.0, 1.0))
         hook = HookChain(hooks) if hooks else None
         out.append(run(denoiser, x, grid, hook=hook, generator=generator, cond=cond).float().cpu())
         if progress is not None:
             progress(min(start + batch_size, num), num)
-    return torch.cat(out).clamp(-1, 1), labels
+    samples = torch.cat(out)
+    return (samples.clamp(-1, 1) if bounded(meta) else samples), labels
+
+
+def bounded(meta: dict) -> bool:
+    """Whether the model's data lives in [-1, 1] (every normalisation except z-scoring)."""
+    return (meta.get("normalisation") or {}).get("mode") != "zscore"
 
 
 def invertible(meta: dict) -> bool:
@@ -154,7 +161,7 @@ def write_samples(out_dir: str | Path, samples: Tensor, labels: Tensor | None, m
 
 def sample_to_folder(checkpoint: str | Path, out_dir: str | Path, num: int, *, sampler: str = "dpmpp_2m",
                      steps: int = 20, class_label: int | None = None, guidance_scale: float = 1.0, seed: int = 0,
-                     batch_size: int = 64, device: str = "cpu", clip_denoised: bool = True, progress=None) -> dict:
+                     batch_size: int = 64, device: str = "cpu", clip_denoised: bool | None = None, progress=None) -> dict:
     """`generate` then `write_samples`; returns the manifest (with wall time and network evaluations)."""
     path = resolve_checkpoint(checkpoint)
     model, meta = load_checkpoint(path, device=resolve_device(device))
@@ -165,7 +172,8 @@ def sample_to_folder(checkpoint: str | Path, out_dir: str | Path, num: int, *, s
     seconds = time.perf_counter() - started
     per_step = network_evaluations(sampler, min(steps, getattr(make_schedule(meta["schedule"]), "num_train_steps", steps)))
     manifest = {"checkpoint": str(path), "num": num, "sampler": sampler, "steps": steps, "seed": seed,
-                "class": class_label, "guidance_scale": guidance_scale, "clip_denoised": clip_denoised, "seconds": round(seconds, 3),
+                "class": class_label, "guidance_scale": guidance_scale,
+                "clip_denoised": bounded(meta) if clip_denoised is None else clip_denoised, "seconds": round(seconds, 3),
                 "network_evaluations_per_sample": per_step * (2 if guidance_scale != 1.0 else 1)}
     files = write_samples(out_dir, samples, labels, meta, manifest=manifest)
     return {**manifest, "files": {k: str(v) for k, v in files.items()}}

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 import meddiff
-from meddiff.diffusion import ModelDenoiser, get_sampler, initial_noise, make_grid, make_schedule
+from meddiff.diffusion import ClipDenoised, ModelDenoiser, get_sampler, initial_noise, make_grid, make_schedule
 from meddiff.diffusion.losses import diffusion_loss
 from meddiff.diffusion.noise import make_noise
 from meddiff.diffusion.parametrization import broadcast_to
@@ -418,8 +418,10 @@ class Trainer:
             images = [self.dataset[i % len(self.dataset)][COND_IMAGE] for i in range(num)]
             cond[COND_IMAGE] = torch.stack([torch.as_tensor(c) for c in images]).to(self.device)
         denoiser = ModelDenoiser(self.ema.module, self.schedule, self.config["diffusion"]["prediction"])
+        zscored = (getattr(self.dataset, "normalisation", None) or {}).get("mode") == "zscore"
+        clip = None if zscored else ClipDenoised(-1.0, 1.0)  # as `meddiff sample`: x0 estimates kept in range
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            return get_sampler(run["sampler"])(denoiser, x, grid, generator=generator, cond=cond).float()
+            return get_sampler(run["sampler"])(denoiser, x, grid, generator=generator, cond=cond, hook=clip).float()
 
     # -- the loop ------------------------------------------------------------------------------------------
 
