@@ -38,7 +38,7 @@ def test_demo_writes_report_results_and_figures(tmp_path):
     assert evaluation["fake"]["n"] == 32 and evaluation["fake"]["labels"] == [16, 16]
     report = (out / "report.html").read_text()
     assert report.count("data:image/png;base64,") == 4
-    assert not list(out.glob(".*.tmp"))
+    assert not list(out.rglob(".*"))  # no temporary files left anywhere
 
 
 def test_bad_argument_is_one_line_error_without_traceback(tmp_path):

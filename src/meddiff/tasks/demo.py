@@ -8,8 +8,6 @@ features, precision/recall, near-copies, train-synthetic-test-real); (3) MRI rec
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
@@ -60,7 +58,7 @@ def _enlarge(array: np.ndarray, factor: int = 3) -> np.ndarray:
 
 def synthesis_section(out: Path, n: int, seed: int, log) -> dict:
     """Sample the shipped chest X-ray model and score it against the embedded real images it never saw."""
-    from meddiff.tasks.evaluate import evaluate_folders, format_table
+    from meddiff.tasks.evaluate import evaluate_folders, headline_rows, write_json
     from meddiff.tasks.synthesis import sample_to_folder
 
     real = asset_path("pneumoniamnist") / "pneumoniamnist_small.npz"
@@ -71,11 +69,11 @@ def synthesis_section(out: Path, n: int, seed: int, log) -> dict:
     result = evaluate_folders(real, folder, train=real, real_split="val", train_split="train", seed=seed,
                               kid_subsets=50, utility_steps=150)
     log(f"  evaluation (FID/KID, precision/recall, near-copies, train-synthetic-test-real) {time.perf_counter() - start:.1f}s")
-    (folder / "eval.json").write_text(json.dumps(result, indent=2, default=float))
+    write_json(result, folder / "eval.json")
     data = np.load(real)
     reals, labels = data["val_images"], data["val_labels"].reshape(-1)
     real_grid = [np.concatenate([np.pad(reals[i], 1) for i in np.flatnonzero(labels == c)[:8]], axis=1) for c in (0, 1)]
-    fakes = ((np.load(folder / "samples.npy")[:, 0])).clip(0, 255).astype(np.uint8)
+    fakes = np.load(folder / "samples.npy")[:, 0].clip(0, 255).astype(np.uint8)
     fake_labels = np.load(folder / "labels.npy")
     fake_grid = [np.concatenate([np.pad(fakes[i], 1) for i in np.flatnonzero(fake_labels == c)[:8]], axis=1) for c in (0, 1)]
     distance, nearest = np.asarray(result["memorisation"]["distance"]), result["memorisation"]["nearest_train"]
@@ -86,8 +84,7 @@ def synthesis_section(out: Path, n: int, seed: int, log) -> dict:
     panels = [_enlarge(np.concatenate(real_grid)), _enlarge(np.concatenate(fake_grid)), _enlarge(pairs)]
     figure = save_png(labelled_row(panels, ["real (val): normal / pneumonia", "synthetic: normal / pneumonia",
                                             "closest samples / their nearest training image"]), out / "synthesis.png")
-    table = [dict(zip(("metric", "value", "notes"), (c.strip() for c in line.strip().strip("|").split(" | "))))
-             for line in format_table(result).splitlines()[4:]]
+    table = headline_rows(result)
     return {"title": "Synthesis: shipped class-conditional chest X-ray model (pneumonia_cond)",
             "text": f"{n} samples (half per class) from the shipped 28x28 PneumoniaMNIST model with DPM-Solver++ "
                     "(20 steps), scored against the 200 embedded validation images the model never saw, with "
@@ -105,6 +102,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, samples: int = 20000, synthet
     out.mkdir(parents=True, exist_ok=True)
     log(f"meddiff {__version__} demo -> {out}")
     from meddiff.tasks.anomaly import report_section as anomaly_section
+    from meddiff.tasks.evaluate import write_json
     from meddiff.tasks.mri import report_section as mri_section
 
     sections = [sampler_section(out, samples, seed, log), synthesis_section(out, synthetic, seed, log),
@@ -112,7 +110,5 @@ def run_demo(out_dir: str | Path = "runs/demo", *, samples: int = 20000, synthet
                 anomaly_section(out, seed=seed, log=log)]
     results = {"version": __version__, "seed": seed, "torch": torch.__version__,
                "sections": [{"title": s["title"], "table": s.get("table")} for s in sections]}
-    tmp = out / ".results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, out / "results.json")
+    write_json(results, out / "results.json")
     return write_report(out / "report.html", "meddiff demo", sections)

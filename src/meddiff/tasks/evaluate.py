@@ -278,8 +278,8 @@ def _f(value, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
-def format_table(result: dict) -> str:
-    """Markdown table of the headline numbers, with the feature extractor named."""
+def headline_rows(result: dict) -> list[dict]:
+    """The headline numbers of an `evaluate_folders` result as {"metric", "value", "notes"} rows."""
     feats = result["features"]["name"]
     if feats is None:
         rows = [("FID, KID, precision, recall", "n/a", result["features"]["skipped"])]
@@ -309,10 +309,20 @@ def format_table(result: dict) -> str:
             p = result["paired"]
             rows.append((f"paired {name.upper().replace('_', '-')}", _f(p.get(name)),
                          p.get(f"{name}_note", f"mean over {p['pairs']} pairs, data range 2")))
+    return [{"metric": a, "value": b, "notes": c} for a, b, c in rows]
+
+
+def caption(result: dict) -> str:
+    """One line: how many images were compared, and with which features."""
+    feats = result["features"]["name"]
     described = f"{feats} ({result['features']['description']})" if feats else "none"
-    lines = [f"{result['fake']['n']} fake vs {result['real']['n']} real images; features: {described}", "",
-             "| metric | value | notes |", "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return f"{result['fake']['n']} fake vs {result['real']['n']} real images; features: {described}"
+
+
+def format_table(result: dict) -> str:
+    """Markdown table of the headline numbers, with the feature extractor named."""
+    lines = [caption(result), "", "| metric | value | notes |", "|---|---|---|"]
+    lines += [f"| {r['metric']} | {r['value']} | {r['notes']} |" for r in headline_rows(result)]
     return "\n".join(lines)
 
 

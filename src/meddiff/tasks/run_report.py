@@ -349,14 +349,12 @@ def _metric_section(run_dir: Path, nn_rows: list[dict]) -> dict:
 
 
 def _eval_table(path: Path) -> dict:
-    """Text and rows of the headline table that `meddiff evaluate` prints (tasks.evaluate.format_table)."""
-    from meddiff.tasks.evaluate import format_table
+    """Text and rows of the headline table that `meddiff evaluate` prints (tasks.evaluate.headline_rows)."""
+    from meddiff.tasks.evaluate import caption, headline_rows
 
     try:
-        lines = format_table(json.loads(path.read_text())).splitlines()
+        result = json.loads(path.read_text())
+        return {"text": f"from {path.name} (`meddiff evaluate`): {caption(result)}.", "table": headline_rows(result)}
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise MeddiffError(f"{path} is not a `meddiff evaluate` result ({type(error).__name__}: {error}); rerun "
                            f"`meddiff evaluate ... --out {path}` or delete it") from None
-    rows = [dict(zip(("metric", "value", "notes"), (cell.strip() for cell in line.strip().strip("|").split(" | "))))
-            for line in lines[4:]]  # after the caption, a blank line, the header and the separator
-    return {"text": f"from {path.name} (`meddiff evaluate`): {lines[0]}.", "table": rows}
