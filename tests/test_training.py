@@ -132,6 +132,20 @@ def test_checkpoint_layout_meta_and_load(tmp_path):
     assert header == "step,loss,lr,grad_norm,images_per_s,elapsed_s"
 
 
+def test_tensorboard_scalars_equal_the_jsonl_log(tmp_path):
+    """run.tensorboard=true writes the same per-step scalars as log.jsonl (read back with TensorBoard's reader)."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    Trainer(tiny_config(tensorboard=True), TinyDataset(), run_dir=tmp_path / "run").fit()
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert "train/loss" in events.Tags()["scalars"] and "train/lr" in events.Tags()["scalars"]
+    board = {(e.step, round(e.value, 5)) for e in events.Scalars("train/loss")}
+    assert board == {(r["step"], round(r["loss"], 5)) for r in logged} and len(board) == 6
+
+
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     data = TinyDataset()
     trainer = Trainer(tiny_config(), data, run_dir=tmp_path / "run")

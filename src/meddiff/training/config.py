@@ -62,7 +62,7 @@ SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
         "num_samples": 16,
         "sampler": "ddim",
         "sample_steps": 50,
-        "tensorboard": False,
+        "tensorboard": False,      # also write the step scalars to <run>/tensorboard (needs the tensorboard package)
         "progress": True,
     },
 }
