@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from meddiff.data.io import atomic_path
 from meddiff.tasks.anomaly import METHODS, load_detector, markdown_table, run_evaluation
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -68,7 +69,8 @@ def main(argv=None) -> int:
         report["sweep"] = sweep()
     print(markdown_table(results))
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2))
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
         print(f"wrote {args.out}")
     return 0
 

@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/train_feature_net.py
 
-Seeded and CPU-only: SmallCNN (meddiff.metrics.features) on the PneumoniaMNIST train split, class-balanced
+Seeded and CPU-only: SmallCNN (meddiff.nets) on the PneumoniaMNIST train split, class-balanced
 cross-entropy, AdamW with a one-cycle schedule; scored on the val split (accuracy, AUROC). Writes
 weights.safetensors (fp16), meta.json (config, scores, data checksums), log.csv, command.txt; README.md is
 kept by hand beside them.

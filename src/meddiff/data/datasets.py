@@ -188,13 +188,15 @@ class FolderDataset(_Base):
                                "lower val_fraction/test_fraction or add data")
         self.channels = channels
         self.norm = NormConfig.from_dict(normalize) if normalize is not None else None
-        first, meta = self._load(self.items[0][0])
+        first, meta = self.read(self.items[0][0])
         self.spatial_dims = first.ndim - 1
         self.size = _size_tuple(size, self.spatial_dims)
         self.image_shape = (first.shape[0],) + (self.size or tuple(first.shape[1:]))
         self._setup_augment(augment, self.spatial_dims, seed)
 
-    def _load(self, path: Path) -> tuple[np.ndarray, Any]:
+    def read(self, path: Path) -> tuple[np.ndarray, Any]:
+        """One file as an array (C, *spatial) in its stored intensities (channels as configured) and its meta;
+        no normalisation or resizing (``dataset[i]`` adds those)."""
         arr, meta = io.read_image(path, expect_ndim=(2, 3))
         if arr.ndim == 3 and meta.channel_axis is None and meta.format in ("nifti", "npy", "dicom") and arr.shape[-1] == 1:
             arr = arr[..., 0]
@@ -206,7 +208,7 @@ class FolderDataset(_Base):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         path, label, _ = self.items[index]
-        arr, meta = self._load(path)
+        arr, meta = self.read(path)
         cfg = self.norm or default_norm_for(arr, meta)
         x, _ = normalize(torch.from_numpy(np.array(arr)), cfg)
         if self.size is None and tuple(x.shape) != self.image_shape:

@@ -22,41 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from meddiff.data.assets import ASSETS_DIR
 from meddiff.data.transforms import resize
 from meddiff.errors import MeddiffError, check_choice
+from meddiff.nets.small_cnn import SmallCNN
 
 FEATURE_NET_DIR = ASSETS_DIR / "checkpoints" / "feature_net_pneumonia"
 INPUT_SIZE = 28
 CHANNEL_MODES = ("mean", "each")
-
-
-class SmallCNN(nn.Module):
-    """Three conv stages (2 convs each, GroupNorm + SiLU, 2 x 2 max pooling between stages), global average
-    pool -> features (B, widths[-1]) -> linear logits (B, num_classes). Input (B, 1, 28, 28) in [-1, 1].
-    GroupNorm (no batch statistics), so an image's features never depend on the rest of the batch."""
-
-    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), num_classes: int = 2, in_channels: int = 1) -> None:
-        super().__init__()
-        layers, previous = [], in_channels
-        for i, width in enumerate(widths):
-            if i:
-                layers.append(nn.MaxPool2d(2))
-            for _ in range(2):
-                layers += [nn.Conv2d(previous, width, 3, padding=1), nn.GroupNorm(min(8, width), width), nn.SiLU()]
-                previous = width
-        self.trunk = nn.Sequential(*layers)
-        self.head = nn.Linear(previous, num_classes)
-        self.config = {"widths": list(widths), "num_classes": num_classes, "in_channels": in_channels}
-
-    def features(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) -> (B, widths[-1]) pooled penultimate features."""
-        return self.trunk(x).mean(dim=(-2, -1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
 
 
 def prepare_images(images: Tensor, size: int = INPUT_SIZE, channels: str = "mean") -> Tensor:

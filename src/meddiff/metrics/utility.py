@@ -2,7 +2,7 @@
 (medical) time series generation with recurrent conditional GANs"): train the same small classifier on
 synthetic only, real only and real + synthetic images, and score each on real held-out images (accuracy, AUROC).
 
-The classifier is `meddiff.metrics.features.SmallCNN` (narrower by default), trained for a fixed number of AdamW
+The classifier is `meddiff.nets.SmallCNN` (narrower by default), trained for a fixed number of AdamW
 steps on class-balanced cross-entropy (each class weighted by N / (K n_k)), seeded, so the three arms differ
 only in their training images.
 """
@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from meddiff.errors import MeddiffError
-from meddiff.metrics.features import SmallCNN, prepare_images
+from meddiff.metrics.features import prepare_images
+from meddiff.nets import SmallCNN
 from meddiff.metrics.segmentation import auroc
 
 UTILITY_WIDTHS = (16, 32, 64)

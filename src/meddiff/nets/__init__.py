@@ -1,4 +1,5 @@
-"""meddiff.nets: network factories (MONAI DiffusionModelUNet, noise-aware classifier) with conditioning.
+"""meddiff.nets: network factories (MONAI DiffusionModelUNet, noise-aware classifier) with conditioning, and the
+small CNN classifier the metrics use.
 
 ``build_network(config)`` dispatches on ``config["kind"]`` ("unet", "classifier" or "autoencoder"); a resolved config
 (``net.config``) rebuilds the same network, which is what checkpoints store in meta.json.
@@ -11,6 +12,7 @@ from torch import nn
 from meddiff.errors import MeddiffError, check_choice
 from meddiff.nets.autoencoder import AUTOENCODER_DEFAULTS, ConvAutoEncoder, build_autoencoder
 from meddiff.nets.classifier import CLASSIFIER_DEFAULTS, NoiseAwareClassifier, build_classifier
+from meddiff.nets.small_cnn import SmallCNN
 from meddiff.nets.unet import (
     CLASS_LABELS,
     COND_IMAGE,
@@ -36,6 +38,6 @@ def build_network(config: dict) -> nn.Module:
 
 __all__ = [
     "AUTOENCODER_DEFAULTS", "CLASSIFIER_DEFAULTS", "ConvAutoEncoder", "build_autoencoder", "CLASS_LABELS", "COND_IMAGE", "NETWORKS", "UNET_DEFAULTS",
-    "DiffusionUNet", "NoiseAwareClassifier", "build_classifier", "build_network", "build_unet",
+    "DiffusionUNet", "NoiseAwareClassifier", "SmallCNN", "build_classifier", "build_network", "build_unet",
     "check_spatial_size", "resolve_unet_config", "size_multiple",
 ]

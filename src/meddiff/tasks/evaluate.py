@@ -131,7 +131,7 @@ def load_image_set(path: str | Path, *, split: str | None = None, labels: str | 
         dataset = FolderDataset(path, split="all")
         arrays, names = [], []
         for file, label, _ in dataset.items:
-            arr, meta = dataset._load(file)
+            arr, meta = dataset.read(file)
             x, how = _to_model_space(arr, meta)
             if arrays and x.shape != arrays[0].shape:
                 raise MeddiffError(f"{what} {file}: shape {tuple(x.shape)} differs from {tuple(arrays[0].shape)} "
