@@ -17,7 +17,32 @@ import time
 from pathlib import Path
 
 from meddiff.training import load_config, list_checkpoints, train
-from meddiff.training.shipped import export_checkpoint
+from meddiff.training.shipped import SHIPPED_DIR, export_checkpoint
+
+
+def save_real_examples(data_config: dict, per_class: int, path: Path) -> None:
+    """``per_class`` randomly chosen (seed 0) validation images of each class drawn as `meddiff sample` draws its grids (one per
+    class, top to bottom; 3D: three central planes), so real and synthetic images can be compared without the data."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from meddiff.data import build_dataset
+    from meddiff.tasks.synthesis import sample_grid
+
+    dataset = build_dataset(data_config, split="val")
+    chosen: dict[int, list] = {}
+    for i in torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist():  # spread over subjects
+        item = dataset[i]
+        label = int(item.get("label", -1))
+        if len(chosen.setdefault(label, [])) < per_class:
+            chosen[label].append(item["image"])
+        if len(chosen) == max(1, getattr(dataset, "num_classes", 0) or 1) and all(len(v) == per_class for v in chosen.values()):
+            break
+    grids = [sample_grid(torch.stack(chosen[label]).float().clamp(-1, 1)) for label in sorted(chosen)]
+    tmp = path.with_name(".tmp-" + path.name)
+    Image.fromarray(np.concatenate(grids)).save(tmp, format="PNG")  # one grid per class, top to bottom
+    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", default="runs/shipped")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--export-only", action="store_true", help="export the latest checkpoint of the run")
+    parser.add_argument("--real-examples", type=int, default=0, metavar="N",
+                        help="also save real_examples.png: N held-out (val) images per class, for side-by-side viewing")
     args = parser.parse_args(argv)
 
     config = load_config(args.config)
@@ -43,8 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         train(config, resume=args.resume, run_dir=run_dir)
     checkpoint = list_checkpoints(run_dir / "checkpoints")[-1]
     command = "OMP_NUM_THREADS=1 " + shlex.join([".venv/bin/python", "scripts/train_shipped.py", *(argv or sys.argv[1:])])
+    previous = SHIPPED_DIR / args.name / "command.txt"
+    if args.export_only and previous.is_file():  # re-exporting keeps the command that trained the model
+        command = previous.read_text().strip()
     shipped = export_checkpoint(checkpoint, args.name, command=command, description=args.description,
                                 default_for=args.default_for)
+    if args.real_examples:
+        save_real_examples(config["data"], args.real_examples, shipped / "real_examples.png")
     print(f"shipped {checkpoint} -> {shipped} ({time.time() - started:.0f} s)")
     return 0
 

@@ -4,6 +4,9 @@ import json
 import subprocess
 import sys
 
+import nibabel as nib
+import numpy as np
+
 from meddiff.cli.main import build_parser, main
 
 
@@ -25,7 +28,8 @@ def test_demo_writes_report_results_and_figures(tmp_path):
     results = json.loads((out / "results.json").read_text())
     sections = {s["title"].split(":")[0].split(" (")[0]: s["table"] for s in results["sections"]}
     assert set(sections) == {"Samplers on a known distribution", "Synthesis", "MRI reconstruction with the brain diffusion prior",
-                             "Anomaly detection"}
+                             "Anomaly detection", "More shipped models"}
+    assert [row["model"] for row in sections["More shipped models"]] == ["brain_slices_2d", "adrenal3d_cond"]
     mri = {row["method"]: row["psnr_db"] for row in sections["MRI reconstruction with the brain diffusion prior"]}
     assert mri["cs-wavelet"] > mri["zero-filled"] + 3  # measured 29.4 vs 22.6 dB at 8x
     assert mri["dps"] > mri["zero-filled"] + 3
@@ -36,8 +40,11 @@ def test_demo_writes_report_results_and_figures(tmp_path):
     evaluation = json.loads((out / "synthesis" / "eval.json").read_text())
     assert evaluation["features"]["name"] == "pneumonia-cnn"
     assert evaluation["fake"]["n"] == 32 and evaluation["fake"]["labels"] == [16, 16]
+    volumes = sorted((out / "gallery" / "adrenal3d_cond").glob("*.nii.gz"))
+    assert len(volumes) == 8 and nib.load(volumes[0]).shape == (28, 28, 28)
+    assert np.load(out / "gallery" / "brain_slices_2d" / "samples.npy").shape == (16, 1, 64, 64)
     report = (out / "report.html").read_text()
-    assert report.count("data:image/png;base64,") == 4
+    assert report.count("data:image/png;base64,") == 6
     assert not list(out.rglob(".*"))  # no temporary files left anywhere
 
 

@@ -19,7 +19,7 @@ def test_config_resolves(path):
 
 
 @pytest.mark.parametrize("name, image_shape", [("pneumonia_cond", (1, 28, 28)), ("brain_slices_2d", (1, 64, 64)),
-                                               ("adrenal3d", (1, 32, 32, 32))])
+                                               ("adrenal3d", (1, 28, 28, 28))])
 def test_synthesis_config_trains_one_step(name, image_shape, shared_data, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # data paths in configs are relative to the repository root
     config = load_config(REPO / "configs" / f"{name}.yaml")
