@@ -365,7 +365,7 @@ class CSVDataset(FolderDataset):
             raise MeddiffError(f"{manifest}: split {split!r} is empty")
         self.channels = channels
         self.norm = NormConfig.from_dict(normalize) if normalize is not None else None
-        first, _ = self._load(self.items[0][0])
+        first, _ = self.read(self.items[0][0])
         self.spatial_dims = first.ndim - 1
         self.size = _size_tuple(size, self.spatial_dims)
         self.image_shape = (first.shape[0],) + (self.size or tuple(first.shape[1:]))
