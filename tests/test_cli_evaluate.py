@@ -84,14 +84,15 @@ def test_paired_metrics_match_the_functions(tmp_path):
     assert p["psnr"] == pytest.approx(float(psnr(fake, real, data_range=2.0).mean()), rel=1e-6)
     assert p["ssim"] == pytest.approx(float(ssim(fake, real, 2.0).mean()), rel=1e-6)
     assert p["ms_ssim"] is None and "too small" in p["ms_ssim_note"]
-    vol = torch.rand(5, 1, 12, 14, 16, generator=g) * 2 - 1  # volumes: pixel metrics only
+    vol = torch.rand(5, 1, 12, 14, 16, generator=g) * 2 - 1  # volumes
     train = torch.rand(5, 1, 12, 14, 16, generator=g) * 2 - 1
     fake = (train + 0.01).clamp(-1, 1)  # near-copies of the training volumes
     for name, array in (("vreal", vol), ("vfake", fake), ("vtrain", train)):
         np.save(tmp_path / f"{name}.npy", array.numpy())
     result = evaluate_folders(tmp_path / "vreal.npy", tmp_path / "vfake.npy", train=tmp_path / "vtrain.npy",
                               paired=True)
-    assert result["features"]["name"] is None and "2D" in result["utility"]["skipped"]
+    assert result["features"]["name"] == "pneumonia-cnn (3 central planes)" and "2D" in result["utility"]["skipped"]
+    assert result["fid"] >= 0 and 0 <= result["precision"] <= 1  # 2.5D features: the three central planes
     assert result["paired"]["ssim"] == pytest.approx(float(ssim(fake, vol, 2.0, spatial_dims=3).mean()), rel=1e-6)
     assert result["memorisation"]["nearest_train"] == list(range(5)) and result["memorisation"]["flagged"] == 5
 

@@ -118,6 +118,23 @@ def test_random_cnn_is_seeded_and_batch_independent():
         get_feature_extractor("inception")
 
 
+def test_volume_features_are_the_three_central_planes_concatenated():
+    from meddiff.metrics.features import get_feature_extractor
+
+    extractor = get_feature_extractor("random-cnn")
+    volumes = torch.rand(4, 1, 10, 12, 14, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    features = extractor(volumes)
+    assert features.shape == (4, 3 * 128)
+    planes = [volumes[:, :, 5], volumes[:, :, :, 6], volumes[:, :, :, :, 7]]
+    for i, plane in enumerate(planes):
+        torch.testing.assert_close(features[:, i * 128:(i + 1) * 128], extractor(plane))
+    changed = volumes.clone()
+    changed[:, :, 0] = 1.0  # an off-centre slice in every axis but one: only the two other planes see it
+    moved = extractor(changed)
+    torch.testing.assert_close(moved[:, :128], features[:, :128])
+    assert not torch.allclose(moved[:, 128:], features[:, 128:])
+
+
 def test_pneumonia_cnn_features_separate_the_classes():
     import numpy as np
 

@@ -65,6 +65,14 @@ class FeatureExtractor:
 
     @torch.no_grad()
     def __call__(self, images: Tensor) -> Tensor:
+        """(N, C, H, W) -> (N, dim) (x C with channels="each"); volumes (N, C, D, H, W) -> (N, 3 dim): the features
+        of the three central orthogonal planes concatenated (slice-wise "2.5D" features, the usual stand-in for a
+        3D feature network in medical generative papers)."""
+        images = torch.as_tensor(images)
+        if images.ndim == 5:
+            d, h, w = images.shape[2:]
+            planes = (images[:, :, d // 2], images[:, :, :, h // 2], images[:, :, :, :, w // 2])
+            return torch.cat([self(plane) for plane in planes], dim=1)
         n = images.shape[0]
         x = prepare_images(images, channels=self.channels)
         self.net.eval()

@@ -209,8 +209,8 @@ def evaluate_folders(real: str | Path, fake: str | Path, *, features: str = "pne
                      utility: bool = True, utility_steps: int = 400, paired: bool = False, seed: int = 0,
                      channels: str = "mean") -> dict:
     """Score the synthetic images ``fake`` against the real held-out ``real`` (and the training images ``train``)
-    -> a JSON-ready dict; ``labels`` is a label file for ``fake`` when its format carries none. Volumes get the
-    pixel metrics only (the feature networks are 2D)."""
+    -> a JSON-ready dict; ``labels`` is a label file for ``fake`` when its format carries none. Volumes are embedded
+    by their three central planes (2.5D features); the utility classifier is 2D only."""
     real_set = load_image_set(real, split=real_split, what="--real")
     fake_set = load_image_set(fake, split=fake_split, labels=labels, what="--fake")
     train_set = load_image_set(train, split=train_split, what="--train") if train is not None else None
@@ -227,19 +227,20 @@ def evaluate_folders(real: str | Path, fake: str | Path, *, features: str = "pne
                                "(FID and KID need many more: hundreds)")
     result = {"meddiff_version": __version__, "real": real_set.describe(), "fake": fake_set.describe(),
               "train": train_set.describe() if train_set is not None else None}
-    if real_set.images.ndim == 4:
-        extractor = get_feature_extractor(features, channels=channels)
-        f_real, f_fake = extractor(real_set.images), extractor(fake_images)
-        kid_mean, kid_std = kid(f_real, f_fake, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
-        precision, recall = precision_recall(f_real, f_fake, k=k)
-        result.update({
-            "features": extractor.card(), "fid": fid(f_real, f_fake),
-            "kid": kid_mean, "kid_std": kid_std, "kid_subsets": kid_subsets,
-            "kid_subset_size": min(kid_subset_size, len(f_real), len(f_fake)),
-            "precision": precision, "recall": recall, "k": k,
-        })
-    else:
-        result["features"] = {"name": None, "skipped": "volumes: the feature networks are 2D (pass slices for FID)"}
+    extractor = get_feature_extractor(features, channels=channels)
+    f_real, f_fake = extractor(real_set.images), extractor(fake_images)
+    kid_mean, kid_std = kid(f_real, f_fake, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
+    precision, recall = precision_recall(f_real, f_fake, k=k)
+    card = extractor.card()
+    if real_set.images.ndim == 5:
+        card = {**card, "name": f"{card['name']} (3 central planes)",
+                "volumes": "2.5D: features of the three central orthogonal planes of each volume, concatenated"}
+    result.update({
+        "features": card, "fid": fid(f_real, f_fake),
+        "kid": kid_mean, "kid_std": kid_std, "kid_subsets": kid_subsets,
+        "kid_subset_size": min(kid_subset_size, len(f_real), len(f_fake)),
+        "precision": precision, "recall": recall, "k": k,
+    })
     for name, before, after in (("fake", fake_set.images, fake_images), ("train", train_set and train_set.images,
                                                                           train_images)):
         if after is not None and after.shape[1:] != before.shape[1:]:
@@ -281,14 +282,11 @@ def _f(value, digits: int = 4) -> str:
 def headline_rows(result: dict) -> list[dict]:
     """The headline numbers of an `evaluate_folders` result as {"metric", "value", "notes"} rows."""
     feats = result["features"]["name"]
-    if feats is None:
-        rows = [("FID, KID, precision, recall", "n/a", result["features"]["skipped"])]
-    else:
-        rows = [("FID", _f(result["fid"]), f"features: {feats}"),
-                ("KID", f"{result['kid']:.3g} +- {result['kid_std']:.2g}",
-                 f"{result['kid_subsets']} subsets of {result['kid_subset_size']}, features: {feats}"),
-                ("precision", _f(result["precision"]), f"k = {result['k']}, features: {feats}"),
-                ("recall", _f(result["recall"]), f"k = {result['k']}, features: {feats}")]
+    rows = [("FID", _f(result["fid"]), f"features: {feats}"),
+            ("KID", f"{result['kid']:.3g} +- {result['kid_std']:.2g}",
+             f"{result['kid_subsets']} subsets of {result['kid_subset_size']}, features: {feats}"),
+            ("precision", _f(result["precision"]), f"k = {result['k']}, features: {feats}"),
+            ("recall", _f(result["recall"]), f"k = {result['k']}, features: {feats}")]
     mem = result["memorisation"]
     if "skipped" in mem:
         rows.append(("near-copies", "n/a", mem["skipped"]))
@@ -314,8 +312,7 @@ def headline_rows(result: dict) -> list[dict]:
 
 def caption(result: dict) -> str:
     """One line: how many images were compared, and with which features."""
-    feats = result["features"]["name"]
-    described = f"{feats} ({result['features']['description']})" if feats else "none"
+    described = f"{result['features']['name']} ({result['features']['description']})"
     return f"{result['fake']['n']} fake vs {result['real']['n']} real images; features: {described}"
 
 
