@@ -91,7 +91,7 @@ def test_paired_metrics_match_the_functions(tmp_path):
         np.save(tmp_path / f"{name}.npy", array.numpy())
     result = evaluate_folders(tmp_path / "vreal.npy", tmp_path / "vfake.npy", train=tmp_path / "vtrain.npy",
                               paired=True)
-    assert result["features"]["name"] == "pneumonia-cnn (3 central planes)" and "2D" in result["utility"]["skipped"]
+    assert result["features"]["name"] == "pneumonia-cnn (3 central planes)" and "no class labels" in result["utility"]["skipped"]
     assert result["fid"] >= 0 and 0 <= result["precision"] <= 1  # 2.5D features: the three central planes
     assert result["paired"]["ssim"] == pytest.approx(float(ssim(fake, vol, 2.0, spatial_dims=3).mean()), rel=1e-6)
     assert result["memorisation"]["nearest_train"] == list(range(5)) and result["memorisation"]["flagged"] == 5

@@ -48,6 +48,12 @@ def prepare_images(images: Tensor, size: int = INPUT_SIZE, channels: str = "mean
     return x.contiguous()
 
 
+def central_planes(volumes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(N, C, D, H, W) -> the three central orthogonal planes (N, C, H, W), (N, C, D, W), (N, C, D, H)."""
+    d, h, w = volumes.shape[2:]
+    return volumes[:, :, d // 2], volumes[:, :, :, h // 2], volumes[:, :, :, :, w // 2]
+
+
 @dataclass
 class FeatureExtractor:
     """``extractor(images (N, C, H, W) in [-1, 1]) -> features (N, dim)`` float64, with the name to report."""
@@ -70,9 +76,7 @@ class FeatureExtractor:
         3D feature network in medical generative papers)."""
         images = torch.as_tensor(images)
         if images.ndim == 5:
-            d, h, w = images.shape[2:]
-            planes = (images[:, :, d // 2], images[:, :, :, h // 2], images[:, :, :, :, w // 2])
-            return torch.cat([self(plane) for plane in planes], dim=1)
+            return torch.cat([self(plane) for plane in central_planes(images)], dim=1)
         n = images.shape[0]
         x = prepare_images(images, channels=self.channels)
         self.net.eval()

@@ -4,7 +4,8 @@ synthetic only, real only and real + synthetic images, and score each on real he
 
 The classifier is `meddiff.nets.SmallCNN` (narrower by default), trained for a fixed number of AdamW
 steps on class-balanced cross-entropy (each class weighted by N / (K n_k)), seeded, so the three arms differ
-only in their training images.
+only in their training images. Volumes are classified from their three central orthogonal planes, resized to
+28 x 28 and stacked as channels (2.5D).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from meddiff.errors import MeddiffError
-from meddiff.metrics.features import prepare_images
+from meddiff.metrics.features import central_planes, prepare_images
 from meddiff.nets import SmallCNN
 from meddiff.metrics.segmentation import auroc
 
@@ -36,11 +37,20 @@ def class_auroc(scores, labels) -> float:
     return float(np.mean([auroc(scores[:, k], labels == k) for k in present]))
 
 
+def classifier_input(images) -> Tensor:
+    """Images (N, C, H, W) -> (N, 1, 28, 28) channel mean; volumes (N, C, D, H, W) -> (N, 3, 28, 28): the
+    channel means of the three central planes as channels."""
+    images = torch.as_tensor(images)
+    if images.ndim == 5:
+        return torch.cat([prepare_images(plane) for plane in central_planes(images)], dim=1)
+    return prepare_images(images)
+
+
 def _check_labelled(name: str, images, labels) -> tuple[Tensor, Tensor]:
     images, labels = torch.as_tensor(images), torch.as_tensor(labels).reshape(-1).long()
-    if images.ndim != 4 or images.shape[0] != labels.shape[0] or images.shape[0] == 0:
-        raise MeddiffError(f"{name}: need images (N, C, H, W) and one label per image, got {tuple(images.shape)} "
-                           f"and {tuple(labels.shape)} labels")
+    if images.ndim not in (4, 5) or images.shape[0] != labels.shape[0] or images.shape[0] == 0:
+        raise MeddiffError(f"{name}: need images (N, C, H, W) or volumes (N, C, D, H, W) and one label per image, "
+                           f"got {tuple(images.shape)} and {tuple(labels.shape)} labels")
     if int(labels.min()) < 0:
         raise MeddiffError(f"{name}: labels must be class indices 0..K-1, got {int(labels.min())}")
     return images, labels
@@ -49,7 +59,7 @@ def _check_labelled(name: str, images, labels) -> tuple[Tensor, Tensor]:
 def train_classifier(images, labels, *, num_classes: int | None = None, widths=UTILITY_WIDTHS, steps: int = 400,
                      batch_size: int = 64, lr: float = 2e-3, weight_decay: float = 1e-4, seed: int = 0,
                      log=None) -> SmallCNN:
-    """Train SmallCNN(widths) on images (N, C, H, W) in [-1, 1] (prepared as in the feature extractors) and labels
+    """Train SmallCNN(widths) on images (N, C, H, W) or volumes in [-1, 1] (`classifier_input`) and labels
     (N,) for ``steps`` AdamW steps with class-balanced cross-entropy; seeded. ``log(step, loss)`` every 50 steps."""
     images, labels = _check_labelled("training data", images, labels)
     if not isinstance(steps, int) or steps < 20:
@@ -59,11 +69,11 @@ def train_classifier(images, labels, *, num_classes: int | None = None, widths=U
     if int((counts > 0).sum()) < 2:
         raise MeddiffError(f"training data has a single class ({counts.tolist()} images per class); need two or more")
     weight = (len(labels) / (k * counts.clamp_min(1))).float()
-    x = prepare_images(images)
+    x = classifier_input(images)
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = SmallCNN(tuple(widths), k)
+        net = SmallCNN(tuple(widths), k, in_channels=x.shape[1])
     optimiser = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.1)
     net.train()
@@ -81,8 +91,8 @@ def train_classifier(images, labels, *, num_classes: int | None = None, widths=U
 
 @torch.no_grad()
 def predict(net: SmallCNN, images, batch_size: int = 512) -> Tensor:
-    """Class probabilities (N, K) float64 of images (N, C, H, W) in [-1, 1]."""
-    x = prepare_images(torch.as_tensor(images))
+    """Class probabilities (N, K) float64 of images (N, C, H, W) or volumes (N, C, D, H, W) in [-1, 1]."""
+    x = classifier_input(images)
     net.eval()
     return torch.cat([net(x[s:s + batch_size]).softmax(-1) for s in range(0, x.shape[0], batch_size)]).double()
 

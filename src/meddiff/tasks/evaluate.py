@@ -210,7 +210,7 @@ def evaluate_folders(real: str | Path, fake: str | Path, *, features: str = "pne
                      channels: str = "mean") -> dict:
     """Score the synthetic images ``fake`` against the real held-out ``real`` (and the training images ``train``)
     -> a JSON-ready dict; ``labels`` is a label file for ``fake`` when its format carries none. Volumes are embedded
-    by their three central planes (2.5D features); the utility classifier is 2D only."""
+    by their three central planes (2.5D features and classifier)."""
     real_set = load_image_set(real, split=real_split, what="--real")
     fake_set = load_image_set(fake, split=fake_split, labels=labels, what="--fake")
     train_set = load_image_set(train, split=train_split, what="--train") if train is not None else None
@@ -260,13 +260,12 @@ def evaluate_folders(real: str | Path, fake: str | Path, *, features: str = "pne
                if s is None or s.labels is None]
     if not utility:
         result["utility"] = {"skipped": "disabled"}
-    elif real_set.images.ndim != 4:
-        result["utility"] = {"skipped": "volumes: the utility classifier is 2D"}
     elif missing:
         result["utility"] = {"skipped": f"no class labels for {', '.join(missing)} (class sub-folders, a labels "
                                         "array in the .npz, or --labels for --fake)"}
     else:
-        result["utility"] = {"test": "--real", "classifier": "SmallCNN (16, 32, 64), class-balanced", "steps":
+        result["utility"] = {"test": "--real", "classifier": "SmallCNN (16, 32, 64), class-balanced" + (
+                                 ", on the three central planes" if real_set.images.ndim == 5 else ""), "steps":
                              utility_steps, **train_synthetic_test_real(
                                  (fake_images, fake_set.labels), (train_images, train_set.labels),
                                  (real_set.images, real_set.labels), seed=seed, steps=utility_steps)}
