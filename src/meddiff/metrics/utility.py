@@ -17,8 +17,8 @@ from torch import Tensor
 
 from meddiff.errors import MeddiffError
 from meddiff.metrics.features import central_planes, prepare_images
-from meddiff.nets import SmallCNN
 from meddiff.metrics.segmentation import auroc
+from meddiff.nets import SmallCNN
 
 UTILITY_WIDTHS = (16, 32, 64)
 
