@@ -11,7 +11,6 @@ Extra settings (``--sweep``) run Wolleb at other guidance scales / noise levels 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from meddiff.data.io import atomic_path
+from meddiff.data.io import write_json
 from meddiff.tasks.anomaly import METHODS, load_detector, markdown_table, run_evaluation
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -69,9 +68,7 @@ def main(argv=None) -> int:
         report["sweep"] = sweep()
     print(markdown_table(results))
     if args.out:
-        with atomic_path(args.out) as tmp:
-            tmp.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.out}")
+        print(f"wrote {write_json(report, args.out)}")
     return 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from meddiff.data.io import atomic_path
+from meddiff.data.io import write_json
 
 from meddiff.metrics.image import nmse, psnr, ssim
 from meddiff.physics import (MultiCoilMRI, centre_block, cg_sense, cs_tv, cs_wavelet, estimate_sensitivity_maps,
@@ -138,8 +137,7 @@ def main(argv=None) -> int:
                    "threads": args.threads, "data": "mri_kspace_brain_8ch (ESPIRiT demo, 8 coils, 230x180)"})
     if not args.tune:
         print(markdown(result["summary"]))
-    with atomic_path(args.out) as tmp:
-        tmp.write_text(json.dumps(result, indent=1))
+    write_json(result, args.out)
     return 0
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from meddiff.data.io import atomic_path
+from meddiff.data.io import write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mri_baselines import ACS_FRACTION, FOREGROUND, SETTINGS, load_slice, scores  # noqa: E402
@@ -169,8 +169,7 @@ def main(argv=None) -> int:
                    "prior_meta_step": prior.meta.get("step"), "seeds": args.seeds,
                    "diffusion_seeds": args.diffusion_seeds, "variants": VARIANTS,
                    "data": "mri_kspace_brain_8ch (ESPIRiT demo, 8 coils, 230x180)"})
-    with atomic_path(args.out) as tmp:
-        tmp.write_text(json.dumps(result, indent=1))
+    write_json(result, args.out)
     return 0
 
 

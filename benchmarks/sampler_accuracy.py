@@ -11,14 +11,13 @@ compares grids, which is how those recommendations were chosen. Prints markdown 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 
 import torch
 
 from meddiff import __version__
-from meddiff.data.io import atomic_path
+from meddiff.data.io import write_json
 from meddiff.diffusion import VPSDE, DiscreteSchedule, get_sampler, initial_noise, make_grid, network_evaluations, recommended_spacing
 from meddiff.diffusion.analytic import anisotropic_gaussian, mixture_2d
 from meddiff.metrics.distributions import frechet_distance, sample_moments
@@ -111,8 +110,7 @@ def main() -> None:
     print("\n## Does a fast solver at <= 20 NFE reach DDPM-1000?\n")
     print(table(verdicts, ["target", "sampler", "nfe", "metric", "value", "ddpm_1000", "ratio_to_ddpm_1000", "reaches_ddpm_1000"]))
     if args.out:
-        with atomic_path(args.out) as tmp:
-            tmp.write_text(json.dumps(report, indent=2))
+        write_json(report, args.out)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ time and network evaluations. A "real" row gives the floor: the same metrics for
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from meddiff import __version__
-from meddiff.data.io import atomic_path, read_medmnist
+from meddiff.data.io import read_medmnist, write_json
 from meddiff.diffusion import network_evaluations
 from meddiff.metrics.features import get_feature_extractor
 from meddiff.metrics.generative import fid, kid, precision_recall
@@ -129,8 +128,7 @@ def main() -> None:
               "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
               "meddiff": __version__, "results": rows, "table": table}
     if args.out:
-        with atomic_path(args.out) as tmp:
-            tmp.write_text(json.dumps(result, indent=2, default=float))
+        write_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def save_real_examples(data_config: dict, per_class: int, path: Path) -> None:
         label = int(item.get("label", -1))
         if len(chosen.setdefault(label, [])) < per_class:
             chosen[label].append(item["image"])
-        if len(chosen) == max(1, getattr(dataset, "num_classes", 0) or 1) and all(len(v) == per_class for v in chosen.values()):
+        if len(chosen) == (getattr(dataset, "num_classes", 0) or 1) and all(len(v) == per_class for v in chosen.values()):
             break
     grids = [sample_grid(torch.stack(chosen[label]).float().clamp(-1, 1)) for label in sorted(chosen)]
     tmp = path.with_name(".tmp-" + path.name)

@@ -27,7 +27,8 @@ from meddiff.tasks.run_report import (
     wall_time,
     write_run_report,
 )
-from meddiff.tasks.evaluate import evaluate_folders, write_json
+from meddiff.data.io import write_json
+from meddiff.tasks.evaluate import evaluate_folders
 from meddiff.tasks.synthesis import generate, sample_grid
 from meddiff.training import Trainer, resolve_checkpoint
 from meddiff.training import shipped as shipped_module

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def register(subparsers) -> None:
@@ -72,7 +71,7 @@ def run_detect(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from meddiff.data.io import atomic_path
+    from meddiff.data.io import write_json
     from meddiff.tasks.anomaly import markdown_table, run_evaluation
 
     results = run_evaluation(args.methods, brats_test=args.brats_test or None, brats_case=args.brats_case or None,
@@ -81,7 +80,5 @@ def run_evaluate(args: argparse.Namespace) -> int:
                              seed=args.seed)
     print(markdown_table(results))
     if args.out:
-        with atomic_path(args.out) as tmp:
-            tmp.write_text(json.dumps(results, indent=2))
-        print(f"wrote {args.out}")
+        print(f"wrote {write_json(results, args.out)}")
     return 0

@@ -44,7 +44,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from meddiff.tasks.evaluate import evaluate_folders, format_table, write_json
+    from meddiff.data.io import write_json
+    from meddiff.tasks.evaluate import evaluate_folders, format_table
 
     result = evaluate_folders(
         args.real, args.fake, features=args.features, train=args.train, labels=args.labels,

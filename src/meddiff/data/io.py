@@ -8,6 +8,7 @@ Every failure is a `MeddiffError` whose one-line message names the file and what
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import tempfile
@@ -149,6 +150,14 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_json(obj, path: PathLike) -> Path:
+    """Write ``obj`` as indented JSON atomically (numpy scalars become floats); returns the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, default=float) + "\n")
+    return path
 
 
 def _guess_modality(name: str) -> str | None:

@@ -8,7 +8,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +18,6 @@ from meddiff.data.datasets import (
     COND_KEY,
     IMAGE_KEY,
     KSPACE_KEY,
-    LABEL_KEY,
     SEG_KEY,
     FolderDataset,
     _Base,

@@ -59,7 +59,8 @@ def _enlarge(array: np.ndarray, factor: int = 3) -> np.ndarray:
 
 def synthesis_section(out: Path, n: int, seed: int, log) -> dict:
     """Sample the shipped chest X-ray model and score it against the embedded real images it never saw."""
-    from meddiff.tasks.evaluate import evaluate_folders, headline_rows, write_json
+    from meddiff.data.io import write_json
+    from meddiff.tasks.evaluate import evaluate_folders, headline_rows
     from meddiff.tasks.synthesis import sample_to_folder
 
     real = asset_path("pneumoniamnist") / "pneumoniamnist_small.npz"
@@ -140,7 +141,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, samples: int = 20000, synthet
     out.mkdir(parents=True, exist_ok=True)
     log(f"meddiff {__version__} demo -> {out}")
     from meddiff.tasks.anomaly import report_section as anomaly_section
-    from meddiff.tasks.evaluate import write_json
+    from meddiff.data.io import write_json
     from meddiff.tasks.mri import report_section as mri_section
 
     sections = [sampler_section(out, samples, seed, log), synthesis_section(out, synthetic, seed, log),

@@ -21,7 +21,7 @@ from torch import Tensor
 from meddiff import __version__
 from meddiff.data import FolderDataset, MedMNISTDataset, read_image
 from meddiff.data.assets import resolve_path
-from meddiff.data.io import atomic_path, is_medmnist, load_npz
+from meddiff.data.io import is_medmnist, load_npz
 from meddiff.data.transforms import default_norm_for, denormalize, normalize, resize
 from meddiff.errors import MeddiffError
 from meddiff.metrics.features import get_feature_extractor
@@ -320,11 +320,3 @@ def format_table(result: dict) -> str:
     lines = [caption(result), "", "| metric | value | notes |", "|---|---|---|"]
     lines += [f"| {r['metric']} | {r['value']} | {r['notes']} |" for r in headline_rows(result)]
     return "\n".join(lines)
-
-
-def write_json(result: dict, path: str | Path) -> Path:
-    """Write the result dict as JSON atomically."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-    return path

@@ -22,7 +22,7 @@ from meddiff.device import resolve_device
 from meddiff.data.transforms import denormalize
 from meddiff.diffusion.guidance import ClassifierFreeGuidance, ClipDenoised, HookChain
 from meddiff.diffusion.parametrization import ModelDenoiser
-from meddiff.diffusion.samplers import get_sampler, initial_noise, network_evaluations, recommended_spacing
+from meddiff.diffusion.samplers import get_sampler, network_evaluations, recommended_spacing
 from meddiff.diffusion.schedules import make_schedule
 from meddiff.diffusion.timesteps import make_grid
 from meddiff.errors import MeddiffError

@@ -10,7 +10,6 @@ global batch B take the same step as one process with batch B (up to the all-red
 from __future__ import annotations
 
 import contextlib
-import copy
 import csv
 import json
 import math
