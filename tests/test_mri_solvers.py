@@ -292,3 +292,17 @@ def test_prior_patches_are_uint8_crops_split_by_subject(tmp_path):
     assert data["train_images"].dtype == np.uint8 and data["train_images"].max() > 200
     again = np.load(mri.make_prior_patches(tmp_path / "q.npz", tmp_path, per_subject=8, patch=16))
     np.testing.assert_array_equal(data["train_images"], again["train_images"])  # seeded
+    # extra 1 mm volumes: appended to train only, the IXI crops unchanged, brain rescaled to a median of 0.3-0.5
+    one_mm = tmp_path / "one_mm" / "t1.nii.gz"
+    vol = np.zeros((48, 48, 20), np.float32)
+    vol[4:44, 4:44] = g.uniform(400, 600, (40, 40, 20))
+    io.write_nifti(one_mm, vol, np.eye(4))
+    mixed = np.load(mri.make_prior_patches(tmp_path / "m.npz", tmp_path, per_subject=8, patch=16,
+                                           one_mm=((one_mm, 1.0),), per_one_mm=6))
+    assert mixed["train_images"].shape == (22, 16, 16) and mixed["val_images"].shape == (4, 16, 16)
+    np.testing.assert_array_equal(mixed["train_images"][:16], data["train_images"])
+    extra = mixed["train_images"][16:].astype(float) / 255
+    assert 0.25 < np.median(extra[extra > 0.1]) < 0.55  # raw median / p99.5 would be ~0.84
+    with pytest.raises(MeddiffError, match="missing.nii.gz: 1 mm T1 volume for the prior not found"):
+        mri.make_prior_patches(tmp_path / "x.npz", tmp_path, per_subject=8, patch=16,
+                               one_mm=((tmp_path / "missing.nii.gz", 1.0),))

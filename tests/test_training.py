@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
 from meddiff.diffusion import diffusion_loss, make_schedule
+from meddiff.diffusion.losses import focus_training_times
 from meddiff.errors import MeddiffError
 from meddiff.training import (
     EMA,
@@ -71,6 +72,23 @@ def test_loss_with_caller_drawn_t_and_noise_equals_generator_draws_bit_for_bit()
         t = schedule.sample_training_times(4, g)
         noise = torch.randn(x0.shape, generator=g)
         assert diffusion_loss(model, x0, schedule, prediction, min_snr_gamma=gamma, t=t, noise=noise) == reference
+
+
+def test_time_focus_draws_the_stated_share_of_low_noise_times():
+    """time_focus {below: 0.2, probability: 0.7}: P(t < 0.2 T) = 0.7 + 0.3 x 0.2 = 0.76, integers for discrete
+    schedules, uniform inside the band; probability 0 leaves the uniform draws untouched."""
+    schedule = make_schedule({"kind": "discrete", "num_train_steps": 1000})
+    g = torch.Generator().manual_seed(0)
+    uniform = schedule.sample_training_times(40000, g)
+    t = focus_training_times(uniform, schedule, 0.2, 0.7, g)
+    assert (t < 200).float().mean().item() == pytest.approx(0.76, abs=0.01)
+    assert torch.equal(t, t.floor()) and t.min() >= 0 and t.max() <= 999
+    band = t[t < 200]
+    assert (band < 100).float().mean().item() == pytest.approx(0.5, abs=0.02)
+    assert torch.equal(focus_training_times(uniform, schedule, 0.2, 0.0, g), uniform)
+    continuous = make_schedule({"kind": "vp"})
+    t = focus_training_times(continuous.sample_training_times(1000, g), continuous, 0.1, 1.0, g)
+    assert t.max() <= continuous.t_min + 0.1 * (continuous.t_max - continuous.t_min) and not torch.equal(t, t.floor())
 
 
 def test_resume_repeats_the_loss_sequence_bit_for_bit(tmp_path):
@@ -169,7 +187,8 @@ def test_other_model_kinds_train(tmp_path, kind):
         data = TinyDataset(shape=(1, 8, 8, 8))
     elif kind == "2d_image_conditional":
         config["model"] = {"channels": [8, 16], "attention_levels": [False, False]}
-        config["diffusion"] = {"prediction": "v", "schedule": {"kind": "vp"}}
+        config["diffusion"] = {"prediction": "v", "schedule": {"kind": "vp"},
+                               "time_focus": {"below": 0.1, "probability": 0.5}}
         data = TinyDataset(cond=True)
     else:
         config["task"] = "classifier"
@@ -217,6 +236,9 @@ def test_config_errors(tmp_path):
         config = tiny_config()
         config["model"]["in_channels"] = 3
         Trainer(config, TinyDataset(), run_dir=tmp_path)
+    with pytest.raises(MeddiffError, match=r"diffusion.time_focus=.*must be null or \{below: f, probability: p\}"):
+        Trainer({**tiny_config(), "diffusion": {"time_focus": {"below": 1.5, "probability": 0.5}}}, TinyDataset(),
+                run_dir=tmp_path)
     with pytest.raises(MeddiffError, match="pad or crop to a multiple of 2"):
         Trainer(tiny_config(), TinyDataset(shape=(1, 15, 16)), run_dir=tmp_path)
 

@@ -34,6 +34,19 @@ def min_snr_weight(snr: Tensor, gamma: float, prediction: str) -> Tensor:
     return clipped / (snr + 1)
 
 
+def focus_training_times(t: Tensor, schedule: NoiseSchedule, below: float, probability: float,
+                         generator: torch.Generator | None = None) -> Tensor:
+    """Redraw a share ``probability`` of the training times t (B,) uniformly in the lowest ``below`` fraction of the
+    schedule's range (integers for discrete schedules): more training where a restoration solver works (it starts
+    from an image noised to a small t), in the spirit of EDM's non-uniform training noise (Karras et al. 2022)."""
+    u = torch.rand(t.shape, generator=generator, dtype=torch.float64)
+    low = schedule.t_min + u * below * (schedule.t_max - schedule.t_min)
+    if schedule.is_discrete:
+        low = low.floor()
+    chosen = torch.rand(t.shape, generator=generator) < probability
+    return torch.where(chosen, low.float(), t)
+
+
 def diffusion_loss(
     model: Callable[..., Tensor],
     x0: Tensor,

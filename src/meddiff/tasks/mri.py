@@ -83,15 +83,52 @@ IXI_T1_DIR = "../shared/data/ixi_t1_2mm_nichart"
 PRIOR_PATCH = 64
 PRIOR_ZOOM = (1.0, 2.0)      # patch pixel = 2 mm / zoom: covers the 2 mm training data and the ~1 mm test k-space
 PRIOR_VAL_SUBJECTS = 2       # the last subjects (sorted) are held out as val
+# T1-weighted volumes at about 1 mm (none is the k-space subject): (path, in-plane pixel in mm). Skull-stripped ones
+# have their brain brighter relative to the 99.5th percentile than a head with scalp fat, hence the median rescaling.
+ONE_MM_T1 = (
+    ("../shared/data/brats_case_1/TCGA-FG-6692_t1.nii.gz", 1.0),
+    ("../shared/data/brats_case_1/TCGA-FG-6692_t1ce.nii.gz", 1.0),
+    ("../shared/data/voxelmorph_brain/test_scan.npz", 1.0),
+    ("../shared/data/mni152/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz", 1.0),
+    ("../shared/data/pyradiomics_brain1/image.nii.gz", 0.78125),
+)
+ONE_MM_MEDIAN = (0.3, 0.5)   # foreground median / 99.5th percentile drawn per crop (the k-space slice's is 0.39)
+
+
+def _axial_volume(path: Path) -> np.ndarray:
+    """A T1 volume (x, y, z) in RAS, axial slices along z, scaled to [0, 1] by its 99.5th foreground percentile;
+    a VoxelMorph-style .npz ('vol', no affine) is taken as it is stored."""
+    if path.suffix == ".npz":
+        vol = np.load(path)["vol"].astype(np.float32)
+    else:
+        vol, meta = io.read_nifti(path)
+        vol, _ = to_canonical(np.asarray(vol, dtype=np.float32)[None], meta)
+        vol = np.asarray(vol)[0]
+    vol = np.clip(vol, 0, None)
+    return np.clip(vol / float(np.percentile(vol[vol > 0.1 * vol.max()], 99.5)), 0, 1)
+
+
+def _random_crop(sl: np.ndarray, patch: int, zoom: float, rng: np.random.Generator) -> np.ndarray:
+    """A (patch, patch) crop of the slice resampled by ``zoom`` (bicubic), randomly transposed and flipped."""
+    side = min(int(round(patch / zoom)), *sl.shape)
+    y0, x0 = rng.integers(0, sl.shape[0] - side + 1), rng.integers(0, sl.shape[1] - side + 1)
+    crop = torch.from_numpy(np.ascontiguousarray(sl[y0:y0 + side, x0:x0 + side]))[None, None]
+    crop = torch.nn.functional.interpolate(crop, size=(patch, patch), mode="bicubic", align_corners=False)[0, 0]
+    crop = crop.clamp(0, 1).numpy()
+    if rng.random() < 0.5:
+        crop = crop.T
+    return crop[:: rng.choice([-1, 1]), :: rng.choice([-1, 1])]
 
 
 def make_prior_patches(out: str | Path = "runs/brain_mri_prior_patches.npz", source: str | Path = IXI_T1_DIR, *,
                        per_subject: int = 600, patch: int = PRIOR_PATCH, zoom: tuple[float, float] = PRIOR_ZOOM,
-                       seed: int = 0) -> Path:
+                       one_mm: tuple = (), per_one_mm: int = 1500, seed: int = 0) -> Path:
     """Random (patch x patch) crops of axial IXI T1 slices (RAS z >= 40, i.e. above the neck, with > 15 % foreground)
     at random zoom (pixel 2 mm / zoom), random flips and transposes, scaled by each volume's 99.5th foreground
     percentile to uint8 0..255, saved as a MedMNIST-style npz
-    (train_images/val_images (N, patch, patch), labels 0), for the fully convolutional brain prior."""
+    (train_images/val_images (N, patch, patch), labels 0), for the fully convolutional brain prior.
+    ``one_mm``: extra (path, pixel mm) T1 volumes (e.g. ``ONE_MM_T1``), ``per_one_mm`` training crops each at a
+    pixel of 0.8-1.25 mm, intensities rescaled so that the foreground median is in ``ONE_MM_MEDIAN``."""
     source = Path(source)
     files = sorted(source.glob("*_T1.nii*"))
     if not files:
@@ -99,26 +136,27 @@ def make_prior_patches(out: str | Path = "runs/brain_mri_prior_patches.npz", sou
     rng = np.random.default_rng(seed)
     parts: dict[str, list[np.ndarray]] = {"train": [], "val": []}
     for n, path in enumerate(files):
-        vol, meta = io.read_nifti(path)
-        vol, _ = to_canonical(np.asarray(vol, dtype=np.float32)[None], meta)
-        vol = np.asarray(vol)[0]  # RAS (x, y, z)
-        scale = float(np.percentile(vol[vol > 0], 99.5))
-        vol = np.clip(vol / scale, 0, 1)
+        vol = _axial_volume(path)
         zs = [z for z in range(40, vol.shape[2]) if (vol[:, :, z] > 0.1).mean() > 0.15]  # cerebrum, not neck
         split = "val" if n >= len(files) - PRIOR_VAL_SUBJECTS else "train"
         for _ in range(per_subject if split == "train" else per_subject // 4):
-            sl = vol[:, :, zs[rng.integers(len(zs))]]
-            z = float(rng.uniform(*zoom))
-            side = int(round(patch / z))
-            side = min(side, *sl.shape)
-            y0, x0 = rng.integers(0, sl.shape[0] - side + 1), rng.integers(0, sl.shape[1] - side + 1)
-            crop = torch.from_numpy(np.ascontiguousarray(sl[y0:y0 + side, x0:x0 + side]))[None, None]
-            crop = torch.nn.functional.interpolate(crop, size=(patch, patch), mode="bicubic", align_corners=False)[0, 0]
-            crop = crop.clamp(0, 1).numpy()
-            if rng.random() < 0.5:
-                crop = crop.T
-            crop = crop[:: rng.choice([-1, 1]), :: rng.choice([-1, 1])]
+            crop = _random_crop(vol[:, :, zs[rng.integers(len(zs))]], patch, float(rng.uniform(*zoom)), rng)
             parts[split].append(np.rint(crop * 255).astype(np.uint8))
+    for path, pixel in one_mm:
+        path = Path(path)
+        if not path.is_file():
+            raise MeddiffError(f"{path}: 1 mm T1 volume for the prior not found (see ../shared/data/README.md)")
+        vol = _axial_volume(path)
+        median = float(np.median(vol[vol > 0.1]))
+        zs = [z for z in range(vol.shape[2]) if (vol[:, :, z] > 0.1).mean() > 0.1]
+        for _ in range(per_one_mm):
+            for _attempt in range(10):  # skull-stripped volumes: mostly tissue, not background
+                crop = _random_crop(vol[:, :, zs[rng.integers(len(zs))]], patch, pixel / float(rng.uniform(0.8, 1.25)),
+                                    rng)
+                if (crop > 0.1).mean() > 0.3:
+                    break
+            crop = np.clip(crop * float(rng.uniform(*ONE_MM_MEDIAN)) / median, 0, 1)
+            parts["train"].append(np.rint(crop * 255).astype(np.uint8))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f"{s}_{k}": v for s in parts for k, v in

@@ -27,6 +27,7 @@ SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
         "prediction": "eps",
         "min_snr_gamma": None,
         "noise": None,             # null: Gaussian; {kind: simplex, octaves, persistence, frequency}: AnoDDPM noise
+        "time_focus": None,        # null: t uniform; {below: f, probability: p}: a share p of t uniform in [0, f T)
     },
     "optimiser": {
         "lr": 1e-4,
@@ -107,6 +108,12 @@ def resolve_config(config: dict) -> dict:
     diffusion["schedule"] = make_schedule(diffusion["schedule"]).to_config()  # validates and makes explicit
     check_choice("diffusion.prediction", diffusion["prediction"], PREDICTIONS)
     diffusion["noise"] = resolve_noise_config(diffusion["noise"])
+    focus = diffusion["time_focus"]
+    if focus is not None:
+        if not isinstance(focus, dict) or set(focus) != {"below", "probability"} \
+                or not 0 < focus["below"] <= 1 or not 0 <= focus["probability"] <= 1:
+            raise MeddiffError(f"diffusion.time_focus={focus!r} must be null or {{below: f, probability: p}} with "
+                               "0 < f <= 1 and 0 <= p <= 1 (e.g. {below: 0.2, probability: 0.7})")
     check_choice("schedule.kind", schedule["kind"], LR_SCHEDULES)
     check_choice("run.precision", run["precision"], PRECISIONS)
     check_choice("run.channels_last", run["channels_last"], ("auto", True, False))

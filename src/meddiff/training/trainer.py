@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 import meddiff
 from meddiff.diffusion import ClipDenoised, ModelDenoiser, get_sampler, initial_noise, make_grid, make_schedule
-from meddiff.diffusion.losses import diffusion_loss
+from meddiff.diffusion.losses import diffusion_loss, focus_training_times
 from meddiff.diffusion.noise import make_noise
 from meddiff.diffusion.parametrization import broadcast_to
 from meddiff.errors import MeddiffError
@@ -331,6 +331,9 @@ class Trainer:
         if self.task == "synthesis" and model.get("class_dropout"):
             drop = torch.rand(batch, generator=self.generator)
         t = self.schedule.sample_training_times(batch, self.generator)
+        focus = self.config["diffusion"].get("time_focus")
+        if focus is not None:
+            t = focus_training_times(t, self.schedule, focus["below"], focus["probability"], self.generator)
         shape = (batch, model["in_channels"], *model["image_size"])
         noise = make_noise(self.config["diffusion"].get("noise"))(shape, self.generator)  # Gaussian or simplex
         return t, noise, drop
