@@ -50,6 +50,16 @@ def test_diffusion_reconstruction_writes_image_and_std(files, capsys):
     assert np.isfinite(image).all() and (std >= 0).all()
 
 
+def test_combine_flag_reaches_the_reconstruction(files):
+    root, k, mask = files
+    paths = {c: root / f"cg_{c}.npy" for c in ("sense", "rss")}
+    for combine, path in paths.items():
+        assert main(["reconstruct", "--kspace", str(root / "k.npy"), "--mask", str(root / "mask.npy"), "--method",
+                     "sense", "--combine", combine, "--out", str(path)]) == 0
+    sense, rss_image = np.load(paths["sense"]), np.load(paths["rss"])
+    assert sense.shape == rss_image.shape == (24, 20) and not np.allclose(sense, rss_image)
+
+
 def test_formats_in_and_out_agree(files):
     root, k, mask = files
     reference = rss(ifft2c(k * mask)).numpy()

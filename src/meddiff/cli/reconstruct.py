@@ -7,7 +7,7 @@ import argparse
 
 
 def register(subparsers) -> None:
-    from meddiff.tasks.mri import METHODS
+    from meddiff.tasks.mri import COMBINES, METHODS
 
     parser = subparsers.add_parser(
         "reconstruct", help="reconstruct undersampled MRI k-space (baselines or diffusion solvers)",
@@ -27,6 +27,9 @@ def register(subparsers) -> None:
     parser.add_argument("--slice", type=int, dest="slice_index", help="slice of a multi-slice .h5 (default: middle)")
     parser.add_argument("--out", required=True, help="output image (.npy, .nii.gz or .png)")
     parser.add_argument("--std-out", help="per-pixel standard deviation over the samples (diffusion methods)")
+    parser.add_argument("--combine", choices=COMBINES, default="sense",
+                        help="output magnitude: sense = |x| of the SENSE-model image (default); rss = root-sum-of-"
+                             "squares of the data-consistent coil images, like the fully sampled RSS reference")
     parser.set_defaults(func=run)
 
 
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     kspace = load_kspace(args.kspace, slice_index=args.slice_index)
     mask = load_mask(args.mask)
     result = reconstruct(kspace, mask, args.method, samples=args.samples, steps=args.steps, seed=args.seed,
-                         checkpoint=args.checkpoint)
+                         checkpoint=args.checkpoint, combine=args.combine)
     path = write_image(args.out, result.image)
     line = f"wrote {path}: {args.method} {result.image.shape[0]}x{result.image.shape[1]} in {result.seconds:.1f} s"
     if result.nfe:

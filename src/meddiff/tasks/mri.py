@@ -46,8 +46,8 @@ from meddiff.diffusion import ModelDenoiser, get_sampler, initial_noise, make_gr
 from meddiff.diffusion.inverse import MeasurementReplacement, PosteriorGradient, Projection
 from meddiff.diffusion.timesteps import TimeGrid
 from meddiff.errors import MeddiffError, check_choice
-from meddiff.physics import (MultiCoilMRI, SingleCoilMRI, centre_block, cg_sense, cs_tv,
-                             cs_wavelet, estimate_sensitivity_maps, ifft2c, zero_filled_rss)
+from meddiff.physics import (MultiCoilMRI, SingleCoilMRI, centre_block, cg_sense, cs_tv, cs_wavelet,
+                             estimate_sensitivity_maps, ifft2c, rss, zero_filled_rss)
 
 BASELINES = ("zero-filled", "sense", "cs-wavelet", "cs-tv")
 SOLVERS = ("pc", "dps", "ddnm", "coarse-to-fine")
@@ -57,6 +57,7 @@ METHODS = BASELINES + SOLVERS
 # K = 2, benchmark row "ddnm-from-noise"), so by default they refine the L1-wavelet CS image from a small noise level
 # (start = 1 % of T; "come closer, diffuse faster", Chung et al. 2022). See benchmarks/README.md.
 INITS = ("sense", "cs-wavelet")  # the image a solver with start < 1 noises and refines
+COMBINES = ("sense", "rss")  # how the complex image becomes the output magnitude (``combine_coils``)
 SOLVER_DEFAULTS: dict[str, dict] = {
     "pc": {"steps": 3, "samples": 4, "snr": 0.05, "start": 0.01, "init": "cs-wavelet"},
     "dps": {"steps": 3, "samples": 4, "zeta": 1.0, "start": 0.01, "init": "cs-wavelet"},
@@ -279,12 +280,26 @@ def low_resolution_phase(problem: MRIProblem) -> Tensor:
     return torch.exp(1j * torch.angle(low)).to(torch.complex64)
 
 
-def baseline(method: str, problem: MRIProblem) -> Tensor:
-    """Magnitude (H, W) of a classical reconstruction."""
+def combine_coils(problem: MRIProblem, image: Tensor, combine: str = "sense") -> Tensor:
+    """Output magnitudes (B, H, W) of complex images (B, H, W). "sense": |x|, the SENSE-model image itself (coil
+    noise averaged by the maps). "rss": root-sum-of-squares of the data-consistent coil images
+    F^H((1 - M) F S_c x + M y_c), the combination of the fully sampled reference (and of fastMRI's multi-coil
+    targets): it keeps every coil's measured noise, so the background has the reference's noise floor.
+    Single-coil data: |x| or |F^H((1 - M) F x + M y)|."""
+    check_choice("combine", combine, COMBINES)
+    if combine == "sense":
+        return image.abs()
+    if problem.maps is None:  # single coil: x - A^H(A x - y) = F^H((1 - M) F x + M y)
+        return problem.op.dc_step(image, problem.y, 1.0).abs()
+    return rss(problem.op.project_coils(problem.op.coils.A(image), problem.y))
+
+
+def baseline(method: str, problem: MRIProblem, combine: str = "sense") -> Tensor:
+    """Magnitude (H, W) of a classical reconstruction (``combine_coils``; zero-filled is always the RSS)."""
     if method == "zero-filled":
         return zero_filled_rss(problem.y[0] if problem.y.ndim == 4 else problem.y)  # single coil: C = 1
     fn = {"sense": cg_sense, "cs-wavelet": cs_wavelet, "cs-tv": cs_tv}[method]
-    return fn(problem.op, problem.y)[0].abs()
+    return combine_coils(problem, fn(problem.op, problem.y), combine)[0]
 
 
 # ----------------------------------------------------------------------------------------------- prior
@@ -357,8 +372,10 @@ class RealImageModel:
         out[:, 0][(slice(None),) + self.crop] = (2.0 / self.scale) * (z * self.phase.conj()).real - alpha
         return torch.where(self.air, torch.full_like(out, -alpha), out)
 
-    def finish(self, v: Tensor) -> Tensor:
-        """Magnitudes (B, H, W) of the data-consistent complex image (phase from the data)."""
+    def finish(self, v: Tensor, combine: str = "sense") -> Tensor:
+        """Magnitudes (B, H, W) of the data-consistent complex image (phase from the data), ``combine_coils``."""
+        if combine == "rss":
+            return combine_coils(self.problem, self.to_image(v), "rss")
         return self.consistent(self.to_image(v)).abs()
 
 
@@ -388,7 +405,7 @@ def _grid(schedule, steps: int, start: float) -> TimeGrid:
 
 
 def solve(method: str, problem: MRIProblem, prior: Prior, *, steps: int | None = None, samples: int | None = None,
-          seed: int = 0, **params) -> tuple[Tensor, Tensor, int, dict]:
+          seed: int = 0, combine: str = "sense", **params) -> tuple[Tensor, Tensor, int, dict]:
     """Run a diffusion solver: (magnitudes (K, H, W) of the K samples, image (H, W), network evaluations, settings)."""
     check_choice("method", method, SOLVERS)
     settings = {**SOLVER_DEFAULTS[method], **{k: v for k, v in params.items() if v is not None}}
@@ -424,13 +441,13 @@ def solve(method: str, problem: MRIProblem, prior: Prior, *, steps: int | None =
         if method == "coarse-to-fine":
             hook = MeasurementReplacement(model.project, schedule, noise=True, generator=generator)
             coarse = get_sampler("ddpm")(denoiser, x, grid, hook=hook, generator=generator)
-            mags = model.finish(coarse)
+            mags = model.finish(coarse, combine)
             mean_v = coarse.mean(0, keepdim=True)
             refine = _grid(schedule, settings["refine_steps"], settings["refine_start"])
             a0, s0 = float(refine.alphas[0]), float(refine.sigmas[0])
             x = a0 * mean_v + s0 * torch.randn(mean_v.shape, generator=generator)
             final = get_sampler("ddim")(denoiser, x, refine, hook=Projection(lambda v, a: model.project(v, a)), eta=0.0)
-            image = model.finish(final)[0]
+            image = model.finish(final, combine)[0]
             nfe = grid.steps + refine.steps
         else:
             if method == "pc":
@@ -445,7 +462,7 @@ def solve(method: str, problem: MRIProblem, prior: Prior, *, steps: int | None =
                 out = get_sampler("ddim")(denoiser, x, grid, hook=Projection(model.project), generator=generator,
                                           eta=settings["eta"])
                 nfe = grid.steps
-            mags = model.finish(out)
+            mags = model.finish(out, combine)
             image = mags.mean(0)
     settings.update({"scale": scale, "padded": list(padded)})
     return mags, image, nfe, settings
@@ -453,25 +470,28 @@ def solve(method: str, problem: MRIProblem, prior: Prior, *, steps: int | None =
 
 def reconstruct(kspace, mask, method: str = "ddnm", *, samples: int | None = None, steps: int | None = None,
                 seed: int = 0, checkpoint: str | Path | None = None, prior: Prior | None = None,
-                maps: Tensor | None = None, **params) -> Reconstruction:
+                maps: Tensor | None = None, combine: str = "sense", **params) -> Reconstruction:
     """Reconstruct one slice: kspace (C, H, W) or (H, W) complex (centred; values outside ``mask`` are ignored),
     mask (H, W) or (W,) of 0/1 -> ``Reconstruction`` with the float32 (H, W) magnitude on the RSS scale and, for
-    the diffusion solvers, the per-pixel std over ``samples`` posterior samples."""
+    the diffusion solvers, the per-pixel std over ``samples`` posterior samples. ``combine``: "sense" or "rss"
+    (``combine_coils``)."""
     check_choice("method", method, METHODS)
+    check_choice("combine", combine, COMBINES)
     problem = make_problem(kspace, mask, maps=maps, calibrate=method != "zero-filled")
     start = time.perf_counter()
     if method in BASELINES:
         if params:
             raise MeddiffError(f"method {method!r} takes no solver parameters (got {sorted(params)})")
-        image = baseline(method, problem)
+        image = baseline(method, problem, combine)
         return Reconstruction(image.numpy().astype(np.float32), None, 0, time.perf_counter() - start,
-                              {"method": method})
+                              {"method": method, "combine": combine})
     prior = prior if prior is not None else load_prior(checkpoint)
     torch.manual_seed(seed)
-    mags, image, nfe, settings = solve(method, problem, prior, steps=steps, samples=samples, seed=seed, **params)
+    mags, image, nfe, settings = solve(method, problem, prior, steps=steps, samples=samples, seed=seed,
+                                       combine=combine, **params)
     std = mags.std(0, unbiased=False) if len(mags) > 1 else torch.zeros_like(image)
     return Reconstruction(image.numpy().astype(np.float32), std.numpy().astype(np.float32), nfe,
-                          time.perf_counter() - start, {"method": method, **settings})
+                          time.perf_counter() - start, {"method": method, "combine": combine, **settings})
 
 
 # ----------------------------------------------------------------------------------------------- report
