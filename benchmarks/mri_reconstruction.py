@@ -9,6 +9,7 @@ real error (Pearson correlation over the foreground; binned calibration: RMS err
 
     python benchmarks/mri_reconstruction.py --out mri_reconstruction.json
     python benchmarks/mri_reconstruction.py --tune ddnm --out tune.json   # parameter grid on development seed 100
+    python benchmarks/mri_reconstruction.py --combine rss --out rss.json  # every output as RSS of DC coil images
 """
 
 from __future__ import annotations
@@ -62,10 +63,11 @@ def problem_for(kspace, pattern, accel, seed):
     return mask, problem.maps, time.perf_counter() - start
 
 
-def run_one(kspace, ref, mask, maps, name, prior, seed, params=None) -> tuple[dict, mri.Reconstruction]:
+def run_one(kspace, ref, mask, maps, name, prior, seed, params=None, combine="sense"
+            ) -> tuple[dict, mri.Reconstruction]:
     method, variant = VARIANTS.get(name, (name, {}))
     result = mri.reconstruct(kspace, mask, method, prior=prior if method in mri.SOLVERS else None, maps=maps,
-                             seed=seed, **{**variant, **(params or {})})
+                             seed=seed, combine=combine, **{**variant, **(params or {})})
     row = {"method": name, "seconds": result.seconds, "nfe": result.nfe,
            "samples": result.settings.get("samples", 0), **scores(torch.from_numpy(result.image), ref)}
     if result.std is not None and method in mri.SOLVERS and row["samples"] > 1:
@@ -74,14 +76,14 @@ def run_one(kspace, ref, mask, maps, name, prior, seed, params=None) -> tuple[di
     return row, result
 
 
-def benchmark(kspace, ref, prior, methods, seeds, diffusion_seeds) -> dict:
+def benchmark(kspace, ref, prior, methods, seeds, diffusion_seeds, combine="sense") -> dict:
     rows = []
     for (pattern, accel), seed in itertools.product(SETTINGS, seeds):
         mask, maps, calib = problem_for(kspace, pattern, accel, seed)
         for method in methods:
             if (method in mri.SOLVERS or method in VARIANTS) and seed not in diffusion_seeds:
                 continue
-            row, _ = run_one(kspace, ref, mask, maps, method, prior, seed)
+            row, _ = run_one(kspace, ref, mask, maps, method, prior, seed, combine=combine)
             row.update({"pattern": pattern, "acceleration": accel, "seed": seed, "calibration_seconds": calib,
                         "realised_acceleration": mask.numel() / float(mask.sum())})
             rows.append(row)
@@ -147,6 +149,8 @@ def main(argv=None) -> int:
     parser.add_argument("--merge", nargs="*", default=[], help="earlier result JSON files whose rows are added "
                         "(e.g. the diffusion solvers on more seeds, run separately)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--combine", choices=mri.COMBINES, default="sense",
+                        help="output magnitude of every method (meddiff reconstruct --combine)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     kspace, ref = load_slice()
@@ -155,7 +159,7 @@ def main(argv=None) -> int:
         settings = [(s.split(":")[0], int(s.split(":")[1])) for s in args.tune_settings]
         result = tune(kspace.numpy(), ref, prior, args.tune, settings)
     else:
-        result = benchmark(kspace.numpy(), ref, prior, args.methods, args.seeds, args.diffusion_seeds)
+        result = benchmark(kspace.numpy(), ref, prior, args.methods, args.seeds, args.diffusion_seeds, args.combine)
         done = {(r["pattern"], r["acceleration"], r["seed"], r["method"]) for r in result["rows"]}
         for path in args.merge:
             rows = json.loads(Path(path).read_text())["rows"]
@@ -165,7 +169,7 @@ def main(argv=None) -> int:
         result["merged"] = args.merge
         print(markdown(result["summary"]))
     result.update({"solver_defaults": mri.SOLVER_DEFAULTS, "acs_fraction": ACS_FRACTION, "torch": torch.__version__,
-                   "threads": args.threads, "prior": str(args.checkpoint or "shipped default for reconstruct"),
+                   "threads": args.threads, "combine": args.combine, "prior": str(args.checkpoint or "shipped default for reconstruct"),
                    "prior_meta_step": prior.meta.get("step"), "seeds": args.seeds,
                    "diffusion_seeds": args.diffusion_seeds, "variants": VARIANTS,
                    "data": "mri_kspace_brain_8ch (ESPIRiT demo, 8 coils, 230x180)"})

@@ -27,6 +27,10 @@ How the prior meets the k-space (documented choices, measured in benchmarks/READ
   multiple of 2^(levels - 1) and cropped back. No resizing.
 - K posterior samples run as one batch; the image is the mean of their magnitudes, the std map their per-pixel
   standard deviation (for coarse-to-fine: of the K coarse samples).
+- Output magnitude (``combine``, every method): "sense" |x| of the SENSE-model image (default), or "rss", the RSS
+  of the data-consistent coil images, the reference's own combination, which keeps the measured noise of every
+  coil. The choice moves whole-image PSNR against the RSS reference by ~1 dB (background noise floor) and the
+  foreground by ~0.1 dB (benchmarks/README.md): compare methods under one combination.
 """
 
 from __future__ import annotations
