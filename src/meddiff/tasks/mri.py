@@ -57,7 +57,7 @@ BASELINES = ("zero-filled", "sense", "cs-wavelet", "cs-tv")
 SOLVERS = ("pc", "dps", "ddnm", "coarse-to-fine")
 METHODS = BASELINES + SOLVERS
 # Per-solver defaults, chosen on development mask seed 100 (gaussian 4x; test seeds are 0-2) for the shipped prior,
-# which is weak at this 1 mm scale: started from noise (start = 1) the solvers are 4-7 dB below CS (DDNM 10 steps,
+# which is weak at this 1 mm scale: started from noise (start = 1) the solvers are 2.5-5.5 dB below CS (DDNM 10 steps,
 # K = 2, benchmark row "ddnm-from-noise"), so by default they refine the L1-wavelet CS image from a small noise level
 # (start = 1 % of T; "come closer, diffuse faster", Chung et al. 2022). See benchmarks/README.md.
 INITS = ("sense", "cs-wavelet")  # the image a solver with start < 1 noises and refines
