@@ -28,6 +28,7 @@ def save_real_examples(data_config: dict, per_class: int, path: Path) -> None:
     from PIL import Image
 
     from meddiff.data import build_dataset
+    from meddiff.data.io import atomic_path
     from meddiff.tasks.synthesis import sample_grid
 
     dataset = build_dataset(data_config, split="val")
@@ -40,9 +41,8 @@ def save_real_examples(data_config: dict, per_class: int, path: Path) -> None:
         if len(chosen) == (getattr(dataset, "num_classes", 0) or 1) and all(len(v) == per_class for v in chosen.values()):
             break
     grids = [sample_grid(torch.stack(chosen[label]).float().clamp(-1, 1)) for label in sorted(chosen)]
-    tmp = path.with_name(".tmp-" + path.name)
-    Image.fromarray(np.concatenate(grids)).save(tmp, format="PNG")  # one grid per class, top to bottom
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.concatenate(grids)).save(tmp, format="PNG")  # one grid per class, top to bottom
 
 
 def main(argv: list[str] | None = None) -> int:

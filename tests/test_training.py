@@ -239,6 +239,9 @@ def test_config_errors(tmp_path):
     with pytest.raises(MeddiffError, match=r"diffusion.time_focus=.*must be null or \{below: f, probability: p\}"):
         Trainer({**tiny_config(), "diffusion": {"time_focus": {"below": 1.5, "probability": 0.5}}}, TinyDataset(),
                 run_dir=tmp_path)
+    with pytest.raises(MeddiffError, match=r"diffusion.time_focus=.*must be null"):
+        Trainer({**tiny_config(), "diffusion": {"time_focus": {"below": "low", "probability": 0.5}}}, TinyDataset(),
+                run_dir=tmp_path)
     with pytest.raises(MeddiffError, match="pad or crop to a multiple of 2"):
         Trainer(tiny_config(), TinyDataset(shape=(1, 15, 16)), run_dir=tmp_path)
 

@@ -377,10 +377,10 @@ class RealImageModel:
         return torch.where(self.air, torch.full_like(out, -alpha), out)
 
     def finish(self, v: Tensor, combine: str = "sense") -> Tensor:
-        """Magnitudes (B, H, W) of the data-consistent complex image (phase from the data), ``combine_coils``."""
-        if combine == "rss":
-            return combine_coils(self.problem, self.to_image(v), "rss")
-        return self.consistent(self.to_image(v)).abs()
+        """Output magnitudes (B, H, W) by ``combine_coils``; "sense" first makes the image consistent with the data
+        (so the phase comes from the data), "rss" does that coil by coil itself."""
+        z = self.to_image(v)
+        return combine_coils(self.problem, z if combine == "rss" else self.consistent(z), combine)
 
 
 def _start(problem: MRIProblem, init: str = "sense") -> tuple[Tensor, float, Tensor]:

@@ -110,8 +110,9 @@ def resolve_config(config: dict) -> dict:
     diffusion["noise"] = resolve_noise_config(diffusion["noise"])
     focus = diffusion["time_focus"]
     if focus is not None:
-        if not isinstance(focus, dict) or set(focus) != {"below", "probability"} \
-                or not 0 < focus["below"] <= 1 or not 0 <= focus["probability"] <= 1:
+        numbers = isinstance(focus, dict) and set(focus) == {"below", "probability"} \
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in focus.values())
+        if not numbers or not 0 < focus["below"] <= 1 or not 0 <= focus["probability"] <= 1:
             raise MeddiffError(f"diffusion.time_focus={focus!r} must be null or {{below: f, probability: p}} with "
                                "0 < f <= 1 and 0 <= p <= 1 (e.g. {below: 0.2, probability: 0.7})")
     check_choice("schedule.kind", schedule["kind"], LR_SCHEDULES)
