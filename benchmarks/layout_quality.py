@@ -12,8 +12,7 @@ AdrenalMNIST3D train split of configs/adrenal3d.yaml resized to 32^3. The EMA we
   50, 150, ..., 950) with the same noise (seed 0) for both layouts; per-t values are kept in the JSON;
 - FID / KID of ``--samples`` DPM-Solver++ samples (20 steps, seed 0) against the held-out images, random-cnn
   features (3D: of the three central planes), plus the floor: as many training images in place of samples;
-- wall time of the training (with data loading and the final sample grid) and seconds per step of the training
-  loop (from log.csv).
+- seconds per step of the training loop, from the images/s logged in log.csv.
 
     python benchmarks/layout_quality.py --dims 2 --out layout_quality_2d.json [--steps 500] [--batch 16] [--samples 128]
     python benchmarks/layout_quality.py --dims 3 --out layout_quality_3d.json [--steps 300] [--batch 4]
