@@ -201,3 +201,51 @@ def test_report_section_with_the_shipped_models(tmp_path):
     assert section["figure"].is_file() and [r["method"] for r in section["table"]] == [
         "intensity", "autoencoder", "anoddpm", "anoddpm-gaussian", "wolleb"]
     assert all(0 <= r["pixel_auroc"] <= 1 for r in section["table"])
+
+
+# ------------------------------------------------------------------------------------------- anomaly-map options
+def test_residual_map_abs_positive_and_channel_choice():
+    from meddiff.tasks.anomaly import residual_map
+
+    x = torch.tensor([[[[0.5, -0.5]], [[1.0, 0.0]], [[-1.0, 0.25]]]])      # (1, 3, 1, 2)
+    healthy = torch.zeros_like(x)
+    assert torch.equal(residual_map(x, healthy), torch.tensor([[[[2.5, 0.75]]]]))             # Wolleb: sum |x - x_h|
+    assert torch.equal(residual_map(x, healthy, residual="positive"), torch.tensor([[[[1.5, 0.25]]]]))
+    assert torch.equal(residual_map(x, healthy, channels=[2], residual="positive"), torch.tensor([[[[0.0, 0.25]]]]))
+    assert torch.equal(residual_map(x, healthy, channels=(0, 2)), torch.tensor([[[[1.5, 0.75]]]]))
+    with pytest.raises(MeddiffError, match="residual"):
+        residual_map(x, healthy, residual="signed")
+
+
+def test_positive_flair_residual_ignores_dark_anomalies_and_other_contrasts():
+    """A lesion bright in FLAIR is kept; a dark artefact and a bright spot in another contrast are not."""
+    from meddiff.tasks.anomaly import residual_map
+
+    healthy = torch.zeros(1, 3, 8, 8)
+    x = healthy.clone()
+    x[0, 2, 1:3, 1:3] = 0.8          # bright FLAIR lesion
+    x[0, 2, 5:7, 5:7] = -0.8         # dark FLAIR artefact
+    x[0, 0, 1:3, 5:7] = 0.8          # bright in t1ce only
+    flair_positive = residual_map(x, healthy, channels=[2], residual="positive")[0, 0]
+    assert flair_positive[1:3, 1:3].min() == pytest.approx(0.8) and flair_positive.sum() == pytest.approx(4 * 0.8)
+    everything = residual_map(x, healthy)[0, 0]
+    assert everything[5:7, 5:7].min() == pytest.approx(0.8) and everything[1:3, 5:7].min() == pytest.approx(0.8)
+
+
+def test_averaging_k_anoddpm_draws_is_the_mean_of_the_single_draw_maps():
+    """detect_array with samples K: map = mean of the K maps that K successive single-draw calls give."""
+    from meddiff.tasks.anomaly import Detector, detect_array
+
+    class Noisy(Detector):
+        def heal(self, x, generator=None):
+            return x + 0.3 * torch.randn(x.shape, generator=generator)
+
+    image = np.random.default_rng(0).uniform(50, 150, (3, 12, 12)).astype(np.float32)
+    meta = {"channels": 3, "image_size": [12, 12]}
+    single = Noisy("anoddpm", torch.nn.Identity(), meta, residual="positive", map_channels=(2,))
+    averaged = Noisy("anoddpm", torch.nn.Identity(), meta, residual="positive", map_channels=(2,), samples=4)
+    g = torch.Generator().manual_seed(0)
+    maps = [detect_array(single, image, median=1, generator=g).anomaly for _ in range(4)]
+    mean = detect_array(averaged, image, median=1, generator=torch.Generator().manual_seed(0)).anomaly
+    np.testing.assert_allclose(mean, np.mean(maps, axis=0), atol=1e-6)
+    assert np.std(maps, axis=0).mean() > 0.05                                 # the draws differ: averaging matters

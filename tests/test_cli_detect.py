@@ -184,3 +184,27 @@ def test_evaluate_anomaly_intensity_baseline_on_a_tiny_npz(tmp_path, capsys):
     result = json.loads((tmp_path / "r.json").read_text())["brats_unseen"]["intensity"]
     assert result["pixel_auroc"] > 0.9 and result["best_dice"] > 0.8 and result["slices"] == 3   # 5x5 median blurs edges
     assert "| intensity |" in out
+
+
+def test_map_options_on_a_case_folder_and_their_errors(models, tmp_path, capsys):
+    """--map-contrasts flair --residual positive --samples 2: the map is non-negative and FLAIR-only; wrong names,
+    K for a deterministic method and map options for the intensity baseline are refused with the argument named."""
+    case = write_case(tmp_path / "case")
+    base = ["detect", "--checkpoint", str(models["gaussian"]), "--input", str(case), "--median", "1"]
+    code, _, err = run([*base, "--method", "anoddpm-gaussian", "--map-contrasts", "flair", "--residual", "positive",
+                        "--samples", "2", "--out", str(tmp_path / "o")], capsys)
+    assert code == 0, err
+    anomaly = np.load(tmp_path / "o" / "case7_anomaly.npy")
+    assert anomaly.shape == (20, 20, 3) and anomaly.min() >= 0 and anomaly.max() > 0
+    cases = [
+        ([*base, "--method", "anoddpm-gaussian", "--map-contrasts", "dwi"], "--map-contrasts 'dwi'"),
+        ([*base, "--method", "anoddpm-gaussian", "--map-contrasts", "5"], "out of range"),
+        (["detect", "--checkpoint", str(models["autoencoder"]), "--input", str(case), "--method", "autoencoder",
+          "--samples", "3"], "--method autoencoder is deterministic"),
+        ([*base, "--method", "anoddpm-gaussian", "--samples", "0"], "--samples must be at least 1"),
+        (["detect", "--input", str(case), "--method", "intensity", "--residual", "positive"],
+         "do not apply to --method intensity"),
+    ]
+    for args, message in cases:
+        code, _, err = run([*args, "--out", str(tmp_path / "bad")], capsys)
+        assert code == 1 and message in err, (args, err)

@@ -7,7 +7,7 @@ import argparse
 
 
 def register(subparsers) -> None:
-    from meddiff.tasks.anomaly import METHODS, THRESHOLDS
+    from meddiff.tasks.anomaly import METHODS, RESIDUALS, THRESHOLDS
 
     parser = subparsers.add_parser(
         "detect", help="unsupervised anomaly maps (Wolleb, AnoDDPM, autoencoder, intensity baseline)",
@@ -25,6 +25,7 @@ def register(subparsers) -> None:
                         help="Wolleb L / AnoDDPM t_lambda in schedule steps (default 500 / 250 of 1000)")
     parser.add_argument("--guidance-scale", type=float, help="Wolleb classifier scale s (default 100)")
     parser.add_argument("--steps", type=int, help="sampler steps between the noise level and 0 (default 25)")
+    add_map_options(parser, RESIDUALS)
     parser.add_argument("--threshold", default="otsu", choices=THRESHOLDS,
                         help="otsu (per input), percentile (of --healthy maps) or fixed (--threshold-value)")
     parser.add_argument("--threshold-value", type=float, help="fixed threshold, or the percentile (default 99)")
@@ -53,9 +54,20 @@ def register(subparsers) -> None:
     evaluate.add_argument("--noise-level", type=float)
     evaluate.add_argument("--guidance-scale", type=float)
     evaluate.add_argument("--steps", type=int)
+    add_map_options(evaluate, RESIDUALS)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--out", help="JSON file for the results")
     evaluate.set_defaults(func=run_evaluate)
+
+
+def add_map_options(parser: argparse.ArgumentParser, residuals) -> None:
+    parser.add_argument("--map-contrasts", nargs="+", metavar="CONTRAST",
+                        help="contrasts summed in the anomaly map, by name (t1ce t2 flair for the shipped BraTS "
+                             "models) or channel index (default: all, as Wolleb et al.)")
+    parser.add_argument("--residual", default="abs", choices=residuals,
+                        help="abs: |x - healthy| (default); positive: only brighter than healthy (FLAIR/T2 lesions)")
+    parser.add_argument("--samples", type=int, default=1,
+                        help="AnoDDPM: reconstructions per input with independent noise, maps averaged (default 1)")
 
 
 def run_detect(args: argparse.Namespace) -> int:
@@ -64,7 +76,8 @@ def run_detect(args: argparse.Namespace) -> int:
     rows = detect(args.method, args.input, args.out, checkpoint=args.checkpoint, classifier=args.classifier,
                   noise_level=args.noise_level, guidance_scale=args.guidance_scale, steps=args.steps,
                   threshold=args.threshold, threshold_value=args.threshold_value, healthy=args.healthy,
-                  median=args.median, min_size=args.min_size, seed=args.seed, device=args.device)
+                  median=args.median, min_size=args.min_size, seed=args.seed, device=args.device,
+                  map_contrasts=args.map_contrasts, residual=args.residual, samples=args.samples)
     inputs = len({r["input"] for r in rows})
     print(f"wrote anomaly maps of {inputs} input(s) ({len(rows)} scores) to {args.out}")
     return 0
@@ -77,7 +90,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     results = run_evaluation(args.methods, brats_test=args.brats_test or None, brats_case=args.brats_case or None,
                              pneumonia=args.pneumonia or None, chest_per_class=args.chest_per_class,
                              noise_level=args.noise_level, guidance_scale=args.guidance_scale, steps=args.steps,
-                             seed=args.seed)
+                             seed=args.seed, map_contrasts=args.map_contrasts, residual=args.residual,
+                             samples=args.samples)
     print(markdown_table(results))
     if args.out:
         print(f"wrote {write_json(results, args.out)}")

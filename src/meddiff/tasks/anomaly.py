@@ -4,13 +4,15 @@ difference.
 Methods (all through the core samplers and hooks; no sampler loop of their own):
 - "wolleb": Wolleb et al., MICCAI 2022, "Diffusion models for medical anomaly detection": deterministic DDIM
   encoding to noise level L (``invert_ddim``), then DDIM decoding with classifier guidance towards "healthy"
-  (``ClassifierGuidance``, scale s); anomaly map = sum over channels of |x - x_healthy|.
+  (``ClassifierGuidance``, scale s); anomaly map = sum over channels of |x - x_healthy| (the paper's default).
 - "anoddpm" / "anoddpm-gaussian": Wyatt et al., CVPR-W 2022, "AnoDDPM": a model trained on healthy images
   only, with simplex (or Gaussian) noise; partial diffusion to t_lambda and ancestral reconstruction (Alg. 2).
 - "autoencoder": reconstruction error of a plain convolutional autoencoder (Baur et al. 2021).
 - "intensity": the trivial baseline of Meissen et al. 2021 ("Challenging current semi-supervised anomaly
   segmentation methods for brain MRI"): the per-volume z-scored FLAIR intensity inside the brain mask.
-Post-processing: brain mask, median filter, threshold (Otsu / healthy-percentile / fixed), connected components,
+Anomaly map options (``residual_map``): the contrasts summed (e.g. FLAIR only), the absolute or the positive
+residual (lesions brighter than healthy tissue, as tumour in FLAIR/T2), and for the stochastic AnoDDPM the mean
+over K reconstructions with independent noise. Post-processing: brain mask, median filter, threshold (Otsu / healthy-percentile / fixed), connected components,
 image-level score. BraTS models take 3 contrasts (t1ce, t2, flair) at 48 x 48; chest X-ray models 1 x 32 x 32.
 """
 
@@ -57,6 +59,7 @@ CHEST_MODELS = {
     "intensity": (None, None),
 }
 THRESHOLDS = ("otsu", "percentile", "fixed")
+RESIDUALS = ("abs", "positive")
 MR_SCALE = 3.0  # MR slices: x / (MR_SCALE * median of the brain) -> [0, 1] -> [-1, 1]; tissue lands near -0.3
 
 
@@ -204,6 +207,9 @@ class Detector:
     noise: dict | None = None
     seed: int = 0
     device: str = "cpu"
+    map_channels: tuple[int, ...] | None = None   # channels summed in the anomaly map (None: all)
+    residual: str = "abs"                           # "abs": |x - x_h|; "positive": max(x - x_h, 0)
+    samples: int = 1                                # AnoDDPM: reconstructions per input, residuals averaged
 
     @property
     def channels(self) -> int | None:
@@ -234,6 +240,18 @@ class Detector:
                             generator=generator, cond=self._cond(len(x), HEALTHY))
 
 
+def residual_map(x: Tensor, healthy: Tensor, channels: Sequence[int] | None = None, residual: str = "abs") -> Tensor:
+    """Anomaly map (B, 1, ...) of inputs x and their healthy reconstructions (B, C, ...): |x - x_h| (``"abs"``,
+    Wolleb et al.) or max(x - x_h, 0) (``"positive"``: only tissue brighter than its healthy counterpart, e.g.
+    tumour and oedema in FLAIR), summed over ``channels`` (None: all)."""
+    check_choice("residual", residual, RESIDUALS)
+    diff = x - healthy
+    if channels is not None:
+        diff = diff[:, list(channels)]
+    diff = diff.abs() if residual == "abs" else diff.clamp(min=0)
+    return diff.sum(1, keepdim=True)
+
+
 def wolleb_heal(denoiser, classifier, schedule, x: Tensor, level: float, scale: float, steps: int, *,
                 cond: dict | None = None) -> Tensor:
     """Wolleb et al. 2022, Alg. 1: deterministic DDIM encoding of x (B, C, ...) to time ``level`` (L), then DDIM
@@ -257,13 +275,25 @@ def anoddpm_heal(denoiser, schedule, x: Tensor, level: float, steps: int, *, noi
 
 def load_detector(method: str, checkpoint: str | Path | None = None, classifier: str | Path | None = None, *,
                   noise_level: float | None = None, guidance_scale: float | None = None, steps: int | None = None,
-                  seed: int = 0, device: str = "cpu") -> Detector:
+                  seed: int = 0, device: str = "cpu", map_contrasts: Sequence[str | int] | None = None,
+                  residual: str = "abs", samples: int = 1) -> Detector:
     """Load a method's networks (shipped BraTS models when ``checkpoint``/``classifier`` are None).
 
-    Defaults follow the papers: Wolleb L = 500, s = 100; AnoDDPM t_lambda = 250 (of 1000); ``steps`` grid points.
+    Defaults follow the papers: Wolleb L = 500, s = 100; AnoDDPM t_lambda = 250 (of 1000); ``steps`` grid points;
+    the map sums |x - x_h| over all channels. ``map_contrasts``: contrast names of the model's BraTS convention
+    (e.g. ["flair"]) or channel indices; ``residual`` "abs" / "positive"; ``samples`` K > 1 for AnoDDPM only.
     """
     check_choice("method", method, METHODS)
+    check_choice("residual", residual, RESIDUALS)
+    if int(samples) < 1:
+        raise MeddiffError(f"--samples must be at least 1, got {samples}")
+    if int(samples) > 1 and method not in ("anoddpm", "anoddpm-gaussian"):
+        raise MeddiffError(f"--samples {samples}: only the stochastic AnoDDPM methods draw several reconstructions; "
+                           f"--method {method} is deterministic (leave --samples at 1)")
     if method == "intensity":
+        if map_contrasts is not None or residual != "abs":
+            raise MeddiffError("--map-contrasts / --residual do not apply to --method intensity (it reads the "
+                               "FLAIR z-score directly)")
         return Detector(method)
     from meddiff.training.checkpoint import load_checkpoint, resolve_checkpoint
 
@@ -277,7 +307,8 @@ def load_detector(method: str, checkpoint: str | Path | None = None, classifier:
     detector = Detector(method, model, meta, seed=seed, device=device,
                         noise_level=float(noise_level if noise_level is not None else (500 if method == "wolleb" else 250)),
                         guidance_scale=float(100.0 if guidance_scale is None else guidance_scale),
-                        steps=int(steps or 25))
+                        steps=int(steps or 25), residual=residual, samples=int(samples),
+                        map_channels=_map_channels(map_contrasts, int(meta["channels"])))
     if method in ("anoddpm", "anoddpm-gaussian"):
         noise = _read_training_noise(path)
         simplex = bool(noise) and noise.get("kind") == "simplex"
@@ -296,6 +327,28 @@ def load_detector(method: str, checkpoint: str | Path | None = None, classifier:
             raise MeddiffError(f"classifier {cpath} ({cmeta['channels']} x {cmeta['image_size']}) does not match the "
                                f"diffusion model {path} ({meta['channels']} x {meta['image_size']})")
     return detector
+
+
+def _map_channels(contrasts: Sequence[str | int] | None, channels: int) -> tuple[int, ...] | None:
+    """Channel indices of ``contrasts`` (names of the BraTS convention for ``channels`` or indices); None: all."""
+    if contrasts is None:
+        return None
+    names = CONTRASTS_BY_CHANNELS.get(channels, ())
+    out = []
+    for c in contrasts:
+        if isinstance(c, int) or str(c).isdigit():
+            index = int(c)
+        elif str(c).lower() in names:
+            index = names.index(str(c).lower())
+        else:
+            raise MeddiffError(f"--map-contrasts {c!r}: the checkpoint's {channels} channel(s) are "
+                               f"{', '.join(names) if names else 'unnamed'}; give one of those or a channel index")
+        if not 0 <= index < channels:
+            raise MeddiffError(f"--map-contrasts {c!r}: channel index out of range for a {channels}-channel model")
+        out.append(index)
+    if not out:
+        raise MeddiffError("--map-contrasts is empty: name at least one contrast (or leave it out for all)")
+    return tuple(dict.fromkeys(out))
 
 
 # ------------------------------------------------------------------------------------------- maps, post-processing
@@ -382,7 +435,8 @@ def detect_array(detector: Detector, image: np.ndarray, *, mr: bool = True, medi
 
     ``mr``: skull-stripped MR (per-slice robust normalisation, brain mask = any contrast > 0); else an 8-bit image
     (x / 127.5 - 1, mask everywhere). Maps and reconstructions are resized back to the input's shape; the
-    segmentation is left to ``segment``. ``median``: filter size in pixels (None: ``auto_median``).
+    segmentation is left to ``segment``. ``median``: filter size in pixels (None: ``auto_median``). The map is the
+    detector's ``residual_map`` at the model's size, resized; the reconstruction is the mean of its K draws.
     """
     image = np.asarray(image, dtype=np.float32)
     volume = image.ndim == 4
@@ -403,8 +457,10 @@ def detect_array(detector: Detector, image: np.ndarray, *, mr: bool = True, medi
             idx = keep[i:i + batch]
             full = torch.from_numpy(model_in[idx])
             x = to_model_size(full, detector.image_size).to(detector.device)
-            rec = detector.heal(x, generator).float().cpu().clamp(-1, 1)
-            diff = (x.cpu() - rec).abs().sum(1, keepdim=True)                 # Wolleb: sum over channels of |x - x_h|
+            recs = [detector.heal(x, generator).float().cpu().clamp(-1, 1) for _ in range(detector.samples)]
+            diff = torch.stack([residual_map(x.cpu(), r, detector.map_channels, detector.residual)
+                                for r in recs]).mean(0)                        # mean residual over K draws
+            rec = torch.stack(recs).mean(0)
             size = tuple(full.shape[-2:])
             anomaly[idx] = F.interpolate(diff, size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
             healthy[idx] = F.interpolate(rec, size=size, mode="bilinear", align_corners=False).numpy()
@@ -553,11 +609,13 @@ def write_outputs(item: Input, result: Result, out_dir: Path) -> list[Path]:
 def run_detect(method: str, input_path: str | Path, out_dir: str | Path, *, checkpoint=None, classifier=None,
                noise_level: float | None = None, guidance_scale: float | None = None, steps: int | None = None,
                threshold: str = "otsu", threshold_value: float | None = None, healthy: str | Path | None = None,
-               median: int | None = None, min_size: int = 10, seed: int = 0, device: str = "cpu") -> list[dict]:
+               median: int | None = None, min_size: int = 10, seed: int = 0, device: str = "cpu",
+               map_contrasts: Sequence[str | int] | None = None, residual: str = "abs", samples: int = 1) -> list[dict]:
     """`meddiff detect`: maps, reconstructions, segmentations and overlays for every input, and scores.csv
     (one row per input, per slice for volumes). Returns the rows."""
     detector = load_detector(method, checkpoint, classifier, noise_level=noise_level, guidance_scale=guidance_scale,
-                             steps=steps, seed=seed, device=device)
+                             steps=steps, seed=seed, device=device, map_contrasts=map_contrasts, residual=residual,
+                             samples=samples)
     check_choice("threshold", threshold, THRESHOLDS)
     if threshold == "percentile" and healthy is None:
         raise MeddiffError("--threshold percentile needs --healthy PATH (healthy images for the reference maps)")
@@ -687,10 +745,13 @@ def run_evaluation(methods: Sequence[str] = METHODS, *, brats_test: str | Path |
                    brats_case: str | Path | None = None, pneumonia: str | Path | None = None,
                    seen_slices: Sequence[int] = tuple(range(20, 121, 5)), chest_per_class: int = 50,
                    noise_level: float | None = None, guidance_scale: float | None = None, steps: int | None = None,
-                   seed: int = 0, log=print) -> dict:
+                   seed: int = 0, map_contrasts: Sequence[str | int] | None = None, residual: str = "abs",
+                   samples: int = 1, log=print) -> dict:
     """Every method on: "brats_unseen" (``brats_test`` npz: subjects not used in training; pixel metrics),
     "brats_seen" (``seen_slices`` of the training case ``brats_case``: image-level AUROC, flagged as seen), and
-    "chest" (``chest_per_class`` normal + pneumonia held-out PneumoniaMNIST val images: image-level AUROC)."""
+    "chest" (``chest_per_class`` normal + pneumonia held-out PneumoniaMNIST val images: image-level AUROC).
+    ``map_contrasts`` / ``residual`` apply to every method but the intensity baseline (on chest X-rays the
+    contrasts are left out: one channel); ``samples`` to the AnoDDPM methods."""
     sets = {}
     if brats_test is not None:
         sets["brats_unseen"] = brats_npz_subjects(brats_test)
@@ -702,14 +763,20 @@ def run_evaluation(methods: Sequence[str] = METHODS, *, brats_test: str | Path |
     for name, subjects in sets.items():
         for method in methods:
             model, classifier = CHEST_MODELS[method] if name == "chest" else DEFAULT_MODELS.get(method, (None, None))
+            options = {} if method == "intensity" else {
+                "map_contrasts": None if name == "chest" else map_contrasts, "residual": residual,
+                "samples": samples if method in ("anoddpm", "anoddpm-gaussian") else 1}
             detector = load_detector(method, model, classifier, noise_level=noise_level,
-                                     guidance_scale=guidance_scale, steps=steps, seed=seed)
+                                     guidance_scale=guidance_scale, steps=steps, seed=seed, **options)
             metrics = evaluate(detector, subjects, seed=seed)
             diffusion = method in DIFFUSION_METHODS
             metrics.update({"checkpoint": model, "classifier": classifier,
                             "noise_level": detector.noise_level if diffusion else None,
                             "guidance_scale": detector.guidance_scale if method == "wolleb" else None,
-                            "steps": detector.steps if diffusion else None})
+                            "steps": detector.steps if diffusion else None,
+                            "map": None if method == "intensity" else {
+                                "channels": detector.map_channels, "residual": detector.residual,
+                                "samples": detector.samples}})
             results.setdefault(name, {})[method] = metrics
             log(f"{name:13s} {method:17s} " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items()
                                                          if isinstance(v, float)))
