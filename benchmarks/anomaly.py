@@ -86,11 +86,11 @@ def select_map(log=print) -> dict:
         for level in levels:
             detector = load_detector(method, noise_level=level)
             stochastic = method.startswith("anoddpm")
-            x, recs, masks = dev_reconstructions(detector, dev, 4 if stochastic else 1)
+            x, recs, masks = dev_reconstructions(detector, dev, 16 if stochastic else 1)
             labels = labels_of[masks]
             for setting, (contrasts, residual) in MAP_SETTINGS.items():
                 channels = load_detector(method, map_contrasts=contrasts).map_channels if contrasts else None
-                for k in ((1, 4) if stochastic else (1,)):
+                for k in ((1, 4, 16) if stochastic else (1,)):
                     diff = torch.stack([residual_map(x, r, channels, residual) for r in recs[:k]]).mean(0)
                     maps = F.interpolate(diff, size=masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
                     maps = np.where(masks, median_filter(maps.numpy().astype(np.float32), auto_median(masks.shape[-2:])), 0)
