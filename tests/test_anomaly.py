@@ -199,7 +199,7 @@ def test_report_section_with_the_shipped_models(tmp_path):
 
     section = report_section(tmp_path, log=lambda *a: None)
     assert section["figure"].is_file() and [r["method"] for r in section["table"]] == [
-        "intensity", "autoencoder", "anoddpm", "anoddpm-gaussian", "wolleb"]
+        "intensity", "autoencoder", "anoddpm", "anoddpm-gaussian", "wolleb", "anoddpm tuned"]
     assert all(0 <= r["pixel_auroc"] <= 1 for r in section["table"])
 
 
