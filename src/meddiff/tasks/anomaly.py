@@ -12,8 +12,9 @@ Methods (all through the core samplers and hooks; no sampler loop of their own):
   segmentation methods for brain MRI"): the per-volume z-scored FLAIR intensity inside the brain mask.
 Anomaly map options (``residual_map``): the contrasts summed (e.g. FLAIR only), the absolute or the positive
 residual (lesions brighter than healthy tissue, as tumour in FLAIR/T2), and for the stochastic AnoDDPM the mean
-over K reconstructions with independent noise. Post-processing: brain mask, median filter, threshold (Otsu / healthy-percentile / fixed), connected components,
-image-level score. BraTS models take 3 contrasts (t1ce, t2, flair) at 48 x 48; chest X-ray models 1 x 32 x 32.
+over K reconstructions with independent noise. Post-processing: brain mask, median filter, threshold (Otsu /
+healthy-percentile / fixed), connected components, image-level score. BraTS models take 3 contrasts (t1ce, t2,
+flair) at 48 x 48; chest X-ray models 1 x 28 x 28.
 """
 
 from __future__ import annotations
