@@ -196,6 +196,7 @@ def test_map_options_on_a_case_folder_and_their_errors(models, tmp_path, capsys)
     assert code == 0, err
     anomaly = np.load(tmp_path / "o" / "case7_anomaly.npy")
     assert anomaly.shape == (20, 20, 3) and anomaly.min() >= 0 and anomaly.max() > 0
+    assert "case7 (1/1)" in err and "slice" in err                          # progress bar: slices, rate, ETA
     cases = [
         ([*base, "--method", "anoddpm-gaussian", "--map-contrasts", "dwi"], "--map-contrasts 'dwi'"),
         ([*base, "--method", "anoddpm-gaussian", "--map-contrasts", "5"], "out of range"),

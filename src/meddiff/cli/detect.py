@@ -77,7 +77,7 @@ def run_detect(args: argparse.Namespace) -> int:
                   noise_level=args.noise_level, guidance_scale=args.guidance_scale, steps=args.steps,
                   threshold=args.threshold, threshold_value=args.threshold_value, healthy=args.healthy,
                   median=args.median, min_size=args.min_size, seed=args.seed, device=args.device,
-                  map_contrasts=args.map_contrasts, residual=args.residual, samples=args.samples)
+                  map_contrasts=args.map_contrasts, residual=args.residual, samples=args.samples, progress=True)
     inputs = len({r["input"] for r in rows})
     print(f"wrote anomaly maps of {inputs} input(s) ({len(rows)} scores) to {args.out}")
     return 0

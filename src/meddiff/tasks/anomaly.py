@@ -434,13 +434,14 @@ def auto_median(shape: Sequence[int]) -> int:
 
 
 def detect_array(detector: Detector, image: np.ndarray, *, mr: bool = True, median: int | None = None,
-                 batch: int = 16, generator: torch.Generator | None = None) -> Result:
+                 batch: int = 16, generator: torch.Generator | None = None, progress: str | None = None) -> Result:
     """Anomaly map of one input ``image`` (C, H, W) or a volume (C, H, W, Z) sliced along the last axis.
 
     ``mr``: skull-stripped MR (per-slice robust normalisation, brain mask = any contrast > 0); else an 8-bit image
     (x / 127.5 - 1, mask everywhere). Maps and reconstructions are resized back to the input's shape; the
     segmentation is left to ``segment``. ``median``: filter size in pixels (None: ``auto_median``). The map is the
     detector's ``residual_map`` at the model's size, resized; the reconstruction is the mean of its K draws.
+    ``progress``: a label to show a progress bar (slices, s/slice, ETA) on stderr, None for none.
     """
     image = np.asarray(image, dtype=np.float32)
     volume = image.ndim == 4
@@ -456,7 +457,10 @@ def detect_array(detector: Detector, image: np.ndarray, *, mr: bool = True, medi
         keep = np.nonzero(masks.reshape(len(masks), -1).mean(1) >= (0.01 if mr else 0))[0]
         anomaly = np.zeros(masks.shape, np.float32)
         healthy = np.array(model_in, copy=True)
+        from tqdm import tqdm
+
         start = time.perf_counter()
+        bar = tqdm(total=len(keep), desc=progress, unit="slice", disable=progress is None, leave=False)
         for i in range(0, len(keep), batch):
             idx = keep[i:i + batch]
             full = torch.from_numpy(model_in[idx])
@@ -468,6 +472,8 @@ def detect_array(detector: Detector, image: np.ndarray, *, mr: bool = True, medi
             size = tuple(full.shape[-2:])
             anomaly[idx] = F.interpolate(diff, size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
             healthy[idx] = F.interpolate(rec, size=size, mode="bilinear", align_corners=False).numpy()
+            bar.update(len(idx))
+        bar.close()
         seconds = (time.perf_counter() - start) / max(len(keep), 1)
     median = auto_median(masks.shape[-2:]) if median is None else median
     anomaly = np.where(masks, median_filter(anomaly, median), 0.0).astype(np.float32)
@@ -614,9 +620,10 @@ def run_detect(method: str, input_path: str | Path, out_dir: str | Path, *, chec
                noise_level: float | None = None, guidance_scale: float | None = None, steps: int | None = None,
                threshold: str = "otsu", threshold_value: float | None = None, healthy: str | Path | None = None,
                median: int | None = None, min_size: int = 10, seed: int = 0, device: str = "cpu",
-               map_contrasts: Sequence[str | int] | None = None, residual: str = "abs", samples: int = 1) -> list[dict]:
+               map_contrasts: Sequence[str | int] | None = None, residual: str = "abs", samples: int = 1,
+               progress: bool = False) -> list[dict]:
     """`meddiff detect`: maps, reconstructions, segmentations and overlays for every input, and scores.csv
-    (one row per input, per slice for volumes). Returns the rows."""
+    (one row per input, per slice for volumes). Returns the rows. ``progress``: a bar per input on stderr."""
     detector = load_detector(method, checkpoint, classifier, noise_level=noise_level, guidance_scale=guidance_scale,
                              steps=steps, seed=seed, device=device, map_contrasts=map_contrasts, residual=residual,
                              samples=samples)
@@ -632,8 +639,9 @@ def run_detect(method: str, input_path: str | Path, out_dir: str | Path, *, chec
                         for i in refs]
     out = Path(out_dir)
     rows = []
-    for item in inputs:
-        result = detect_array(detector, item.image, mr=item.mr, median=median, generator=generator)
+    for number, item in enumerate(inputs, 1):
+        result = detect_array(detector, item.image, mr=item.mr, median=median, generator=generator,
+                              progress=f"{item.name} ({number}/{len(inputs)})" if progress else None)
         tau = pick_threshold(result.anomaly, result.mask, threshold, threshold_value, healthy_maps)
         segment(result, tau, min_size)
         write_outputs(item, result, out)
