@@ -209,3 +209,25 @@ def test_map_options_on_a_case_folder_and_their_errors(models, tmp_path, capsys)
     for args, message in cases:
         code, _, err = run([*args, "--out", str(tmp_path / "bad")], capsys)
         assert code == 1 and message in err, (args, err)
+
+
+def test_evaluate_anomaly_with_your_own_checkpoint(models, tmp_path, capsys):
+    """--checkpoint evaluates a given model in place of the shipped one, with the map options; it needs one method
+    and the chest set skipped."""
+    images = np.zeros((2, 4, 24, 24), np.float32)
+    images[:, :, 4:20, 4:20] = np.random.default_rng(0).uniform(0.3, 0.5, (2, 4, 16, 16))
+    seg = np.zeros((2, 24, 24), np.uint8)
+    seg[:, 6:10, 12:16] = 2
+    npz = tmp_path / "slices.npz"
+    np.savez(npz, images=images, seg=seg, subject=np.array(["a", "b"]), channels=np.array(["t1", "t1ce", "t2", "flair"]))
+    common = ["evaluate-anomaly", "--brats-test", str(npz), "--brats-case", "", "--checkpoint", str(models["gaussian"])]
+    code, out, err = run([*common, "--methods", "anoddpm-gaussian", "--pneumonia", "", "--map-contrasts", "flair",
+                          "--residual", "positive", "--samples", "2", "--out", str(tmp_path / "r.json")], capsys)
+    assert code == 0, err
+    result = json.loads((tmp_path / "r.json").read_text())["brats_unseen"]["anoddpm-gaussian"]
+    assert result["checkpoint"] == str(models["gaussian"]) and result["slices"] == 2
+    assert result["map"] == {"channels": [2], "residual": "positive", "samples": 2}
+    code, _, err = run([*common, "--methods", "anoddpm-gaussian", "autoencoder", "--pneumonia", ""], capsys)
+    assert code == 1 and "exactly one of --methods" in err
+    code, _, err = run([*common, "--methods", "anoddpm-gaussian"], capsys)
+    assert code == 1 and "--pneumonia ''" in err

@@ -44,6 +44,9 @@ def register(subparsers) -> None:
                     "table and writes JSON.",
     )
     evaluate.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    evaluate.add_argument("--checkpoint", help="evaluate this model (shipped name or path) instead of the shipped "
+                                               "BraTS one; needs exactly one --methods and --pneumonia ''")
+    evaluate.add_argument("--classifier", help="Wolleb's noise-aware classifier instead of the shipped one")
     evaluate.add_argument("--brats-test", default="../shared/data/brats_slices_2d/brats_slices.npz",
                           help="npz of BraTS slices of unseen subjects ('' to skip)")
     evaluate.add_argument("--brats-case", default="../shared/data/brats_case_1",
@@ -91,7 +94,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                              pneumonia=args.pneumonia or None, chest_per_class=args.chest_per_class,
                              noise_level=args.noise_level, guidance_scale=args.guidance_scale, steps=args.steps,
                              seed=args.seed, map_contrasts=args.map_contrasts, residual=args.residual,
-                             samples=args.samples)
+                             samples=args.samples, checkpoint=args.checkpoint, classifier=args.classifier)
     print(markdown_table(results))
     if args.out:
         print(f"wrote {write_json(results, args.out)}")

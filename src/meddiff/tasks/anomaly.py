@@ -758,12 +758,19 @@ def run_evaluation(methods: Sequence[str] = METHODS, *, brats_test: str | Path |
                    seen_slices: Sequence[int] = tuple(range(20, 121, 5)), chest_per_class: int = 50,
                    noise_level: float | None = None, guidance_scale: float | None = None, steps: int | None = None,
                    seed: int = 0, map_contrasts: Sequence[str | int] | None = None, residual: str = "abs",
-                   samples: int = 1, log=print) -> dict:
+                   samples: int = 1, checkpoint: str | Path | None = None, classifier: str | Path | None = None,
+                   log=print) -> dict:
     """Every method on: "brats_unseen" (``brats_test`` npz: subjects not used in training; pixel metrics),
     "brats_seen" (``seen_slices`` of the training case ``brats_case``: image-level AUROC, flagged as seen), and
     "chest" (``chest_per_class`` normal + pneumonia held-out PneumoniaMNIST val images: image-level AUROC).
     ``map_contrasts`` / ``residual`` apply to every method but the intensity baseline (on chest X-rays the
-    contrasts are left out: one channel); ``samples`` to the AnoDDPM methods."""
+    contrasts are left out: one channel); ``samples`` to the AnoDDPM methods. ``checkpoint`` / ``classifier``
+    replace the shipped BraTS models of the one method in ``methods`` (e.g. a model you trained)."""
+    if (checkpoint or classifier) and len(methods) != 1:
+        raise MeddiffError("--checkpoint / --classifier evaluate one model: give exactly one of --methods")
+    if (checkpoint or classifier) and pneumonia is not None:
+        raise MeddiffError("--checkpoint / --classifier replace the BraTS models; skip the chest X-ray set with "
+                           "--pneumonia ''")
     sets = {}
     if brats_test is not None:
         sets["brats_unseen"] = brats_npz_subjects(brats_test)
@@ -774,15 +781,16 @@ def run_evaluation(methods: Sequence[str] = METHODS, *, brats_test: str | Path |
     results: dict = {}
     for name, subjects in sets.items():
         for method in methods:
-            model, classifier = CHEST_MODELS[method] if name == "chest" else DEFAULT_MODELS.get(method, (None, None))
+            model, clf = CHEST_MODELS[method] if name == "chest" else DEFAULT_MODELS.get(method, (None, None))
+            model, clf = checkpoint or model, classifier or clf
             options = {} if method == "intensity" else {
                 "map_contrasts": None if name == "chest" else map_contrasts, "residual": residual,
                 "samples": samples if method in ("anoddpm", "anoddpm-gaussian") else 1}
-            detector = load_detector(method, model, classifier, noise_level=noise_level,
+            detector = load_detector(method, model, clf, noise_level=noise_level,
                                      guidance_scale=guidance_scale, steps=steps, seed=seed, **options)
             metrics = evaluate(detector, subjects, seed=seed)
             diffusion = method in DIFFUSION_METHODS
-            metrics.update({"checkpoint": model, "classifier": classifier,
+            metrics.update({"checkpoint": str(model) if model else None, "classifier": str(clf) if clf else None,
                             "noise_level": detector.noise_level if diffusion else None,
                             "guidance_scale": detector.guidance_scale if method == "wolleb" else None,
                             "steps": detector.steps if diffusion else None,
