@@ -57,12 +57,11 @@ def dev_reconstructions(detector, subject, draws: int, seed: int = 0):
     """Model-space inputs (S, C, h, w), ``draws`` healthy reconstructions of them, brain masks (S, H, W)."""
     import numpy as np
 
-    from meddiff.tasks.anomaly import foreground_mask, normalise_mr, to_model_size
+    from meddiff.tasks.anomaly import brain_masks, model_inputs, to_model_size
 
     slices = np.moveaxis(subject.image, -1, 0)
-    masks = np.stack([foreground_mask(s) for s in slices])
-    full = torch.from_numpy(np.stack([normalise_mr(s, m) for s, m in zip(slices, masks)]))
-    x = to_model_size(full, detector.image_size)
+    masks = brain_masks(slices)
+    x = to_model_size(torch.from_numpy(model_inputs(slices, masks)), detector.image_size)
     generator = torch.Generator().manual_seed(seed)
     recs = [detector.heal(x, generator).float().clamp(-1, 1) for _ in range(draws)]
     return x, recs, masks
@@ -75,8 +74,8 @@ def select_map(log=print) -> dict:
     import torch.nn.functional as F
 
     from meddiff.metrics.segmentation import detection_metrics
-    from meddiff.tasks.anomaly import (auto_median, brats_case_subject, brats_npz_subjects, evaluate, load_detector,
-                                       median_filter, residual_map)
+    from meddiff.tasks.anomaly import (STOCHASTIC_METHODS, brats_case_subject, brats_npz_subjects, contrast_indices,
+                                       evaluate, filter_maps, load_detector, residual_map)
 
     dev = brats_case_subject(SHARED / "brats_case_1", slices=range(20, 121, 5))
     test = brats_npz_subjects(SHARED / "brats_slices_2d" / "brats_slices.npz")
@@ -85,15 +84,15 @@ def select_map(log=print) -> dict:
     for method, levels in SELECT_LEVELS.items():
         for level in levels:
             detector = load_detector(method, noise_level=level)
-            stochastic = method.startswith("anoddpm")
+            stochastic = method in STOCHASTIC_METHODS
             x, recs, masks = dev_reconstructions(detector, dev, 16 if stochastic else 1)
             labels = labels_of[masks]
             for setting, (contrasts, residual) in MAP_SETTINGS.items():
-                channels = load_detector(method, map_contrasts=contrasts).map_channels if contrasts else None
+                channels = contrast_indices(contrasts, detector.channels)
                 for k in ((1, 4, 16) if stochastic else (1,)):
                     diff = torch.stack([residual_map(x, r, channels, residual) for r in recs[:k]]).mean(0)
                     maps = F.interpolate(diff, size=masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-                    maps = np.where(masks, median_filter(maps.numpy().astype(np.float32), auto_median(masks.shape[-2:])), 0)
+                    maps = filter_maps(maps.numpy(), masks)
                     metrics = detection_metrics(maps[masks], labels)
                     row = {"method": method, "noise_level": level, "map": setting, "samples": k,
                            "dev_pixel_auroc": metrics["auroc"], "dev_best_dice": metrics["best_dice"]}
@@ -122,15 +121,15 @@ def intensity_at_size(subjects, size) -> dict:
     import torch.nn.functional as F
 
     from meddiff.metrics.segmentation import detection_metrics
-    from meddiff.tasks.anomaly import auto_median, foreground_mask, intensity_map, median_filter, to_model_size
+    from meddiff.tasks.anomaly import brain_masks, filter_maps, intensity_map, to_model_size
 
     maps, labels = [], []
     for subject in subjects:
         slices = np.moveaxis(subject.image, -1, 0)
-        masks = np.stack([foreground_mask(s) for s in slices])
+        masks = brain_masks(slices)
         z = torch.from_numpy(intensity_map(np.moveaxis(slices, 0, 1), masks)[:, None])
         z = F.interpolate(to_model_size(z, size), size=masks.shape[-2:], mode="bilinear", align_corners=False)
-        z = np.where(masks, median_filter(z[:, 0].numpy().astype(np.float32), auto_median(masks.shape[-2:])), 0)
+        z = filter_maps(z[:, 0].numpy(), masks)
         maps.append(z[masks])
         labels.append(np.moveaxis(subject.seg, -1, 0)[masks])
     metrics = detection_metrics(np.concatenate(maps), np.concatenate(labels))

@@ -43,6 +43,7 @@ CONTRASTS_BY_CHANNELS = {3: ("t1ce", "t2", "flair"), 4: ("t1", "t1ce", "t2", "fl
 HEALTHY, DISEASED = 0, 1  # classifier labels: class folders 0_healthy, 1_diseased (sorted order)
 METHODS = ("wolleb", "anoddpm", "anoddpm-gaussian", "autoencoder", "intensity")
 DIFFUSION_METHODS = ("wolleb", "anoddpm", "anoddpm-gaussian")
+STOCHASTIC_METHODS = ("anoddpm", "anoddpm-gaussian")  # a new reconstruction per draw: --samples K applies
 # shipped models used when --checkpoint / --classifier are left out: (BraTS, chest X-ray)
 DEFAULT_MODELS = {
     "wolleb": ("brats_anoddpm_gaussian", "brats_classifier"),   # the healthy Gaussian DDPM as Wolleb's prior
@@ -291,7 +292,7 @@ def load_detector(method: str, checkpoint: str | Path | None = None, classifier:
     check_choice("residual", residual, RESIDUALS)
     if int(samples) < 1:
         raise MeddiffError(f"--samples must be at least 1, got {samples}")
-    if int(samples) > 1 and method not in ("anoddpm", "anoddpm-gaussian"):
+    if int(samples) > 1 and method not in STOCHASTIC_METHODS:
         raise MeddiffError(f"--samples {samples}: only the stochastic AnoDDPM methods draw several reconstructions; "
                            f"--method {method} is deterministic (leave --samples at 1)")
     if method == "intensity":
@@ -312,8 +313,8 @@ def load_detector(method: str, checkpoint: str | Path | None = None, classifier:
                         noise_level=float(noise_level if noise_level is not None else (500 if method == "wolleb" else 250)),
                         guidance_scale=float(100.0 if guidance_scale is None else guidance_scale),
                         steps=int(steps or 25), residual=residual, samples=int(samples),
-                        map_channels=_map_channels(map_contrasts, int(meta["channels"])))
-    if method in ("anoddpm", "anoddpm-gaussian"):
+                        map_channels=contrast_indices(map_contrasts, int(meta["channels"])))
+    if method in STOCHASTIC_METHODS:
         noise = _read_training_noise(path)
         simplex = bool(noise) and noise.get("kind") == "simplex"
         if (method == "anoddpm") != simplex:
@@ -333,7 +334,7 @@ def load_detector(method: str, checkpoint: str | Path | None = None, classifier:
     return detector
 
 
-def _map_channels(contrasts: Sequence[str | int] | None, channels: int) -> tuple[int, ...] | None:
+def contrast_indices(contrasts: Sequence[str | int] | None, channels: int) -> tuple[int, ...] | None:
     """Channel indices of ``contrasts`` (names of the BraTS convention for ``channels`` or indices); None: all."""
     if contrasts is None:
         return None
@@ -433,6 +434,24 @@ def auto_median(shape: Sequence[int]) -> int:
     return max(1, int(round(5 * min(shape) / 240)) | 1)
 
 
+def brain_masks(slices: np.ndarray, mr: bool = True) -> np.ndarray:
+    """Masks (S, H, W) of slices (S, C, H, W): the brain of skull-stripped MR, everything for 8-bit images."""
+    if not mr:
+        return np.ones((len(slices),) + slices.shape[-2:], bool)
+    return np.stack([foreground_mask(s) for s in slices])
+
+
+def model_inputs(slices: np.ndarray, masks: np.ndarray, mr: bool = True) -> np.ndarray:
+    """Raw slices (S, C, H, W) -> model space [-1, 1] at their own size: ``normalise_mr`` per slice, or x / 127.5 - 1."""
+    return np.stack([normalise_mr(s, m) if mr else s / 127.5 - 1 for s, m in zip(slices, masks)])
+
+
+def filter_maps(maps: np.ndarray, masks: np.ndarray, median: int | None = None) -> np.ndarray:
+    """Post-processing every map gets: median filter (None: ``auto_median``), zero outside the mask. (S, H, W)."""
+    median = auto_median(masks.shape[-2:]) if median is None else median
+    return np.where(masks, median_filter(np.asarray(maps, np.float32), median), 0.0).astype(np.float32)
+
+
 def detect_array(detector: Detector, image: np.ndarray, *, mr: bool = True, median: int | None = None,
                  batch: int = 16, generator: torch.Generator | None = None, progress: str | None = None) -> Result:
     """Anomaly map of one input ``image`` (C, H, W) or a volume (C, H, W, Z) sliced along the last axis.
@@ -446,14 +465,14 @@ def detect_array(detector: Detector, image: np.ndarray, *, mr: bool = True, medi
     image = np.asarray(image, dtype=np.float32)
     volume = image.ndim == 4
     slices = np.moveaxis(image, -1, 0) if volume else image[None]            # [S,C,H,W]
-    masks = np.stack([foreground_mask(s) for s in slices]) if mr else np.ones((len(slices),) + slices.shape[-2:], bool)
+    masks = brain_masks(slices, mr)
     if detector.method == "intensity":
         anomaly = intensity_map(np.moveaxis(slices, 0, 1), masks)            # z-score over the whole input
         healthy = np.zeros_like(slices)
         seconds = 0.0
     else:
         check_input(detector, slices.shape[1:])
-        model_in = np.stack([normalise_mr(s, m) if mr else s / 127.5 - 1 for s, m in zip(slices, masks)])
+        model_in = model_inputs(slices, masks, mr)
         keep = np.nonzero(masks.reshape(len(masks), -1).mean(1) >= (0.01 if mr else 0))[0]
         anomaly = np.zeros(masks.shape, np.float32)
         healthy = np.array(model_in, copy=True)
@@ -475,8 +494,7 @@ def detect_array(detector: Detector, image: np.ndarray, *, mr: bool = True, medi
             bar.update(len(idx))
         bar.close()
         seconds = (time.perf_counter() - start) / max(len(keep), 1)
-    median = auto_median(masks.shape[-2:]) if median is None else median
-    anomaly = np.where(masks, median_filter(anomaly, median), 0.0).astype(np.float32)
+    anomaly = filter_maps(anomaly, masks, median)
     scores = np.array([image_score(a, m) for a, m in zip(anomaly, masks)])
     if volume:
         return Result(np.moveaxis(anomaly, 0, -1), np.moveaxis(healthy, 0, -1), np.zeros(image.shape[1:], np.uint8),
@@ -785,7 +803,7 @@ def run_evaluation(methods: Sequence[str] = METHODS, *, brats_test: str | Path |
             model, clf = checkpoint or model, classifier or clf
             options = {} if method == "intensity" else {
                 "map_contrasts": None if name == "chest" else map_contrasts, "residual": residual,
-                "samples": samples if method in ("anoddpm", "anoddpm-gaussian") else 1}
+                "samples": samples if method in STOCHASTIC_METHODS else 1}
             detector = load_detector(method, model, clf, noise_level=noise_level,
                                      guidance_scale=guidance_scale, steps=steps, seed=seed, **options)
             metrics = evaluate(detector, subjects, seed=seed)
