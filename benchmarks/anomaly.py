@@ -5,6 +5,7 @@ subject (image-level AUROC, flagged "seen") and held-out PneumoniaMNIST val X-ra
     OMP_NUM_THREADS=1 python benchmarks/anomaly.py --prepare-data runs/anomaly_data   # training folders (once)
     OMP_NUM_THREADS=1 python benchmarks/anomaly.py --out benchmarks/anomaly.json      # the table in README.md
     OMP_NUM_THREADS=1 python benchmarks/anomaly.py --out anomaly.json --select-map   # + the map-setting selection
+    OMP_NUM_THREADS=1 python benchmarks/anomaly.py --classifier-check runs/anomaly_data  # Wolleb classifier by t
 
 Extra settings (``--sweep``) run Wolleb at other guidance scales / noise levels and AnoDDPM at other t_lambda.
 ``--select-map`` chooses each method's anomaly-map setting (contrasts summed, absolute or positive residual, K
@@ -49,8 +50,8 @@ def sweep(log=print) -> dict:
 
 MAP_SETTINGS = {"all |x - x_h| (paper)": (None, "abs"), "flair |x - x_h|": (("flair",), "abs"),
                 "flair max(x - x_h, 0)": (("flair",), "positive"), "all max(x - x_h, 0)": (None, "positive")}
-SELECT_LEVELS = {"anoddpm": (60, 100, 250), "anoddpm-gaussian": (60, 100, 250), "autoencoder": (None,),
-                 "wolleb": (500,)}
+SELECT_LEVELS = {"anoddpm": (20, 30, 45, 60, 100, 250), "anoddpm-gaussian": (20, 30, 45, 60, 100, 250),
+                 "autoencoder": (None,), "wolleb": (250, 500)}
 
 
 def dev_reconstructions(detector, subject, draws: int, seed: int = 0):
@@ -67,7 +68,7 @@ def dev_reconstructions(detector, subject, draws: int, seed: int = 0):
     return x, recs, masks
 
 
-def select_map(log=print) -> dict:
+def select_map(methods=tuple(SELECT_LEVELS), log=print) -> dict:
     """Grid of map settings per method on the development slices (pixel metrics inside the brain mask, the same
     median filter as ``detect``), the best by Dice, and that setting scored on the unseen subjects."""
     import numpy as np
@@ -81,8 +82,8 @@ def select_map(log=print) -> dict:
     test = brats_npz_subjects(SHARED / "brats_slices_2d" / "brats_slices.npz")
     labels_of = np.moveaxis(dev.seg, -1, 0)
     grid, selected = [], {}
-    for method, levels in SELECT_LEVELS.items():
-        for level in levels:
+    for method in (m for m in SELECT_LEVELS if m in methods):
+        for level in SELECT_LEVELS[method]:
             detector = load_detector(method, noise_level=level)
             stochastic = method in STOCHASTIC_METHODS
             x, recs, masks = dev_reconstructions(detector, dev, 16 if stochastic else 1)
@@ -136,6 +137,38 @@ def intensity_at_size(subjects, size) -> dict:
     return {"pixel_auroc": metrics["auroc"], "pixel_auprc": metrics["auprc"], "best_dice": metrics["best_dice"]}
 
 
+def classifier_separation(data_dir: str | Path, classifier: str = "brats_classifier", log=print) -> dict:
+    """How well the Wolleb classifier separates its own training slices (``data_dir`` from ``--prepare-data``) at
+    diffusion times t: mean p(tumour) per class and image-level AUROC on x_t (noise seed 0). A classifier that cannot
+    separate them here gives guidance gradients that edit normal tissue."""
+    import numpy as np
+
+    from meddiff.data import build_dataset
+    from meddiff.diffusion.schedules import make_schedule
+    from meddiff.metrics.segmentation import detection_metrics
+    from meddiff.training.checkpoint import load_checkpoint, resolve_checkpoint
+
+    model, meta = load_checkpoint(resolve_checkpoint(classifier))
+    dataset = build_dataset({"kind": "folder", "path": str(Path(data_dir) / "brats"), "classes": True,
+                             "val_fraction": 0.0}, split="all")
+    x = torch.stack([dataset[i]["image"] for i in range(len(dataset))]).float()
+    tumour = np.array([int(dataset[i]["label"]) == 1 for i in range(len(dataset))])
+    schedule = make_schedule(meta["schedule"])
+    generator = torch.Generator().manual_seed(0)
+    out = {}
+    for t in (0, 100, 250, 500, 750):
+        times = torch.full((len(x),), float(t))
+        alpha, sigma = (v.float()[:, None, None, None] for v in schedule.alpha_sigma(times))
+        x_t = alpha * x + sigma * torch.randn(x.shape, generator=generator)
+        with torch.no_grad():
+            p = torch.softmax(model(x_t, times).float(), -1)[:, 1].numpy()
+        out[t] = {"p_tumour_on_tumour": float(p[tumour].mean()), "p_tumour_on_healthy": float(p[~tumour].mean()),
+                  "auroc": detection_metrics(p, tumour)["auroc"]}
+        log(f"classifier t={t:4d}: mean p(tumour) {out[t]['p_tumour_on_tumour']:.2f} on tumour slices, "
+            f"{out[t]['p_tumour_on_healthy']:.2f} on healthy; AUROC {out[t]['auroc']:.3f}")
+    return out
+
+
 def selection_table(selection: dict) -> str:
     """Markdown: per method the setting chosen on the development slices, its Dice there and on unseen subjects."""
     lines = ["| method | chosen on development | dev best Dice | unseen pixel AUROC | unseen AUPRC | unseen best Dice "
@@ -159,9 +192,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="JSON results file")
     parser.add_argument("--prepare-data", metavar="DIR", help="write the training folders to DIR and exit")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                        help="methods to run (also restricts --select-map)")
     parser.add_argument("--chest-per-class", type=int, default=50)
     parser.add_argument("--sweep", action="store_true", help="also vary Wolleb's L and s and AnoDDPM's t_lambda")
+    parser.add_argument("--classifier-check", metavar="DIR",
+                        help="print how well brats_classifier separates the training slices in DIR by t, and exit")
     parser.add_argument("--select-map", action="store_true",
                         help="also choose each method's map setting on the development slices, score it on unseen")
     args = parser.parse_args(argv)
@@ -171,6 +207,9 @@ def main(argv=None) -> int:
         counts = prepare_training_data(args.prepare_data, SHARED / "brats_case_1",
                                        SHARED / "medmnist" / "pneumoniamnist.npz")
         print(f"wrote {counts} to {args.prepare_data}")
+        return 0
+    if args.classifier_check:
+        classifier_separation(args.classifier_check)
         return 0
     torch.manual_seed(0)
     start = time.time()
@@ -183,7 +222,7 @@ def main(argv=None) -> int:
     if args.sweep:
         report["sweep"] = sweep()
     if args.select_map:
-        report["select_map"] = select_map()
+        report["select_map"] = select_map(args.methods)
         print(selection_table(report["select_map"]))
     print(markdown_table(results))
     if args.out:
