@@ -112,7 +112,8 @@ def select_map(methods=tuple(SELECT_LEVELS), log=print) -> dict:
     dev_flair = evaluate(load_detector("intensity"), [dev])
     return {"development": "brats_case_1 slices 20..120 step 5", "grid": grid, "selected": selected,
             "intensity_dev": dev_flair, "intensity_unseen": evaluate(load_detector("intensity"), test),
-            "intensity_unseen_at_model_size": intensity_at_size(test, (48, 48))}
+            "intensity_unseen_at_model_size": intensity_at_size(test, (48, 48)),
+            "intensity_dev_at_model_size": intensity_at_size([dev], (48, 48))}
 
 
 def intensity_at_size(subjects, size) -> dict:
@@ -181,9 +182,11 @@ def selection_table(selection: dict) -> str:
                      f"{u['pixel_auroc']:.3f} | {u['pixel_auprc']:.3f} | {u['best_dice']:.3f} | {u['dice_otsu']:.3f} | "
                      f"{u['seconds_per_slice']:.2f} |")
     flair, unseen, small = (selection[k] for k in ("intensity_dev", "intensity_unseen", "intensity_unseen_at_model_size"))
+    small_dev = selection.get("intensity_dev_at_model_size", {}).get("best_dice")
+    small_dev = "" if small_dev is None else f"{small_dev:.3f}"
     lines.append(f"| intensity (FLAIR z-score) | - | {flair['best_dice']:.3f} | {unseen['pixel_auroc']:.3f} | "
                  f"{unseen['pixel_auprc']:.3f} | {unseen['best_dice']:.3f} | {unseen['dice_otsu']:.3f} | 0.00 |")
-    lines.append(f"| intensity at 48 x 48, resized back | - | | {small['pixel_auroc']:.3f} | {small['pixel_auprc']:.3f} | "
+    lines.append(f"| intensity at 48 x 48, resized back | - | {small_dev} | {small['pixel_auroc']:.3f} | {small['pixel_auprc']:.3f} | "
                  f"{small['best_dice']:.3f} | | |")
     return "\n".join(lines)
 
