@@ -6,6 +6,7 @@ subject (image-level AUROC, flagged "seen") and held-out PneumoniaMNIST val X-ra
     OMP_NUM_THREADS=1 python benchmarks/anomaly.py --out benchmarks/anomaly.json      # the table in README.md
     OMP_NUM_THREADS=1 python benchmarks/anomaly.py --out anomaly.json --select-map   # + the map-setting selection
     OMP_NUM_THREADS=1 python benchmarks/anomaly.py --classifier-check runs/anomaly_data  # Wolleb classifier by t
+    OMP_NUM_THREADS=1 python benchmarks/anomaly.py --out chest.json --methods ... --select-chest  # chest map choice
 
 Extra settings (``--sweep``) run Wolleb at other guidance scales / noise levels and AnoDDPM at other t_lambda.
 ``--select-map`` chooses each method's anomaly-map setting (contrasts summed, absolute or positive residual, K
@@ -116,6 +117,40 @@ def select_map(methods=tuple(SELECT_LEVELS), log=print) -> dict:
             "intensity_dev_at_model_size": intensity_at_size([dev], (48, 48))}
 
 
+CHEST_GRID = {"anoddpm": ((60, 250), (1, 4)), "anoddpm-gaussian": ((60, 250), (1, 4)), "wolleb": ((250, 500), (1,)),
+              "autoencoder": ((None,), (1,))}
+
+
+def select_chest(methods=tuple(CHEST_GRID), per_class: int = 50, log=print) -> dict:
+    """Chest X-rays: each method's map setting (absolute or positive residual, K, noise level) chosen by image-level
+    AUROC on development val images disjoint from the evaluation ones, then scored once on those."""
+    from meddiff.tasks.anomaly import CHEST_MODELS, evaluate, pneumonia_subjects
+
+    npz = SHARED / "medmnist" / "pneumoniamnist.npz"
+    dev = pneumonia_subjects(npz, per_class=per_class, development=True)
+    test = pneumonia_subjects(npz, per_class=per_class)
+    grid, selected = [], {}
+    for method in (m for m in CHEST_GRID if m in methods):
+        levels, draws = CHEST_GRID[method]
+        for level in levels:
+            for residual in ("abs", "positive"):
+                for k in draws:
+                    options = {"noise_level": level, "residual": residual, "samples": k}
+                    detector = load_detector(method, *CHEST_MODELS[method], **options)
+                    row = {"method": method, **options, "dev_image_auroc": evaluate(detector, dev)["image_auroc"]}
+                    grid.append(row)
+                    log(f"chest dev {method:17s} L={level} {residual:8s} K={k} image AUROC {row['dev_image_auroc']:.3f}")
+                    if row["dev_image_auroc"] > selected.get(method, {}).get("dev_image_auroc", -1):
+                        selected[method] = row
+    for method, row in selected.items():
+        options = {key: row[key] for key in ("noise_level", "residual", "samples")}
+        row["test_image_auroc"] = evaluate(load_detector(method, *CHEST_MODELS[method], **options), test)["image_auroc"]
+        log(f"chest test {method:17s} (chosen: L={row['noise_level']} {row['residual']} K={row['samples']}) "
+            f"image AUROC {row['test_image_auroc']:.3f}")
+    return {"development": f"{per_class} + {per_class} PneumoniaMNIST val images disjoint from the evaluation ones",
+            "grid": grid, "selected": selected}
+
+
 def intensity_at_size(subjects, size) -> dict:
     """The FLAIR z-score baseline computed at the models' size and resized back (area down, bilinear up), scored like
     every map: what a perfect FLAIR-like map loses to the 48 x 48 models' resolution alone."""
@@ -201,6 +236,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sweep", action="store_true", help="also vary Wolleb's L and s and AnoDDPM's t_lambda")
     parser.add_argument("--classifier-check", metavar="DIR",
                         help="print how well brats_classifier separates the training slices in DIR by t, and exit")
+    parser.add_argument("--select-chest", action="store_true",
+                        help="also choose each method's chest X-ray map setting on development val images")
     parser.add_argument("--select-map", action="store_true",
                         help="also choose each method's map setting on the development slices, score it on unseen")
     args = parser.parse_args(argv)
@@ -227,6 +264,8 @@ def main(argv=None) -> int:
     if args.select_map:
         report["select_map"] = select_map(args.methods)
         print(selection_table(report["select_map"]))
+    if args.select_chest:
+        report["select_chest"] = select_chest(args.methods, args.chest_per_class)
     print(markdown_table(results))
     if args.out:
         print(f"wrote {write_json(report, args.out)}")

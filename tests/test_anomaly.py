@@ -249,3 +249,21 @@ def test_averaging_k_anoddpm_draws_is_the_mean_of_the_single_draw_maps():
     mean = detect_array(averaged, image, median=1, generator=torch.Generator().manual_seed(0)).anomaly
     np.testing.assert_allclose(mean, np.mean(maps, axis=0), atol=1e-6)
     assert np.std(maps, axis=0).mean() > 0.05                                 # the draws differ: averaging matters
+
+
+def test_pneumonia_development_draw_is_disjoint_from_the_evaluation_draw(tmp_path):
+    """The development images never overlap the evaluation images; the evaluation draw is unchanged by it."""
+    from meddiff.tasks.anomaly import pneumonia_subjects
+
+    labels = np.array([0] * 12 + [1] * 20)[:, None]
+    images = np.arange(32, dtype=np.uint8)[:, None, None] * np.ones((1, 4, 4), np.uint8)   # image i is all i
+    path = tmp_path / "pneumoniamnist.npz"
+    np.savez(path, train_images=images, train_labels=labels, val_images=images, val_labels=labels)
+    test = pneumonia_subjects(path, per_class=5)[0]
+    dev = pneumonia_subjects(path, per_class=5, development=True)[0]
+    test_ids, dev_ids = set(test.image[0, 0, 0].tolist()), set(dev.image[0, 0, 0].tolist())
+    assert len(test_ids) == len(dev_ids) == 10 and not test_ids & dev_ids
+    assert dev.slice_labels.sum() == 5 and all((i >= 12) == bool(y) for i, y in zip(dev.image[0, 0, 0], dev.slice_labels))
+    assert pneumonia_subjects(path, per_class=5)[0].image.tobytes() == test.image.tobytes()
+    with pytest.raises(MeddiffError, match="development"):
+        pneumonia_subjects(path, per_class=7, development=True)      # 12 normal images: 7 + 7 do not fit

@@ -755,17 +755,26 @@ def evaluate(detector: Detector, subjects: Sequence[Subject], *, median: int | N
     return out
 
 
-def pneumonia_subjects(path: str | Path, split: str = "val", per_class: int = 100, seed: int = 0) -> list[Subject]:
+def pneumonia_subjects(path: str | Path, split: str = "val", per_class: int = 100, seed: int = 0,
+                       development: bool = False) -> list[Subject]:
     """``per_class`` normal and pneumonia images of a PneumoniaMNIST split (random, seeded) as one 8-bit stack
-    (no pixel labels: image-level evaluation only)."""
+    (no pixel labels: image-level evaluation only). ``development``: ``per_class`` more of each class drawn from the
+    images the default draw leaves out, disjoint from it, for choosing settings without touching the evaluation set."""
     from meddiff.data import read_medmnist
 
     images, labels = read_medmnist(path)[split]
     labels = labels.reshape(-1)
     rng = np.random.default_rng(seed)
-    pick = np.concatenate([rng.choice(np.nonzero(labels == c)[0], per_class, replace=False) for c in (0, 1)])
+    pick = [rng.choice(np.nonzero(labels == c)[0], per_class, replace=False) for c in (0, 1)]
+    if development:
+        left = [np.setdiff1d(np.nonzero(labels == c)[0], chosen) for c, chosen in zip((0, 1), pick)]
+        if min(len(v) for v in left) < per_class:
+            raise MeddiffError(f"{path} {split}: fewer than {per_class} images per class left for a development set")
+        pick = [rng.choice(v, per_class, replace=False) for v in left]
+    pick = np.concatenate(pick)
     stack = np.moveaxis(images[pick][:, None].astype(np.uint8), 0, -1)       # (1, H, W, N)
-    return [Subject("pneumoniamnist_" + split, stack, None, mr=False, slice_labels=labels[pick] == 1)]
+    name = "pneumoniamnist_" + split + ("_development" if development else "")
+    return [Subject(name, stack, None, mr=False, slice_labels=labels[pick] == 1)]
 
 
 EVAL_SETS = ("brats_unseen", "brats_seen", "chest")
