@@ -187,8 +187,9 @@ def classifier_separation(data_dir: str | Path, classifier: str = "brats_classif
     model, meta = load_checkpoint(resolve_checkpoint(classifier))
     dataset = build_dataset({"kind": "folder", "path": str(Path(data_dir) / "brats"), "classes": True,
                              "val_fraction": 0.0}, split="all")
-    x = torch.stack([dataset[i]["image"] for i in range(len(dataset))]).float()
-    tumour = np.array([int(dataset[i]["label"]) == 1 for i in range(len(dataset))])
+    items = [dataset[i] for i in range(len(dataset))]                        # read each slice once
+    x = torch.stack([item["image"] for item in items]).float()
+    tumour = np.array([int(item["label"]) == 1 for item in items])
     schedule = make_schedule(meta["schedule"])
     generator = torch.Generator().manual_seed(0)
     out = {}
@@ -249,7 +250,12 @@ def main(argv=None) -> int:
         print(f"wrote {counts} to {args.prepare_data}")
         return 0
     if args.classifier_check:
-        classifier_separation(args.classifier_check)
+        from meddiff.errors import MeddiffError
+
+        try:
+            classifier_separation(args.classifier_check)
+        except MeddiffError as error:
+            sys.exit(f"--classifier-check: {error}; write the training folders first with --prepare-data DIR")
         return 0
     torch.manual_seed(0)
     start = time.time()
