@@ -159,3 +159,24 @@ def test_augment_is_seeded_and_keeps_shape():
     assert build_augment({}, 2) is None
     with pytest.raises(MeddiffError, match="probability"):
         build_augment({"flip_prob": 2}, 2)
+
+
+def test_zoom_and_gamma_augment_change_size_and_contrast_not_background():
+    """Zoom rescales the anatomy (a centred disc's area changes) with the background edge extended, not a constant
+    0 (mid-grey in [-1, 1]); gamma changes intensities but keeps the minimum and maximum; bad ranges are refused."""
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    disc = ((yy - 15.5) ** 2 + (xx - 15.5) ** 2 < 8.0 ** 2).float()
+    x = (disc * torch.linspace(0, 1, 32)[None, :] * 1.5 + disc * 0.25 - (1 - disc))[None]   # background -1
+    zoom = build_augment({"zoom_prob": 1.0, "zoom_range": 0.3}, 2, seed=0)
+    areas = [float((torch.as_tensor(zoom(x)) > -0.5).sum()) for _ in range(6)]
+    assert max(abs(a - float(disc.sum())) for a in areas) > 0.1 * float(disc.sum())
+    assert all(float(torch.as_tensor(zoom(x))[0, 0, 0]) == -1.0 for _ in range(3))      # corner stays background
+    gamma = build_augment({"gamma_prob": 1.0, "gamma_range": [0.5, 0.6]}, 2, seed=0)
+    y = torch.as_tensor(gamma(x))
+    torch.testing.assert_close(y.min(), x.min()), torch.testing.assert_close(y.max(), x.max())
+    inside = disc.bool()[None]
+    assert float(y[inside].mean()) > float(x[inside].mean()) + 0.05                       # gamma < 1 brightens
+    with pytest.raises(MeddiffError, match="zoom_range"):
+        build_augment({"zoom_prob": 0.5, "zoom_range": 1.5}, 2)
+    with pytest.raises(MeddiffError, match="gamma_range"):
+        build_augment({"gamma_prob": 0.5, "gamma_range": [1.2, 0.8]}, 2)

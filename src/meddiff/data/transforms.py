@@ -320,7 +320,8 @@ def stack_contrasts(arrays: Sequence[np.ndarray], names: Sequence[str] | None = 
 # ------------------------------------------------------------------------------------------ augmentation
 @dataclass
 class AugmentConfig:
-    """Random augmentations (MONAI): flips per spatial axis, small rotations (degrees), intensity jitter."""
+    """Random augmentations (MONAI): flips per spatial axis, small rotations (degrees), zoom by up to +-zoom_range
+    per axis (anatomy of another size), gamma in gamma_range (another contrast), intensity scale/shift jitter."""
 
     flip_prob: float = 0.0
     flip_axes: tuple[int, ...] | None = None
@@ -330,6 +331,10 @@ class AugmentConfig:
     scale_factor: float = 0.1
     shift_prob: float = 0.0
     shift_offset: float = 0.05
+    zoom_prob: float = 0.0
+    zoom_range: float = 0.1
+    gamma_prob: float = 0.0
+    gamma_range: tuple[float, float] = (0.8, 1.25)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -339,22 +344,32 @@ class AugmentConfig:
         unknown = sorted(set(cfg) - known)
         if unknown:
             raise MeddiffError(f"augment: unknown key(s) {unknown}; allowed: {sorted(known)}")
-        for k in ("flip_prob", "rotate_prob", "scale_prob", "shift_prob"):
+        for k in cls.PROBABILITIES:
             if not 0.0 <= float(cfg.get(k, 0.0)) <= 1.0:
                 raise MeddiffError(f"augment.{k}={cfg[k]} must be a probability in [0, 1]")
+        if not 0.0 <= float(cfg.get("zoom_range", 0.1)) < 1.0:
+            raise MeddiffError(f"augment.zoom_range={cfg['zoom_range']} must be in [0, 1) (0.1: zoom by 0.9-1.1)")
+        if "gamma_range" in cfg:
+            gamma = tuple(float(g) for g in cfg["gamma_range"])
+            if len(gamma) != 2 or not 0 < gamma[0] <= gamma[1]:
+                raise MeddiffError(f"augment.gamma_range={cfg['gamma_range']} must be [low, high] with 0 < low <= high")
+            cfg["gamma_range"] = gamma
         if cfg.get("flip_axes") is not None:
             cfg["flip_axes"] = tuple(int(a) for a in cfg["flip_axes"])
         return cls(**cfg)
 
+    PROBABILITIES = ("flip_prob", "rotate_prob", "scale_prob", "shift_prob", "zoom_prob", "gamma_prob")
+
     @property
     def active(self) -> bool:
-        return any(p > 0 for p in (self.flip_prob, self.rotate_prob, self.scale_prob, self.shift_prob))
+        return any(getattr(self, k) > 0 for k in self.PROBABILITIES)
 
 
 def build_augment(cfg: AugmentConfig | dict | None, spatial_dims: int, seed: int = 0):
     """A MONAI Compose of random transforms for channel-first arrays, seeded (its own RNG, never global);
     None when nothing is enabled."""
-    from monai.transforms import Compose, RandFlip, RandRotate, RandScaleIntensity, RandShiftIntensity
+    from monai.transforms import (Compose, RandAdjustContrast, RandAffine, RandFlip, RandRotate, RandScaleIntensity,
+                                  RandShiftIntensity)
 
     cfg = cfg if isinstance(cfg, AugmentConfig) else AugmentConfig.from_dict(cfg)
     if not cfg.active:
@@ -367,6 +382,10 @@ def build_augment(cfg: AugmentConfig | dict | None, spatial_dims: int, seed: int
         rad = float(np.deg2rad(cfg.rotate_degrees))
         kw = {"range_x": rad} if spatial_dims == 2 else {"range_x": rad, "range_y": rad, "range_z": rad}
         ts.append(RandRotate(prob=cfg.rotate_prob, padding_mode="border", keep_size=True, **kw))
+    if cfg.zoom_prob > 0:       # border padding: the edge (background) extends, never a constant 0 (mid-grey in [-1, 1])
+        ts.append(RandAffine(prob=cfg.zoom_prob, scale_range=(cfg.zoom_range,) * spatial_dims, padding_mode="border"))
+    if cfg.gamma_prob > 0:      # x -> min + (max - min) ((x - min) / (max - min))^gamma, the same gamma for all channels
+        ts.append(RandAdjustContrast(prob=cfg.gamma_prob, gamma=cfg.gamma_range))
     if cfg.scale_prob > 0:
         ts.append(RandScaleIntensity(factors=cfg.scale_factor, prob=cfg.scale_prob))
     if cfg.shift_prob > 0:
