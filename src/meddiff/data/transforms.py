@@ -336,6 +336,7 @@ class AugmentConfig:
     gamma_prob: float = 0.0
     gamma_range: tuple[float, float] = (0.8, 1.25)
     extra: dict[str, Any] = field(default_factory=dict)
+    PROBABILITIES = ("flip_prob", "rotate_prob", "scale_prob", "shift_prob", "zoom_prob", "gamma_prob")  # not a field
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any] | None) -> "AugmentConfig":
@@ -357,8 +358,6 @@ class AugmentConfig:
         if cfg.get("flip_axes") is not None:
             cfg["flip_axes"] = tuple(int(a) for a in cfg["flip_axes"])
         return cls(**cfg)
-
-    PROBABILITIES = ("flip_prob", "rotate_prob", "scale_prob", "shift_prob", "zoom_prob", "gamma_prob")
 
     @property
     def active(self) -> bool:
