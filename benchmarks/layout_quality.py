@@ -24,6 +24,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,8 +179,13 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(2)
-    results = [evaluate(args.dims, name, args.steps, args.batch, run_dir, args.samples, args.times, step)
-               for step in args.at for name in LAYOUTS[args.dims]]
+    results = []
+    for step in args.at:
+        for name in LAYOUTS[args.dims]:  # minutes per checkpoint on CPU: say where it is
+            start = time.perf_counter()
+            results.append(evaluate(args.dims, name, args.steps, args.batch, run_dir, args.samples, args.times, step))
+            print(f"scored {name} step {step}: held-out loss {results[-1]['heldout_loss']:.4f}, "
+                  f"FID {results[-1]['fid']:.3f} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
     base = floor(args.dims, args.samples)
     print("| layout | channels | params (M) | step | s / step (1 thread) | held-out loss | FID | KID |\n"
           "|---|---|---|---|---|---|---|---|")
