@@ -16,6 +16,7 @@ AdrenalMNIST3D train split of configs/adrenal3d.yaml resized to 32^3. The EMA we
 
     python benchmarks/layout_quality.py --dims 2 --out layout_quality_2d.json [--steps 500] [--batch 16] [--samples 128]
     python benchmarks/layout_quality.py --dims 3 --out layout_quality_3d.json [--steps 300] [--batch 4]
+    python benchmarks/layout_quality.py --dims 2 --steps 184 --layouts same_layout --run-dir R --out F.json  # equal time
 """
 
 from __future__ import annotations
@@ -144,6 +145,9 @@ def main(argv=None) -> int:
     parser.add_argument("--at", type=int, nargs="+", metavar="STEP",
                         help="score the checkpoints of these steps (multiples of steps/4; default: the last); a layout "
                              "whose run lacks one is trained (resumed) until it has it")
+    parser.add_argument("--layouts", nargs="+", choices=["same_layout", "deeper"], default=["same_layout", "deeper"],
+                        help="train and score only these (e.g. each layout for its own number of steps, to compare at "
+                             "equal training time, in two runs with their own --run-dir)")
     parser.add_argument("--train", choices=["same_layout", "deeper"], help=argparse.SUPPRESS)  # internal
     args = parser.parse_args(argv)
     args.steps = args.steps or DEFAULTS[args.dims]["steps"]
@@ -171,7 +175,7 @@ def main(argv=None) -> int:
     jobs = {name: subprocess.Popen([sys.executable, __file__, "--train", name, "--dims", str(args.dims),
                                     "--steps", str(args.steps), "--batch", str(args.batch), "--run-dir", str(run_dir)],
                                    env=env)
-            for name in LAYOUTS[args.dims] if any(checkpoint_at(run_dir / name, step) is None for step in args.at)}
+            for name in args.layouts if any(checkpoint_at(run_dir / name, step) is None for step in args.at)}
     failed = [name for name, job in jobs.items() if job.wait()]
     if failed:
         print(f"training failed for {failed}; see {run_dir}", file=sys.stderr)
@@ -181,7 +185,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(2)
     results = []
     for step in args.at:
-        for name in LAYOUTS[args.dims]:  # minutes per checkpoint on CPU: say where it is
+        for name in args.layouts:  # minutes per checkpoint on CPU: say where it is
             start = time.perf_counter()
             results.append(evaluate(args.dims, name, args.steps, args.batch, run_dir, args.samples, args.times, step))
             print(f"scored {name} step {step}: held-out loss {results[-1]['heldout_loss']:.4f}, "

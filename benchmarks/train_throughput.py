@@ -21,8 +21,9 @@ import time
 CHANNELS = {2: [64, 128, 128], 3: [32, 64, 64]}
 ATTENTION = {2: [False, False, True], 3: [False, False, True]}
 # A layout at the same parameter count (within 3 %): one level deeper, capacity moved off the full-size level,
-# where a CPU step spends its FLOPs (2D: 4.33 M params, 141 vs 385 GFLOP per step; 3D: 2.94 M, 60 vs 201). Faster
-# per step but it learns less per step (layout_quality.py), so it is reported, not counted as meddiff's speedup.
+# where a CPU step spends its FLOPs (2D: 4.33 M params, 141 vs 385 GFLOP per step; 3D: 2.94 M, 60 vs 201). It learns
+# less per step but more per second on CPU (layout_quality.py); a different network, so it is reported beside
+# meddiff's trainer speedup (same network as the plain loops), not as it.
 DEEP_CHANNELS = {2: [32, 64, 128, 128], 3: [16, 32, 64, 64]}
 BATCH = {2: 16, 3: 2}
 SIZE = {2: 64, 3: 32}
