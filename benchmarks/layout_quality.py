@@ -1,4 +1,5 @@
-"""Does the faster UNet layout of train_throughput.py learn as well? Two trainings on real data, same steps.
+"""Does the faster UNet layout of train_throughput.py learn as well? Trainings on real data, at the same steps, or
+(``--layouts``, one run per layout) each for its own steps to compare at equal training time.
 
 `train_throughput.py` times a deeper layout at the plain loops' parameter count, one level deeper with capacity
 moved off the full-size level: 2D channels [32, 64, 128, 128] (4.33 M parameters) against [64, 128, 128] (4.44 M),
