@@ -41,7 +41,7 @@ DEFAULTS = {2: {"steps": 500, "batch": 16, "samples": 128, "times": 10},  # 3D: 
             3: {"steps": 300, "batch": 4, "samples": 32, "times": 5}}
 
 
-def layout_config(dims: int, name: str, steps: int, batch: int) -> dict:
+def layout_config(dims: int, name: str, steps: int, batch: int, seed: int = 0) -> dict:
     from meddiff.training import load_config
 
     config = load_config(REPO / "configs" / CONFIGS[dims])
@@ -55,7 +55,8 @@ def layout_config(dims: int, name: str, steps: int, batch: int) -> dict:
         if key in config["data"]:
             config["data"][key] = str(REPO / config["data"][key])
     config["schedule"]["warmup_steps"] = max(1, steps // 20)
-    config["run"].update({"name": name, "steps": steps, "batch_size": batch, "checkpoint_every": max(1, steps // 4),
+    config["run"].update({"name": name, "seed": seed, "steps": steps, "batch_size": batch,
+                          "checkpoint_every": max(1, steps // 4),
                           "keep_checkpoints": 4, "sample_every": steps, "log_every": 25, "progress": False})
     return config
 
@@ -149,6 +150,7 @@ def main(argv=None) -> int:
     parser.add_argument("--layouts", nargs="+", choices=["same_layout", "deeper"], default=["same_layout", "deeper"],
                         help="train and score only these (e.g. each layout for its own number of steps, to compare at "
                              "equal training time, in two runs with their own --run-dir)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (weights, data order, noise)")
     parser.add_argument("--train", choices=["same_layout", "deeper"], help=argparse.SUPPRESS)  # internal
     args = parser.parse_args(argv)
     args.steps = args.steps or DEFAULTS[args.dims]["steps"]
@@ -164,7 +166,7 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(1)
         run = run_dir / args.train
-        train(layout_config(args.dims, args.train, args.steps, args.batch), run_dir=run,
+        train(layout_config(args.dims, args.train, args.steps, args.batch, args.seed), run_dir=run,
               resume=bool(list_checkpoints(run / "checkpoints")))
         return 0
 
@@ -174,7 +176,8 @@ def main(argv=None) -> int:
         build_dataset(layout_config(args.dims, "deeper", args.steps, args.batch)["data"], split=split)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     jobs = {name: subprocess.Popen([sys.executable, __file__, "--train", name, "--dims", str(args.dims),
-                                    "--steps", str(args.steps), "--batch", str(args.batch), "--run-dir", str(run_dir)],
+                                    "--steps", str(args.steps), "--batch", str(args.batch), "--run-dir", str(run_dir),
+                                    "--seed", str(args.seed)],
                                    env=env)
             for name in args.layouts if any(checkpoint_at(run_dir / name, step) is None for step in args.at)}
     failed = [name for name, job in jobs.items() if job.wait()]
