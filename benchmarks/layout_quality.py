@@ -36,6 +36,7 @@ LAYOUTS = {  # dims: {name: (channels, attention_levels)}, as in train_throughpu
     3: {"same_layout": ([32, 64, 64], [False, False, True]),
         "deeper": ([16, 32, 64, 64], [False, False, False, True])},
 }
+LAYOUT_NAMES = ["same_layout", "deeper"]  # the keys of LAYOUTS[dims], for the command line
 CONFIGS = {2: "brain_slices_2d.yaml", 3: "adrenal3d.yaml"}
 DEFAULTS = {2: {"steps": 500, "batch": 16, "samples": 128, "times": 10},  # 3D: a forward pass costs ~30 GFLOP
             3: {"steps": 300, "batch": 4, "samples": 32, "times": 5}}
@@ -147,11 +148,11 @@ def main(argv=None) -> int:
     parser.add_argument("--at", type=int, nargs="+", metavar="STEP",
                         help="score the checkpoints of these steps (multiples of steps/4; default: the last); a layout "
                              "whose run lacks one is trained (resumed) until it has it")
-    parser.add_argument("--layouts", nargs="+", choices=["same_layout", "deeper"], default=["same_layout", "deeper"],
+    parser.add_argument("--layouts", nargs="+", choices=LAYOUT_NAMES, default=LAYOUT_NAMES,
                         help="train and score only these (e.g. each layout for its own number of steps, to compare at "
                              "equal training time, in two runs with their own --run-dir)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (weights, data order, noise)")
-    parser.add_argument("--train", choices=["same_layout", "deeper"], help=argparse.SUPPRESS)  # internal
+    parser.add_argument("--train", choices=LAYOUT_NAMES, help=argparse.SUPPRESS)  # internal
     args = parser.parse_args(argv)
     args.steps = args.steps or DEFAULTS[args.dims]["steps"]
     args.batch = args.batch or DEFAULTS[args.dims]["batch"]
@@ -205,7 +206,7 @@ def main(argv=None) -> int:
         from meddiff.data.io import write_json
 
         write_json({"results": results, "floor": base, "dims": args.dims, "steps": args.steps, "batch": args.batch,
-                    "held_out_times": args.times,
+                    "held_out_times": args.times, "seed": args.seed, "layouts": args.layouts,
                     "torch": torch.__version__}, args.out)
     return 0
 
