@@ -273,3 +273,41 @@ def test_cli_train_runs_and_reports_errors(tmp_path, monkeypatch, capsys):
     args = parser.parse_args(["train", "--config", str(tmp_path / "missing.yaml")])
     with pytest.raises(MeddiffError, match="missing.yaml not found"):
         args.func(args)
+
+
+@pytest.mark.parametrize("variant", ["fp16", "bf16", "channels_last", "fused"])
+def test_the_cuda_defaults_run_on_cpu_when_forced(tmp_path, monkeypatch, variant):
+    """What `auto` turns on only on CUDA (autocast with a GradScaler for fp16, bf16 autocast, channels_last, fused
+    AdamW), forced on this CPU with the tiny model: the same first loss as fp32 (same draws), finite training, and for
+    fp16 a resume that repeats the run bit for bit, GradScaler state included. CUDA kernels themselves need a GPU."""
+    reference = Trainer(tiny_config(), TinyDataset(), run_dir=tmp_path / "fp32").fit()
+    run, optimiser = {}, {}
+    if variant in ("fp16", "bf16"):
+        dtype = torch.float16 if variant == "fp16" else torch.bfloat16
+        monkeypatch.setattr(Trainer, "_amp_dtype", staticmethod(lambda precision, cuda: dtype))
+    elif variant == "channels_last":
+        run["channels_last"] = True
+    else:
+        optimiser["fused"] = True
+    config = tiny_config(**run)
+    config["optimiser"].update(optimiser)
+    trainer = Trainer(config, TinyDataset(), run_dir=tmp_path / variant)
+    assert (trainer.scaler is not None) == (variant == "fp16")
+    losses = trainer.fit()
+    assert [s for s, _ in losses] == [1, 2, 3, 4, 5, 6] and all(torch.isfinite(torch.tensor([v for _, v in losses])))
+    tolerance = {"fp16": 2e-3, "bf16": 2e-2}.get(variant, 1e-5)  # relative; bf16 keeps 8 mantissa bits
+    assert losses[0][1] == pytest.approx(reference[0][1], rel=tolerance)
+    if variant in ("channels_last", "fused"):  # fp32 throughout: the whole run agrees with the default one
+        assert [v for _, v in losses] == pytest.approx([v for _, v in reference], rel=1e-4)
+    if variant == "fp16":
+        state = torch.load(list_checkpoints(tmp_path / variant / "checkpoints")[-1] / "state.pt", weights_only=True)
+        assert state["scaler"]["scale"] == trainer.scaler.get_scale()
+
+        def kill_after_5(step, loss):
+            if step == 5:
+                raise KeyboardInterrupt
+
+        killed = Trainer(config, TinyDataset(), run_dir=tmp_path / "killed")
+        with pytest.raises(KeyboardInterrupt):
+            killed.fit(on_step=kill_after_5)
+        assert Trainer(config, TinyDataset(), run_dir=tmp_path / "killed").fit(resume=True) == losses[4:]

@@ -200,7 +200,7 @@ class Trainer:
         sched = config["schedule"]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _LrLambda(sched["warmup_steps"], run["steps"], sched["kind"], sched["min_lr_ratio"]))
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         model: nn.Module = self.net
         if self.world > 1:
             model = nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if cuda else None)
