@@ -1,7 +1,12 @@
-"""Shared fixtures: the real data folder beside the checkout (../shared/data), skipped when absent."""
+"""Shared fixtures: the real data folder beside the checkout (../shared/data).
+
+Outside CI a missing folder skips the tests that need it; in CI (CI=true) it is an error, so a lost
+folder cannot turn ~70 tests into silent skips and a green run (issue 20, item 12).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,8 +14,15 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data folder {SHARED_DATA} not found (it sits beside the checkout in CI)")
+        message = f"real data folder {SHARED_DATA} not found (it sits beside the checkout in CI)"
+        if in_ci():
+            pytest.fail(f"CI=true but {message}: the shared-data tests must run in CI", pytrace=False)
+        pytest.skip(message)
     return SHARED_DATA

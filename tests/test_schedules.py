@@ -6,7 +6,8 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from meddiff.diffusion import CLEAN_TIME, VESDE, VPSDE, DiscreteSchedule, FlowSchedule, add_noise, make_schedule
+from meddiff.diffusion import CLEAN_TIME, VESDE, VPSDE, DiscreteSchedule, FlowSchedule, add_noise, make_grid, make_schedule
+from meddiff.diffusion.timesteps import DISCRETE_SPACINGS
 from meddiff.errors import MeddiffError
 
 DIFFUSERS_NAMES = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2", "sigmoid": "sigmoid"}
@@ -117,3 +118,21 @@ def test_bad_schedule_arguments_name_the_argument():
         make_schedule({"kind": "ve", "sigma": 3})
     with pytest.raises(MeddiffError, match="sigma_min < sigma_max"):
         VESDE(sigma_min=10, sigma_max=1)
+
+
+@pytest.mark.parametrize("spacing", DISCRETE_SPACINGS)
+def test_every_step_count_gives_a_valid_grid(spacing):
+    """Every N in 1..T gives N strictly decreasing integer-valued times in [0, T-1] (issue 20: trailing failed
+    for 62 of them, e.g. N = 61, through a float-step arange that produced a time of -1)."""
+    schedule = DiscreteSchedule("linear", 1000)
+    for steps in range(1, 1001):
+        if spacing in ("logsnr", "karras") and steps > 200:
+            break  # continuous-valued spacings: 1..200 covers every regime, the rest only repeats the interpolation
+        times = make_grid(schedule, steps, spacing).times[:-1]
+        assert times.numel() == steps, (spacing, steps)
+        assert bool((times[1:] < times[:-1]).all()), (spacing, steps)
+        assert float(times.min()) >= 0 and float(times.max()) <= 999, (spacing, steps)
+        if spacing in ("trailing", "leading", "linspace"):
+            assert bool((times == times.round()).all()), (spacing, steps)
+    if spacing == "trailing":
+        assert make_grid(schedule, 61, spacing).times[:3].tolist() == [999.0, 983.0, 966.0]

@@ -84,7 +84,9 @@ def make_grid(
 
     t_min, t_max = schedule.t_min, schedule.t_max
     if spacing == "trailing":
-        times = torch.round(torch.arange(total, 0, -total / steps, dtype=torch.float64)) - 1
+        # Index-based, not a float-step arange: arange(T, 0, -T/N) yields N+1 values for 62 of the N <= 1000
+        # (e.g. N=61), the last rounding to -1. With N <= T the rounded times stay strictly decreasing and >= 0.
+        times = torch.round(total - torch.arange(steps, dtype=torch.float64) * (total / steps)) - 1
     elif spacing == "leading":
         times = (torch.arange(steps, dtype=torch.float64) * (total // steps)).flip(0)
     elif spacing == "linspace":
