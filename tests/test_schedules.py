@@ -136,3 +136,23 @@ def test_every_step_count_gives_a_valid_grid(spacing):
             assert bool((times == times.round()).all()), (spacing, steps)
     if spacing == "trailing":
         assert make_grid(schedule, 61, spacing).times[:3].tolist() == [999.0, 983.0, 966.0]
+
+
+def test_partial_grid_matches_the_chains_it_replaces():
+    """partial_grid is the one helper for chains that start from a partly noised image (AnoDDPM, Wolleb, SDEdit,
+    CCDF): discrete times from the start down to 0, rounded and de-duplicated; continuous times linear."""
+    from meddiff.diffusion import partial_grid
+
+    discrete = DiscreteSchedule("linear", 1000)
+    grid = partial_grid(discrete, 30, 50)
+    assert grid.times[:-1].tolist() == list(range(30, -1, -1)) and grid.times[-1] == CLEAN_TIME
+    assert partial_grid(discrete, 999, 1000).times[:-1].tolist() == list(range(999, -1, -1))
+    assert partial_grid(discrete, 500, 3).times[:-1].tolist() == [500.0, 250.0, 0.0]
+    vp = VPSDE()
+    times = partial_grid(vp, 0.5, 5).times[:-1]
+    assert torch.allclose(times, torch.linspace(0.5, vp.t_min, 5, dtype=torch.float64))
+    for bad in (0, -1, 1000.5):
+        with pytest.raises(MeddiffError, match="start time"):
+            partial_grid(discrete, bad, 10)
+    with pytest.raises(MeddiffError, match="steps"):
+        partial_grid(discrete, 10, 0)

@@ -110,3 +110,19 @@ def make_grid(
         times = schedule.time_from_log_snr(log_snr)
         times[0], times[-1] = (t_max, t_min) if steps > 1 else (t_max, t_max)
     return TimeGrid.from_times(schedule, times)
+
+
+def partial_grid(schedule: NoiseSchedule, start: float, steps: int) -> TimeGrid:
+    """Grid of at most ``steps`` times evenly spaced from time ``start`` down to t_min, for chains that begin from a
+    partly noised image instead of pure noise: SDEdit (Meng et al. 2022), AnoDDPM's partial diffusion (Wyatt et al.
+    2022), Wolleb's encoding depth L, "come closer, diffuse faster" (Chung et al. 2022). Discrete schedules round to
+    integer times and drop the duplicates that rounding makes (so a start of 30 with 50 steps visits 31 times)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise MeddiffError(f"steps={steps!r} must be an integer >= 1")
+    if not schedule.t_min < start <= schedule.t_max:
+        raise MeddiffError(f"start time {start!r} must be in ({schedule.t_min:g}, {schedule.t_max:g}] "
+                           "(the schedule's time range)")
+    times = torch.linspace(float(start), schedule.t_min, steps, dtype=torch.float64)
+    if schedule.is_discrete:
+        times = times.round().unique().flip(0)
+    return TimeGrid.from_times(schedule, times)
