@@ -1,23 +1,30 @@
 # Two entry points for people (README Quick start) and CI: `make demo` and `make test`.
-# Both create .venv if needed, install torch==2.13.0 (CPU wheel) first, then meddiff with test extras.
+# Both create .venv if needed and install torch==2.13.0 (CPU wheel) first; the demo then installs meddiff and
+# what it needs to run, the tests add the test-only extras (pytest, diffusers, tensorboard).
 PY := .venv/bin/python
-STAMP := .venv/.meddiff-installed
+RUN_STAMP := .venv/.meddiff-installed
+TEST_STAMP := .venv/.meddiff-test-installed
 
-.PHONY: setup demo test test-slow clean
+.PHONY: setup setup-test demo test test-slow clean
 
-setup: $(STAMP)
+setup: $(RUN_STAMP)
+setup-test: $(TEST_STAMP)
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
-	touch $(STAMP)
+	touch $(RUN_STAMP)
 
-demo: $(STAMP)
+$(TEST_STAMP): pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh test
+	touch $(RUN_STAMP) $(TEST_STAMP)
+
+demo: $(RUN_STAMP)
 	.venv/bin/meddiff demo --out runs/demo
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q
 
-test-slow: $(STAMP)
+test-slow: $(TEST_STAMP)
 	$(PY) -m pytest -q -m slow
 
 clean:
