@@ -3,7 +3,18 @@
 import pytest
 import torch
 
-from meddiff.diffusion import VPSDE, ClassifierFreeGuidance, ClassifierGuidance, Hook, HookChain, get_sampler, initial_noise, make_grid
+from meddiff.diffusion import (
+    VPSDE,
+    ClassifierFreeGuidance,
+    ClassifierGuidance,
+    DiscreteSchedule,
+    FlowSchedule,
+    Hook,
+    HookChain,
+    get_sampler,
+    initial_noise,
+    make_grid,
+)
 from meddiff.diffusion.analytic import mixture_2d
 from meddiff.errors import MeddiffError
 
@@ -37,6 +48,42 @@ def test_classifier_guided_sampling_lands_in_the_requested_mode():
     assert float(MIXTURE.mode_weights(samples)[3]) > 0.99
     unguided = get_sampler("dpmpp_2m")(MIXTURE.denoiser(SCHEDULE), x, grid)
     assert float(MIXTURE.mode_weights(unguided)[3]) < 0.15
+
+
+ZERO_SNR_SCHEDULES = {"flow": FlowSchedule(), "ddpm-zero-terminal-snr": DiscreteSchedule("linear", zero_terminal_snr=True)}
+LINEAR_WEIGHTS = torch.tensor([[1.0, 0.5], [-1.0, 0.3], [0.2, -1.0], [0.0, 1.0]], dtype=torch.float64)
+
+
+def linear_classifier(x, t):
+    """Logits W x, ignoring t: its gradient is not zero where alpha_t = 0, unlike an exact noise-aware classifier."""
+    return x.double() @ LINEAR_WEIGHTS.T
+
+
+@pytest.mark.parametrize("schedule_name", sorted(ZERO_SNR_SCHEDULES))
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "ddpm"])
+def test_classifier_guidance_is_bounded_on_grids_that_start_at_zero_snr(sampler, schedule_name):
+    """The grid starts where alpha = 0 (flow t = 1, zero-terminal-SNR t = T-1): sigma^2/alpha is undefined there and
+    the correction is skipped. Dividing by alpha clamped at 1e-12 gave samples of 1e6-1e10 (issue 20, item 3)."""
+    schedule = ZERO_SNR_SCHEDULES[schedule_name]
+    grid = make_grid(schedule, 20)
+    assert float(grid.alphas[0]) == 0.0
+    x = initial_noise(grid, (500, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    hook = ClassifierGuidance(linear_classifier, schedule, torch.full((500,), 3), scale=1.0)
+    samples = get_sampler(sampler)(MIXTURE.denoiser(schedule), x, grid, hook=hook, generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(samples).all()
+    assert float(samples.abs().max()) < 10  # the mixture's samples lie within |x| < 4; measured max 2.6-3.1
+
+
+def test_classifier_guidance_leaves_x0_unchanged_where_alpha_is_zero():
+    """Per sample: rows at alpha = 0 are untouched, rows at alpha > 0 get sigma^2/alpha * grad."""
+    schedule = FlowSchedule()
+    x = torch.randn(2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    hook = ClassifierGuidance(linear_classifier, schedule, torch.tensor([3, 3]), scale=2.0)
+    x0 = torch.zeros_like(x)
+    guided = hook.denoised(x, x0, t)
+    torch.testing.assert_close(guided[0], x0[0])
+    torch.testing.assert_close(guided[1:], 2.0 * 0.5**2 / 0.5 * hook.log_prob_gradient(x, t)[1:])
 
 
 def test_classifier_free_guidance_mixes_conditional_and_unconditional():

@@ -16,7 +16,8 @@ from meddiff.errors import MeddiffError
 class ClassifierGuidance(Hook):
     """Shift x0_hat along grad_x log p(y | x_t) (Dhariwal & Nichol 2021, Alg. 1-2, written for x0).
 
-    eps_hat' = eps_hat - scale * sigma_t * grad  is the same as  x0_hat' = x0_hat + scale * sigma_t^2 / alpha_t * grad.
+    eps_hat' = eps_hat - scale * sigma_t * grad  is the same as  x0_hat' = x0_hat + scale * sigma_t^2 / alpha_t * grad;
+    skipped where alpha_t = 0 (SNR 0), where x_t says nothing about y (see ``denoised``).
     ``classifier(x_t, t) -> logits (B, K)`` is noise-aware; ``labels`` (B,) are the target classes.
     """
 
@@ -40,8 +41,18 @@ class ClassifierGuidance(Hook):
         if self.scale == 0:
             return x0
         alpha, sigma = self.schedule.alpha_sigma(t.detach().cpu())
-        factor = broadcast_to(self.scale * sigma**2 / alpha.clamp(min=1e-12), x)
-        return x0 + factor * self.log_prob_gradient(x, t)
+        # Where alpha_t = 0 (rectified flow at t = 1, zero-terminal-SNR schedules at t = T-1) sigma^2/alpha is
+        # undefined and the correction is skipped (factor 0). There x_t = sigma_t eps carries no information about
+        # x0 or y, so p(y | x_t) = p(y) and a consistent noise-aware classifier has grad_x log p(y | x_t) = 0: the
+        # guided score equals the unguided one (eps' = eps - scale sigma grad = eps). Any gradient a classifier
+        # returns there is its own error (e.g. a classifier trained without t ~ T), which a division by
+        # alpha -> 0 amplified to ~1e9 in the sample. The Bayes limit of the x0 shift, E[x0 | y] - E[x0], is not
+        # computable from the gradient; guidance acts from the next grid point on, where alpha > 0.
+        informative = alpha > 0
+        if not bool(informative.any()):
+            return x0
+        factor = torch.where(informative, self.scale * sigma**2 / torch.where(informative, alpha, 1.0), 0.0)
+        return x0 + broadcast_to(factor, x) * self.log_prob_gradient(x, t)
 
 
 class ClassifierFreeGuidance(Hook):
