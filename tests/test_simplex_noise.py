@@ -151,7 +151,7 @@ def test_invert_ddim_then_ddim_reconstructs_with_the_exact_denoiser():
     schedule = make_schedule("linear")
     den = target.denoiser(schedule)
     x0 = target.sample(32, torch.Generator().manual_seed(0))
-    from meddiff.tasks.anomaly import partial_grid
+    from meddiff.diffusion import partial_grid
 
     errors = []
     for steps in (25, 200):

@@ -1,0 +1,103 @@
+"""Anomaly maps of an input (``detect_array``) and `meddiff detect` over files (``run_detect``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from meddiff.errors import MeddiffError, check_choice
+from meddiff.tasks.anomaly.data import brain_masks, model_inputs, read_inputs, to_model_size
+from meddiff.tasks.anomaly.methods import Detector, check_input, load_detector
+from meddiff.tasks.anomaly.outputs import write_outputs, write_scores
+from meddiff.tasks.anomaly.postprocess import (THRESHOLDS, Result, filter_maps, image_score, intensity_map,
+                                               pick_threshold, residual_map, segment)
+
+def detect_array(detector: Detector, image: np.ndarray, *, mr: bool = True, median: int | None = None,
+                 batch: int = 16, generator: torch.Generator | None = None, progress: str | None = None) -> Result:
+    """Anomaly map of one input ``image`` (C, H, W) or a volume (C, H, W, Z) sliced along the last axis.
+
+    ``mr``: skull-stripped MR (per-slice robust normalisation, brain mask = any contrast > 0); else an 8-bit image
+    (x / 127.5 - 1, mask everywhere). Maps and reconstructions are resized back to the input's shape; the
+    segmentation is left to ``segment``. ``median``: filter size in pixels (None: ``auto_median``). The map is the
+    detector's ``residual_map`` at the model's size, resized; the reconstruction is the mean of its K draws.
+    ``progress``: a label to show a progress bar (slices, s/slice, ETA) on stderr, None for none.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    volume = image.ndim == 4
+    slices = np.moveaxis(image, -1, 0) if volume else image[None]            # [S,C,H,W]
+    masks = brain_masks(slices, mr)
+    if detector.method == "intensity":
+        anomaly = intensity_map(np.moveaxis(slices, 0, 1), masks)            # z-score over the whole input
+        healthy = np.zeros_like(slices)
+        seconds = 0.0
+    else:
+        check_input(detector, slices.shape[1:])
+        model_in = model_inputs(slices, masks, mr)
+        keep = np.nonzero(masks.reshape(len(masks), -1).mean(1) >= (0.01 if mr else 0))[0]
+        anomaly = np.zeros(masks.shape, np.float32)
+        healthy = np.array(model_in, copy=True)
+        from tqdm import tqdm
+
+        start = time.perf_counter()
+        bar = tqdm(total=len(keep), desc=progress, unit="slice", disable=progress is None, leave=False)
+        for i in range(0, len(keep), batch):
+            idx = keep[i:i + batch]
+            full = torch.from_numpy(model_in[idx])
+            x = to_model_size(full, detector.image_size).to(detector.device)
+            recs = [detector.heal(x, generator).float().cpu().clamp(-1, 1) for _ in range(detector.samples)]
+            diff = torch.stack([residual_map(x.cpu(), r, detector.map_channels, detector.residual)
+                                for r in recs]).mean(0)                        # mean residual over K draws
+            rec = torch.stack(recs).mean(0)
+            size = tuple(full.shape[-2:])
+            anomaly[idx] = F.interpolate(diff, size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
+            healthy[idx] = F.interpolate(rec, size=size, mode="bilinear", align_corners=False).numpy()
+            bar.update(len(idx))
+        bar.close()
+        seconds = (time.perf_counter() - start) / max(len(keep), 1)
+    anomaly = filter_maps(anomaly, masks, median)
+    scores = np.array([image_score(a, m) for a, m in zip(anomaly, masks)])
+    if volume:
+        return Result(np.moveaxis(anomaly, 0, -1), np.moveaxis(healthy, 0, -1), np.zeros(image.shape[1:], np.uint8),
+                      scores, np.moveaxis(masks, 0, -1), seconds)
+    return Result(anomaly[0], healthy[0], np.zeros(image.shape[1:], np.uint8), scores, masks[0], seconds)
+
+
+def run_detect(method: str, input_path: str | Path, out_dir: str | Path, *, checkpoint=None, classifier=None,
+               noise_level: float | None = None, guidance_scale: float | None = None, steps: int | None = None,
+               threshold: str = "otsu", threshold_value: float | None = None, healthy: str | Path | None = None,
+               median: int | None = None, min_size: int = 10, seed: int = 0, device: str = "cpu",
+               map_contrasts: Sequence[str | int] | None = None, residual: str = "abs", samples: int = 1,
+               progress: bool = False) -> list[dict]:
+    """`meddiff detect`: maps, reconstructions, segmentations and overlays for every input, and scores.csv
+    (one row per input, per slice for volumes). Returns the rows. ``progress``: a bar per input on stderr."""
+    detector = load_detector(method, checkpoint, classifier, noise_level=noise_level, guidance_scale=guidance_scale,
+                             steps=steps, seed=seed, device=device, map_contrasts=map_contrasts, residual=residual,
+                             samples=samples)
+    check_choice("threshold", threshold, THRESHOLDS)
+    if threshold == "percentile" and healthy is None:
+        raise MeddiffError("--threshold percentile needs --healthy PATH (healthy images for the reference maps)")
+    generator = torch.Generator().manual_seed(seed)
+    inputs = read_inputs(input_path, detector.channels)
+    healthy_maps = None
+    if threshold == "percentile":
+        refs = read_inputs(healthy, detector.channels)
+        healthy_maps = [(r := detect_array(detector, i.image, mr=i.mr, median=median, generator=generator)).anomaly[r.mask]
+                        for i in refs]
+    out = Path(out_dir)
+    rows = []
+    for number, item in enumerate(inputs, 1):
+        result = detect_array(detector, item.image, mr=item.mr, median=median, generator=generator,
+                              progress=f"{item.name} ({number}/{len(inputs)})" if progress else None)
+        tau = pick_threshold(result.anomaly, result.mask, threshold, threshold_value, healthy_maps)
+        segment(result, tau, min_size)
+        write_outputs(item, result, out)
+        for z, score in enumerate(result.scores):
+            rows.append({"input": item.name, "slice": z if item.image.ndim == 4 else "", "score": float(score),
+                         "threshold": tau})
+    write_scores(rows, out / "scores.csv")
+    return rows
