@@ -7,18 +7,17 @@ Every failure is a `MeddiffError` whose one-line message names the file and what
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
 from meddiff.data.meta import ImageMeta
 from meddiff.errors import MeddiffError
+from meddiff.files import atomic_path, write_png  # noqa: F401  (re-exported: the one atomic writer)
 
 PathLike = str | os.PathLike
 
@@ -129,27 +128,6 @@ def detect_format(path: PathLike) -> str:
 def _fail(path: PathLike, what: str, error: BaseException | None = None) -> MeddiffError:
     detail = f" ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no detail'})" if error else ""
     return MeddiffError(f"{path}: {what}{detail}")
-
-
-@contextlib.contextmanager
-def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same suffix); rename it onto ``path`` only on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = suffix_of(path) or ".tmp"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        if tmp.exists():  # mkstemp makes 0600 files: give the result the permissions a plain open() would
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_json(obj, path: PathLike) -> Path:
@@ -428,39 +406,6 @@ def read_pil(path: PathLike) -> tuple[np.ndarray, ImageMeta]:
     meta = ImageMeta(path=str(path), format=fmt or "image", shape=tuple(arr.shape), dtype=str(arr.dtype),
                      spacing=None, units="a.u.", channel_axis=0 if arr.ndim == 3 else None)
     return arr, meta
-
-
-def write_png(path: PathLike, array: np.ndarray, *, vmin: float | None = None, vmax: float | None = None) -> Path:
-    """Write a 2D (H, W) or colour (3, H, W)/(H, W, 3) array as PNG; atomic.
-
-    uint8/uint16 are written unchanged; other dtypes are mapped linearly from [vmin, vmax]
-    (default: the array's min and max) to 0..255.
-    """
-    from PIL import Image
-
-    path = Path(path)
-    if suffix_of(path) != ".png":
-        raise MeddiffError(f"{path}: a PNG output needs the extension .png")
-    arr = np.asarray(array)
-    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
-        arr = arr.transpose(1, 2, 0)
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4))):
-        raise MeddiffError(f"{path}: PNG needs a 2D (H, W) or colour (3, H, W) array, got shape {arr.shape}")
-    if arr.dtype not in (np.uint8, np.uint16):
-        arr = arr.astype(np.float64)
-        if not np.all(np.isfinite(arr)):
-            raise MeddiffError(f"{path}: image to write contains NaN or Inf values")
-        lo = float(arr.min()) if vmin is None else float(vmin)
-        hi = float(arr.max()) if vmax is None else float(vmax)
-        scale = 255.0 / (hi - lo) if hi > lo else 0.0
-        arr = np.clip((arr - lo) * scale, 0, 255).round().astype(np.uint8)
-    if arr.dtype == np.uint16 and arr.ndim == 3:
-        arr = (arr // 257).astype(np.uint8)
-    with atomic_path(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="PNG")
-    return path
 
 
 # --------------------------------------------------------------------------------------------- NumPy

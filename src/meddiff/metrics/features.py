@@ -131,26 +131,23 @@ def get_feature_extractor(name: str, channels: str = "mean") -> FeatureExtractor
 def save_feature_net(net: SmallCNN, directory: str | Path, meta: dict, files: dict[str, str] | None = None) -> Path:
     """Write weights.safetensors (fp16, as the shipped diffusion models), meta.json (config + ``meta``) and the text
     ``files`` {name: content} into ``directory`` via a temporary directory renamed when complete."""
-    import os
     import shutil
 
     from safetensors.torch import save_file
 
+    from meddiff.files import atomic_path
+
     directory = Path(directory)
-    tmp = directory.with_name(f".tmp-{directory.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     weights = {k: v.detach().cpu().half().contiguous() for k, v in net.state_dict().items()}
-    save_file(weights, tmp / "weights.safetensors")
-    (tmp / "meta.json").write_text(json.dumps({"config": net.config, **meta}, indent=2) + "\n")
-    for name, text in (files or {}).items():
-        (tmp / name).write_text(text)
-    for f in tmp.iterdir():
-        f.chmod(0o644)  # package data: readable by everyone (safetensors writes 0600)
-    if directory.exists():
-        for f in directory.iterdir():  # keep files written by hand beside the weights (README.md)
-            if not (tmp / f.name).exists() and f.is_file():
-                shutil.copy2(f, tmp / f.name)
-        shutil.rmtree(directory)
-    tmp.rename(directory)
+    with atomic_path(directory, directory=True) as tmp:
+        save_file(weights, tmp / "weights.safetensors")
+        (tmp / "meta.json").write_text(json.dumps({"config": net.config, **meta}, indent=2) + "\n")
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
+        for f in tmp.iterdir():
+            f.chmod(0o644)  # package data: readable by everyone (safetensors writes 0600)
+        if directory.is_dir():
+            for f in directory.iterdir():  # keep files written by hand beside the weights (README.md)
+                if not (tmp / f.name).exists() and f.is_file():
+                    shutil.copy2(f, tmp / f.name)
     return directory

@@ -222,21 +222,15 @@ def centre_block(mask: Tensor, max_size: int = 24) -> tuple[int, int]:
 
 def save_mask(mask: Tensor, path) -> "Path":
     """Write a mask as a uint8 0/1 .npy file atomically (temporary name, then rename); returns the path."""
-    import os
-    import tempfile
     from pathlib import Path
+
+    from meddiff.files import atomic_path
 
     path = Path(path)
     if path.suffix != ".npy":
         raise MeddiffError(f"out={str(path)!r} must end in .npy")
     if not path.parent.is_dir():
         raise MeddiffError(f"out={str(path)!r}: directory {str(path.parent)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, mask.to(torch.uint8).numpy())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        np.save(tmp, mask.to(torch.uint8).numpy())
     return path

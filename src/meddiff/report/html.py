@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from meddiff.files import write_png, write_text
 
 
 def to_uint8(image: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
@@ -34,13 +35,9 @@ def labelled_row(panels: list[np.ndarray], labels: list[str], pad: int = 4) -> I
     return canvas
 
 
-def save_png(image: Image.Image, path: Path) -> Path:
-    """Write a PNG atomically (temporary name, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+def save_png(image: Image.Image | np.ndarray, path: Path) -> Path:
+    """Write a PNG atomically: `meddiff.files.write_png` (kept under this name for existing callers)."""
+    return write_png(path, image)
 
 
 def _png_data_uri(path: Path) -> str:
@@ -85,8 +82,4 @@ def write_report(path: Path, title: str, sections: list[dict]) -> Path:
             summary, text = section["details"]
             parts.append(f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(text)}</pre></details>")
     parts.append("</body></html>")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text(path, "\n".join(parts))

@@ -19,6 +19,7 @@ from PIL import Image
 
 from meddiff.device import resolve_device
 from meddiff.errors import MeddiffError
+from meddiff.files import write_png
 from meddiff.metrics.memorisation import memorisation, nearest_neighbours
 from meddiff.report.html import labelled_row, write_report
 from meddiff.report.plots import Series, line_plot, smooth
@@ -253,7 +254,7 @@ def _sample_sections(net, meta, checkpoint, dataset, tmp: Path, *, num, sampler,
                              guidance_scale=guidance_scale, seed=seed + index, device=device, model=net, meta=meta)
         samples.append(images)
         path = tmp / f"samples_{index}.png"
-        Image.fromarray(_enlarge(sample_grid(images))).save(path)
+        write_png(path, _enlarge(sample_grid(images)))
         name = "" if label is None else f": class {label}" + (f" ({names[label]})" if label < len(names) else "")
         sections.append({"title": f"Samples{name}", "text": how + ".", "figure": path})
     return sections, samples

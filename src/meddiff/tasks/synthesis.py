@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from meddiff.data.io import atomic_path, write_nifti
+from meddiff.data.io import write_nifti
+from meddiff.files import atomic_path, write_png
 from meddiff.device import resolve_device
 from meddiff.data.transforms import denormalize
 from meddiff.diffusion.guidance import ClassifierFreeGuidance, ClipDenoised, HookChain
@@ -130,17 +131,13 @@ def sample_grid(samples: Tensor, nrow: int | None = None) -> np.ndarray:
 def write_samples(out_dir: str | Path, samples: Tensor, labels: Tensor | None, meta: dict, *,
                   manifest: dict) -> dict[str, Path]:
     """Write the grids, arrays and manifest of a sampling run to ``out_dir``; returns the paths by kind."""
-    from PIL import Image
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     groups = {"grid": slice(None)} if labels is None else {
         f"grid_class{c}": (labels == c) for c in sorted(set(labels.tolist()))}
     for name, index in groups.items():
-        with atomic_path(out_dir / f"{name}.png") as tmp:
-            Image.fromarray(sample_grid(samples[index])).save(tmp, format="PNG")
-        written[name] = out_dir / f"{name}.png"
+        written[name] = write_png(out_dir / f"{name}.png", sample_grid(samples[index]))
     intensities = to_intensities(samples, meta)
     with atomic_path(out_dir / "samples.npy") as tmp:
         np.save(tmp, intensities)

@@ -7,7 +7,6 @@ loads with ``torch.load(weights_only=True)``. Any command rebuilds the network f
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -17,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from meddiff.errors import MeddiffError
+from meddiff.files import atomic_path
 
 CHECKPOINT_RE = re.compile(r"^step_(\d+)$")
 FILES = ("model.safetensors", "ema.safetensors", "state.pt", "meta.json")
@@ -32,21 +32,11 @@ def save_checkpoint(directory: str | Path, step: int, model: nn.Module, ema: nn.
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step_{step:08d}"
-    tmp = directory / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_file(_tensors(model), tmp / "model.safetensors")
-    save_file(_tensors(ema), tmp / "ema.safetensors")
-    torch.save(state, tmp / "state.pt")
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
-    if final.exists():  # re-saving the same step after a resume: replace the old one
-        old = directory / f".old-{final.name}-{os.getpid()}"
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(final)
+    with atomic_path(final, directory=True) as tmp:  # re-saving a step after a resume replaces the old one
+        save_file(_tensors(model), tmp / "model.safetensors")
+        save_file(_tensors(ema), tmp / "ema.safetensors")
+        torch.save(state, tmp / "state.pt")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     if keep:
         for stale in list_checkpoints(directory)[:-keep]:
             shutil.rmtree(stale)

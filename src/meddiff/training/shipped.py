@@ -9,7 +9,6 @@ Every ``--checkpoint`` option accepts such a name as well as a path (see `resolv
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from meddiff.data.assets import ASSETS_DIR
 from meddiff.errors import MeddiffError
+from meddiff.files import atomic_path
 
 SHIPPED_DIR = ASSETS_DIR / "checkpoints"
 SHIPPED_FILES = ("ema.safetensors", "meta.json")
@@ -85,23 +85,18 @@ def export_checkpoint(checkpoint: str | Path, name: str, *, command: str, descri
                        "parameters": parameters, "weights_dtype": str(dtype).replace("torch.", "")}
     SHIPPED_DIR.mkdir(parents=True, exist_ok=True)
     final = SHIPPED_DIR / name
-    tmp = SHIPPED_DIR / f".tmp-{name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(weights, tmp / "ema.safetensors")
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
-    (tmp / "command.txt").write_text(command.rstrip() + "\n")
-    for file in ("config.yaml", "log.csv", "environment.json"):
-        if (run_dir / file).is_file():
-            shutil.copy2(run_dir / file, tmp / file)
-    samples = sorted((run_dir / "samples").glob("*.png")) if (run_dir / "samples").is_dir() else []
-    if samples:
-        shutil.copy2(samples[-1], tmp / "samples.png")
-    for target, source in (extra_files or {}).items():
-        shutil.copy2(source, tmp / target)
-    if (final / "README.md").is_file() and not (tmp / "README.md").exists():  # the hand-written model card stays
-        shutil.copy2(final / "README.md", tmp / "README.md")
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    with atomic_path(final, directory=True) as tmp:
+        save_file(weights, tmp / "ema.safetensors")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+        (tmp / "command.txt").write_text(command.rstrip() + "\n")
+        for file in ("config.yaml", "log.csv", "environment.json"):
+            if (run_dir / file).is_file():
+                shutil.copy2(run_dir / file, tmp / file)
+        samples = sorted((run_dir / "samples").glob("*.png")) if (run_dir / "samples").is_dir() else []
+        if samples:
+            shutil.copy2(samples[-1], tmp / "samples.png")
+        for target, source in (extra_files or {}).items():
+            shutil.copy2(source, tmp / target)
+        if (final / "README.md").is_file() and not (tmp / "README.md").exists():  # the hand-written model card stays
+            shutil.copy2(final / "README.md", tmp / "README.md")
     return final
