@@ -21,17 +21,19 @@ def add_noise(x0: Tensor, noise: Tensor, t: Tensor, schedule: NoiseSchedule) -> 
 
 
 def min_snr_weight(snr: Tensor, gamma: float, prediction: str) -> Tensor:
-    """Per-sample weight of Hang et al. 2023 (min-SNR-gamma), expressed for each parametrisation's MSE.
+    """Per-sample weight (B,) of Hang et al. 2023 (min-SNR-gamma) for each parametrisation's MSE, at SNR (B,).
 
     The x0-MSE weight is min(SNR, gamma); an eps-MSE equals SNR * x0-MSE, a v-MSE equals (SNR + 1) * x0-MSE
-    (VP), and the score MSE weighted by sigma^2 equals the eps-MSE.
+    (VP), and the score MSE weighted by sigma^2 equals the eps-MSE. Written without 0/0, so SNR = 0 (zero terminal
+    SNR, flow at t = 1) gives the limits: eps/score 1, v 0, x0 0.
     """
-    clipped = snr.clamp(max=gamma)
+    check_choice("prediction", prediction, PREDICTIONS)
     if prediction == "x0":
-        return clipped
+        return snr.clamp(max=gamma)
     if prediction in ("eps", "score"):
-        return clipped / snr
-    return clipped / (snr + 1)
+        # min(SNR, gamma) / SNR = gamma / max(SNR, gamma): 1 for SNR <= gamma, including SNR = 0 (the limit).
+        return gamma / snr.clamp(min=gamma)
+    return snr.clamp(max=gamma) / (snr + 1)  # v: denominator >= 1; tends to 0 as SNR -> 0
 
 
 def focus_training_times(t: Tensor, schedule: NoiseSchedule, below: float, probability: float,
