@@ -253,6 +253,22 @@ def test_solvers_run_on_odd_shapes_and_give_images_and_std(method):
     np.testing.assert_array_equal(result.image, again.image)  # seeded
 
 
+def test_solvers_leave_the_global_rng_alone():
+    """Every draw takes the solver's own torch.Generator (seeded by ``seed``): the caller's global RNG is neither
+    reseeded nor advanced, and its state does not change the result."""
+    k, _, maps = phantom(h=30, w=21)
+    mask = make_mask((30, 21), 2, "equispaced", acs_fraction=0.4, seed=0, axis=-2)
+    prior = tiny_prior()
+    for method in mri.SOLVERS:
+        torch.manual_seed(123)
+        state = torch.random.get_rng_state()
+        first = mri.reconstruct(k, mask, method, prior=prior, maps=maps, steps=2, samples=2, seed=1).image
+        assert torch.equal(torch.random.get_rng_state(), state), method
+        torch.manual_seed(456)
+        np.testing.assert_array_equal(first, mri.reconstruct(k, mask, method, prior=prior, maps=maps, steps=2,
+                                                             samples=2, seed=1).image)
+
+
 def test_single_coil_reconstruction():
     k, image, maps = phantom(coils=1)
     k1 = k[0]

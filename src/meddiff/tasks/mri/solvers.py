@@ -1,0 +1,209 @@
+"""The diffusion solvers: the real-valued prior variable seen through the measurement (``RealImageModel``), the four
+samplers with their data-consistency hooks (``solve``) and ``reconstruct``, the one entry point for every method.
+See the package docstring for the choices and benchmarks/README.md for their measurements."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from meddiff.diffusion import get_sampler, initial_noise, make_grid, partial_grid
+from meddiff.diffusion.inverse import MeasurementReplacement, PosteriorGradient, Projection
+from meddiff.diffusion.timesteps import TimeGrid
+from meddiff.errors import MeddiffError, check_choice
+from meddiff.physics import cg_sense, cs_wavelet
+from meddiff.tasks.mri.prior import Prior, load_prior
+from meddiff.tasks.mri.problem import (BASELINES, COMBINES, MRIProblem, baseline, combine_coils, low_resolution_phase,
+                                       make_problem)
+
+SOLVERS = ("pc", "dps", "ddnm", "coarse-to-fine")
+METHODS = BASELINES + SOLVERS
+INITS = ("sense", "cs-wavelet")  # the image a solver with start < 1 noises and refines
+# Per-solver defaults, chosen on development mask seed 100 (gaussian 4x; test seeds are 0-2) for the shipped prior,
+# which is weak at this 1 mm scale: started from noise (start = 1) the solvers are 2.5-5.5 dB below CS (DDNM 10 steps,
+# K = 2, benchmark row "ddnm-from-noise"), so by default they refine the L1-wavelet CS image from a small noise level
+# (start = 1 % of T; "come closer, diffuse faster", Chung et al. 2022). See benchmarks/README.md.
+SOLVER_DEFAULTS: dict[str, dict] = {
+    "pc": {"steps": 3, "samples": 4, "snr": 0.05, "start": 0.01, "init": "cs-wavelet"},
+    "dps": {"steps": 3, "samples": 4, "zeta": 1.0, "start": 0.01, "init": "cs-wavelet"},
+    "ddnm": {"steps": 3, "samples": 4, "eta": 0.85, "start": 0.01, "init": "cs-wavelet"},
+    "coarse-to-fine": {"steps": 3, "samples": 4, "start": 0.02, "init": "cs-wavelet", "refine_steps": 2,
+                       "refine_start": 0.01},
+}
+SCALE_PERCENTILE = 99.5
+
+
+@dataclass
+class Reconstruction:
+    """image (H, W) float32 on the RSS scale; std (H, W) or None; network evaluations; seconds; settings used."""
+
+    image: np.ndarray
+    std: np.ndarray | None = None
+    nfe: int = 0
+    seconds: float = 0.0
+    settings: dict = field(default_factory=dict)
+
+
+class RealImageModel:
+    """The measurement seen from the prior's variable v (B, 1, Hp, Wp): image z = s (v_c + alpha) / 2 exp(i phi) on
+    the centre crop v_c (H, W) (alpha: the state's signal scale; 1 for clean images), data y = A z."""
+
+    def __init__(self, problem: MRIProblem, phase: Tensor, scale: float, padded: tuple[int, int]):
+        self.problem, self.phase, self.scale = problem, phase, scale
+        h, w = problem.mask.shape
+        self.padded = padded
+        self.top, self.left = (padded[0] - h) // 2, (padded[1] - w) // 2
+        self.crop = (slice(self.top, self.top + h), slice(self.left, self.left + w))
+        # air (v = -alpha) outside the coil support and in the padding: a known part of the image (SENSE support)
+        air = torch.ones(padded, dtype=torch.bool)
+        air[self.crop] = False if problem.maps is None else (problem.maps.abs() ** 2).sum(0) == 0
+        self.air = air
+
+    def to_image(self, v: Tensor, alpha: float = 1.0) -> Tensor:
+        """(B, 1, Hp, Wp) real -> complex (B, H, W)."""
+        return (0.5 * self.scale) * (v[:, 0][(slice(None),) + self.crop] + alpha) * self.phase
+
+    def residual(self, v: Tensor, alpha: float = 1.0) -> Tensor:
+        """A z(v) - alpha y, divided by s/2 so that it is in the prior's units (differentiable)."""
+        return (self.problem.op.A(self.to_image(v, alpha)) - alpha * self.problem.y) / (0.5 * self.scale)
+
+    def consistent(self, z: Tensor, alpha: float = 1.0) -> Tensor:
+        """Data consistency of complex images (B, H, W): measured k-space replaced by alpha y, coil by coil for
+        multi-coil data (S^H F^H((1 - M) F S z + M alpha y), the score-MRI step; ``op.dc_step`` with step 1)."""
+        return self.problem.op.dc_step(z, alpha * self.problem.y, 1.0)
+
+    def project(self, v: Tensor, alpha: float) -> Tensor:
+        """v with its image made consistent with alpha y (``consistent``), back in the real phase frame; v = -alpha
+        (air) outside the coil support and in the padding."""
+        z = self.consistent(self.to_image(v, alpha), alpha)
+        out = v.clone()
+        out[:, 0][(slice(None),) + self.crop] = (2.0 / self.scale) * (z * self.phase.conj()).real - alpha
+        return torch.where(self.air, torch.full_like(out, -alpha), out)
+
+    def finish(self, v: Tensor, combine: str = "sense") -> Tensor:
+        """Output magnitudes (B, H, W) by ``combine_coils``; "sense" first makes the image consistent with the data
+        (so the phase comes from the data), "rss" does that coil by coil itself."""
+        z = self.to_image(v)
+        return combine_coils(self.problem, z if combine == "rss" else self.consistent(z), combine)
+
+
+def _start(problem: MRIProblem, init: str = "sense") -> tuple[Tensor, float, Tensor]:
+    """exp(i phi) (the phase of the initial image; the low-resolution phase where it is 0), the scale s (the 99.5th
+    percentile of the initial magnitude over pixels above 10 % of its max) and the initial image (H, W) complex:
+    CG-SENSE (``init="sense"``) or L1-wavelet CS (``"cs-wavelet"``)."""
+    check_choice("init", init, INITS)
+    sense = (cg_sense if init == "sense" else cs_wavelet)(problem.op, problem.y)[0]
+    mag = sense.abs()
+    fg = mag[mag > 0.1 * mag.max()]
+    scale = float(torch.quantile(fg.double(), SCALE_PERCENTILE / 100))
+    phase = torch.where(mag > 0, sense / mag.clamp_min(1e-30), low_resolution_phase(problem)).to(torch.complex64)
+    return phase, scale, sense
+
+
+def _grid(schedule, steps: int, start: float) -> TimeGrid:
+    """``steps`` times from start x t_max down to t_min (``partial_grid``); start = 1: the full grid of ``make_grid``."""
+    if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 < start <= 1:
+        raise MeddiffError(f"start={start!r} must be in (0, 1] (fraction of the diffusion time to start from)")
+    if start == 1:
+        return make_grid(schedule, steps)
+    if start * schedule.t_max <= schedule.t_min:
+        raise MeddiffError(f"start={start!r} is below the schedule's first time ({schedule.t_min:g} of "
+                           f"{schedule.t_max:g}); use a larger fraction")
+    return partial_grid(schedule, start * schedule.t_max, steps)
+
+
+def solve(method: str, problem: MRIProblem, prior: Prior, *, steps: int | None = None, samples: int | None = None,
+          seed: int = 0, combine: str = "sense", **params) -> tuple[Tensor, Tensor, int, dict]:
+    """Run a diffusion solver: (magnitudes (K, H, W) of the K samples, image (H, W), network evaluations, settings)."""
+    check_choice("method", method, SOLVERS)
+    settings = {**SOLVER_DEFAULTS[method], **{k: v for k, v in params.items() if v is not None}}
+    unknown = sorted(set(settings) - set(SOLVER_DEFAULTS[method]))
+    if unknown:
+        raise MeddiffError(f"method {method!r}: unknown parameter(s) {unknown}; "
+                           f"allowed: {sorted(SOLVER_DEFAULTS[method])}")
+    if steps is not None:
+        settings["steps"] = steps
+    if samples is not None:
+        settings["samples"] = samples
+    n_steps, k = settings["steps"], settings["samples"]
+    if not isinstance(n_steps, int) or n_steps < 1:
+        raise MeddiffError(f"--steps {n_steps!r} must be a positive integer")
+    if not isinstance(k, int) or k < 1:
+        raise MeddiffError(f"--samples {k!r} must be a positive integer")
+    phase, scale, sense = _start(problem, settings["init"])
+    h, w = problem.mask.shape
+    mult = prior.multiple
+    padded = (math.ceil(h / mult) * mult, math.ceil(w / mult) * mult)
+    model = RealImageModel(problem, phase, scale, padded)
+    schedule, denoiser = prior.schedule, prior.denoiser
+    generator = torch.Generator().manual_seed(seed)
+    shape = (k, 1) + padded
+    with torch.no_grad():
+        start = settings["start"]
+        grid = _grid(schedule, n_steps, start)
+        x = initial_noise(grid, shape, generator=generator)
+        if start < 1:  # come closer, diffuse faster (Chung et al. 2022): noise the initial image to the start
+            v = torch.full((1, 1) + padded, -1.0)
+            v[:, 0][(slice(None),) + model.crop] = (2 * (sense * phase.conj()).real / scale - 1)[None]
+            x = float(grid.alphas[0]) * v + x * (float(grid.sigmas[0]) / grid.prior_std())
+        if method == "coarse-to-fine":
+            hook = MeasurementReplacement(model.project, schedule, noise=True, generator=generator)
+            coarse = get_sampler("ddpm")(denoiser, x, grid, hook=hook, generator=generator)
+            mags = model.finish(coarse, combine)
+            mean_v = coarse.mean(0, keepdim=True)
+            refine = _grid(schedule, settings["refine_steps"], settings["refine_start"])
+            a0, s0 = float(refine.alphas[0]), float(refine.sigmas[0])
+            x = a0 * mean_v + s0 * torch.randn(mean_v.shape, generator=generator)
+            final = get_sampler("ddim")(denoiser, x, refine, hook=Projection(model.project), generator=generator,
+                                        eta=0.0)
+            image = model.finish(final, combine)[0]
+            nfe = grid.steps + refine.steps
+        else:
+            if method == "pc":
+                hook = MeasurementReplacement(model.project, schedule, noise=True, generator=generator)
+                out = get_sampler("pc")(denoiser, x, grid, hook=hook, generator=generator, snr=settings["snr"])
+                nfe = 2 * grid.steps
+            elif method == "dps":
+                hook = PosteriorGradient(model.residual, settings["zeta"])
+                out = get_sampler("ddim")(denoiser, x, grid, hook=hook, generator=generator, eta=1.0)
+                nfe = grid.steps
+            else:
+                out = get_sampler("ddim")(denoiser, x, grid, hook=Projection(model.project), generator=generator,
+                                          eta=settings["eta"])
+                nfe = grid.steps
+            mags = model.finish(out, combine)
+            image = mags.mean(0)
+    settings.update({"scale": scale, "padded": list(padded)})
+    return mags, image, nfe, settings
+
+
+def reconstruct(kspace, mask, method: str = "ddnm", *, samples: int | None = None, steps: int | None = None,
+                seed: int = 0, checkpoint: str | Path | None = None, prior: Prior | None = None,
+                maps: Tensor | None = None, combine: str = "sense", **params) -> Reconstruction:
+    """Reconstruct one slice: kspace (C, H, W) or (H, W) complex (centred; values outside ``mask`` are ignored),
+    mask (H, W) or (W,) of 0/1 -> ``Reconstruction`` with the float32 (H, W) magnitude on the RSS scale and, for
+    the diffusion solvers, the per-pixel std over ``samples`` posterior samples. ``combine``: "sense" or "rss"
+    (``combine_coils``)."""
+    check_choice("method", method, METHODS)
+    check_choice("combine", combine, COMBINES)
+    problem = make_problem(kspace, mask, maps=maps, calibrate=method != "zero-filled")
+    start = time.perf_counter()
+    if method in BASELINES:
+        if params:
+            raise MeddiffError(f"method {method!r} takes no solver parameters (got {sorted(params)})")
+        image = baseline(method, problem, combine)
+        return Reconstruction(image.numpy().astype(np.float32), None, 0, time.perf_counter() - start,
+                              {"method": method, "combine": combine})
+    prior = prior if prior is not None else load_prior(checkpoint)
+    mags, image, nfe, settings = solve(method, problem, prior, steps=steps, samples=samples, seed=seed,
+                                       combine=combine, **params)
+    std = mags.std(0, unbiased=False) if len(mags) > 1 else torch.zeros_like(image)
+    return Reconstruction(image.numpy().astype(np.float32), std.numpy().astype(np.float32), nfe,
+                          time.perf_counter() - start, {"method": method, "combine": combine, **settings})
+
