@@ -60,11 +60,12 @@ def test_array_files_labels_and_resizing(tmp_path):
     labels = d["val_labels"][:40].reshape(-1)
     np.savetxt(tmp_path / "labels.txt", labels, fmt="%d")
     s = load_image_set(tmp_path / "fake.npy", labels=tmp_path / "labels.txt")
-    assert s.images.shape == (40, 1, 56, 56) and s.normalisation == ["model space [-1, 1]"] * 40
+    assert s.images.shape == (40, 1, 56, 56) and s.describe()["normalisation"] == [
+        "symmetric: [-1, 1] -> [-1, 1] (auto: float values of images span [-1, 0.976])"]
     assert torch.equal(s.labels, torch.from_numpy(labels.astype(np.int64)))
     np.savez(tmp_path / "fake.npz", images=d["val_images"][:40], labels=labels)
     z = load_image_set(tmp_path / "fake.npz")
-    assert torch.equal(z.labels, s.labels) and z.normalisation[0] == "fixed 0..255"
+    assert torch.equal(z.labels, s.labels) and z.normalisation[0] == "uint8: [0, 255] -> [-1, 1] (dtype uint8)"
     result = evaluate_folders(NPZ, tmp_path / "fake.npy", features="random-cnn", kid_subsets=2)
     assert result["fake"]["resized_to"] == [28, 28]
     assert "no --train" in result["memorisation"]["skipped"] and "--fake" in result["utility"]["skipped"]
@@ -145,7 +146,127 @@ def test_reads_a_meddiff_sample_folder_in_original_intensities(tmp_path):
     s = load_image_set(out)
     expected = torch.from_numpy(d["val_images"][:30, None]).float() / 127.5 - 1
     assert torch.allclose(s.images, expected, atol=1e-6) and s.labels.tolist() == d["val_labels"][:30].ravel().tolist()
-    assert s.normalisation == ["checkpoint normalisation (fixed)"]
+    assert s.describe()["normalisation"] == [
+        "checkpoint: [0, 255] -> [-1, 1] (meddiff sample folder: checkpoint normalisation (fixed))"]
     (checkpoint / "meta.json").unlink()
     with pytest.raises(MeddiffError, match="cannot be read here"):
         load_image_set(out, what="--fake")
+
+
+# ------------------------------------------------------------------ intensity ranges (issue 20, item 2)
+ENCODINGS = {  # the same uint8 images stored five ways, and the file each is written to
+    "uint8": lambda x: x,
+    "unit": lambda x: x.astype(np.float32) / 255,
+    "symmetric": lambda x: x.astype(np.float32) / 127.5 - 1,
+    "uint8 as int64": lambda x: x.astype(np.int64),
+    "hu": lambda x: (x.astype(np.float32) / 255 * 4095 - 1024).astype(np.int16),  # CT in HU (.npz key "hu")
+}
+METRICS = ("fid", "kid", "precision", "recall")
+
+
+def _encode(tmp_path, name, encoding, images):
+    array = ENCODINGS[encoding](images)
+    if encoding == "hu":
+        np.savez(tmp_path / f"{name}.npz", hu=array)
+        return tmp_path / f"{name}.npz"
+    np.save(tmp_path / f"{name}.npy", array)
+    return tmp_path / f"{name}.npy"
+
+
+def _score(real, fake, train=None, **kwargs):
+    return evaluate_folders(real, fake, train=train, features="random-cnn", kid_subsets=3, kid_subset_size=50,
+                            utility=False, **kwargs)
+
+
+def _hu_exact(images):
+    """Images whose HU encoding (x / 255 * 4095 - 1024, rounded to integers) is exact: multiples of 17 (4095 / 255
+    = 16.06 is not an integer, so HU rounds; these values survive every encoding bit for bit)."""
+    return (images // 51 * 51).astype(np.uint8)
+
+
+def test_uint8_unit_symmetric_and_hu_inputs_give_the_same_metrics(tmp_path):
+    d = _small()
+    real, train, fake = (_hu_exact(a) for a in (d["val_images"][:80], d["train_images"][:120],
+                                                 d["train_images"][200:260]))
+    results = {}
+    for encoding in ENCODINGS:
+        folder = tmp_path / encoding.replace(" ", "_")
+        folder.mkdir()
+        paths = [_encode(folder, name, encoding, a) for name, a in (("real", real), ("fake", fake),
+                                                                    ("train", train))]
+        results[encoding] = _score(*paths)
+    base = results["uint8"]
+    for encoding, result in results.items():
+        for metric in METRICS:
+            assert result[metric] == pytest.approx(base[metric], rel=1e-4, abs=1e-6), (encoding, metric)
+        assert result["memorisation"]["distance"] == pytest.approx(base["memorisation"]["distance"], abs=1e-4)
+    assert results["unit"]["intensity"]["sets"]["--fake"][0].startswith("unit: [0, 1] -> [-1, 1]")
+    assert results["hu"]["intensity"]["sets"]["--real"][0].startswith("hu: [-1024, 3071] -> [-1, 1] (auto: units HU")
+    assert results["uint8"]["fake"]["normalisation"] == ["uint8: [0, 255] -> [-1, 1] (dtype uint8)"]
+
+
+def test_float_fake_against_a_uint8_medmnist_real_set(tmp_path):
+    """The reported case: the same images as float / 255 and as uint8 gave FID 3.08 and precision 0.005."""
+    fake = _small()["val_images"][:60]
+    by_uint8 = _score(NPZ, _encode(tmp_path, "a", "uint8", fake))
+    for encoding in ("unit", "symmetric"):
+        result = _score(NPZ, _encode(tmp_path, encoding, encoding, fake))
+        for metric in METRICS:
+            assert result[metric] == pytest.approx(by_uint8[metric], rel=1e-4, abs=1e-6), (encoding, metric)
+    assert by_uint8["precision"] == 1.0  # the fakes are real images
+
+
+def test_explicit_ranges_give_the_same_metrics(tmp_path):
+    fake = _hu_exact(_small()["val_images"][:60])
+    by_uint8 = _score(NPZ, _encode(tmp_path, "a", "uint8", fake))
+    hu = tmp_path / "hu_float.npy"
+    np.save(hu, fake.astype(np.float32) / 255 * 4095 - 1024)  # HU values in a file with no units
+    floats255 = tmp_path / "f255.npy"
+    np.save(floats255, fake.astype(np.float32))
+    for path, value in ((hu, "hu"), (hu, (-1024, 3071)), (hu, "-1024,3071"), (floats255, "uint8"),
+                        (_encode(tmp_path, "unit", "unit", fake), "unit")):
+        result = _score(NPZ, path, intensity_range=value)
+        for metric in METRICS:
+            assert result[metric] == pytest.approx(by_uint8[metric], rel=1e-4, abs=1e-6), (value, metric)
+    result = _score(NPZ, hu, intensity_range="min-max")  # one min and max over both sets: the uint8 real one too
+    assert result["intensity"]["range"] == "min-max" and "--range min-max" in result["intensity"]["sets"]["--fake"][0]
+    assert result["intensity"]["sets"]["--real"] == ["uint8: [0, 255] -> [-1, 1] (dtype uint8)"]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("float255", "neither [0, 1] nor [-1, 1]; pass --range with one of uint8, uint16, unit, symmetric, hu"),
+    ("disagree", "may be either (e.g. --range unit or --range symmetric)"),
+    ("int16", "int16 values span [-1000, 1000] with no units"),
+    ("outside", "outside --range unit [0, 1]"),
+    ("bad", "--range 3 1: LO must be finite and below HI"),
+    ("word", "--range bogus: give one of auto, uint8"),
+])
+def test_ambiguous_intensities_are_refused_naming_the_file_and_range(case, message, tmp_path, capsys):
+    x = _small()["val_images"][:10]
+    real, fake = tmp_path / "real.npy", tmp_path / "fake.npy"
+    np.save(real, x)
+    np.save(fake, {"float255": x.astype(np.float32), "disagree": x / 255.0, "int16": np.linspace(-1000, 1000, 7840)
+                   .astype(np.int16).reshape(10, 28, 28), "outside": x.astype(np.float32)}.get(case, x))
+    if case == "disagree":
+        np.save(real, x / 127.5 - 1)
+    extra = {"outside": ["--range", "unit"], "bad": ["--range", "3", "1"], "word": ["--range", "bogus"]}.get(case, [])
+    out = tmp_path / "e.json"
+    assert main(["evaluate", "--real", str(real), "--fake", str(fake), "--out", str(out), "--k", "3", *FAST,
+                 *extra]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
+    if case in ("float255", "int16", "outside"):
+        assert f"--fake {fake}:" in err
+    assert not out.exists()
+
+
+def test_cli_range_with_negative_numbers_is_recorded(tmp_path, capsys):
+    fake = tmp_path / "hu.npy"
+    np.save(fake, _small()["val_images"][:20].astype(np.float32) * 4 - 1000)
+    out = tmp_path / "e.json"
+    assert main(["evaluate", "--real", NPZ, "--fake", str(fake), "--out", str(out), "--k", "3", "--no-utility",
+                 *FAST, "--range", "-1000", "20"]) == 0
+    assert "intensities of --fake: window: [-1000, 20] -> [-1, 1] (--range LO HI)" in capsys.readouterr().out
+    record = json.loads(out.read_text())["intensity"]
+    assert record["range"] == [-1000.0, 20.0] and record["sets"]["--fake"] == [
+        "window: [-1000, 20] -> [-1, 1] (--range LO HI)"]

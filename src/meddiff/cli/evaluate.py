@@ -1,4 +1,5 @@
-"""`meddiff evaluate --real DIR --fake DIR [--train DIR] [--features NAME] --out FILE.json`: score synthetic images."""
+"""`meddiff evaluate --real DIR --fake DIR [--train DIR] [--features NAME] [--range R] --out FILE.json`: score
+synthetic images."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ def register(subparsers) -> None:
     from meddiff.metrics.features import FEATURE_EXTRACTORS
     from meddiff.metrics.generative import DEFAULT_K
     from meddiff.metrics.memorisation import DEFAULT_QUANTILE
+    from meddiff.tasks.evaluate import RANGE_HELP
 
     parser = subparsers.add_parser(
         "evaluate", help="FID/KID, precision/recall, near-copies and train-synthetic-test-real of synthetic images",
@@ -25,6 +27,9 @@ def register(subparsers) -> None:
                         help="feature extractor for FID/KID/precision/recall (default: pneumonia-cnn)")
     parser.add_argument("--channels", default="mean", choices=("mean", "each"),
                         help="multi-channel images: embed the channel mean, or each channel (features concatenated)")
+    parser.add_argument("--range", nargs="+", default=["auto"], metavar="RANGE", dest="intensity_range",
+                        help="how stored intensities map to [-1, 1], one rule for --real, --fake and --train "
+                             f"together (recorded in the JSON): {RANGE_HELP}")
     parser.add_argument("--labels", help="class labels of the --fake images (.npy/.txt/.csv, one integer per image "
                                          "in sorted file order) when their folder or file carries none")
     parser.add_argument("--real-split", default="val", help="split of a MedMNIST --real file (default: val)")
@@ -45,13 +50,15 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from meddiff.data.io import write_json
-    from meddiff.tasks.evaluate import evaluate_folders, format_table
+    from meddiff.tasks.evaluate import evaluate_folders, format_table, parse_range
 
+    intensity_range = parse_range(args.intensity_range)  # a bad --range fails before any image is read
     result = evaluate_folders(
         args.real, args.fake, features=args.features, train=args.train, labels=args.labels,
         real_split=args.real_split, train_split=args.train_split, k=args.k, kid_subsets=args.kid_subsets,
         kid_subset_size=args.kid_subset_size, quantile=args.quantile, utility=not args.no_utility,
-        utility_steps=args.utility_steps, paired=args.paired, seed=args.seed, channels=args.channels)
+        utility_steps=args.utility_steps, paired=args.paired, seed=args.seed, channels=args.channels,
+        intensity_range=intensity_range)
     print(format_table(result))
     print(f"wrote {write_json(result, args.out)}")
     return 0

@@ -4,8 +4,10 @@ Distribution metrics on features of a named extractor (`meddiff.metrics.features
 recall; memorisation in pixel space against the training images (``train``); train-synthetic-test-real
 utility when every set has class labels; optionally paired PSNR / SSIM / MS-SSIM. ``real`` should be images
 the generator never saw (e.g. the val split), since it calibrates the near-copy test and is the test set of
-the utility classifiers. Images are model space [-1, 1]; fake images of another size are resized to the real
-size (area averaging) before anything else.
+the utility classifiers. Stored intensities are mapped to model space [-1, 1] by one rule decided for all sets
+together and recorded in the result (``--range``, `_choose_mappings`): the same images stored as uint8, float
+[0, 1], float [-1, 1] or HU give the same metrics. Fake images of another size are resized to the real size
+(area averaging) before anything else.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -22,7 +25,7 @@ from meddiff import __version__
 from meddiff.data import FolderDataset, MedMNISTDataset, read_image
 from meddiff.data.assets import resolve_path
 from meddiff.data.io import is_medmnist, load_npz
-from meddiff.data.transforms import default_norm_for, denormalize, normalize, resize
+from meddiff.data.transforms import denormalize, resize
 from meddiff.errors import MeddiffError
 from meddiff.metrics.features import get_feature_extractor
 from meddiff.metrics.generative import DEFAULT_K, fid, kid, precision_recall
@@ -32,7 +35,15 @@ from meddiff.metrics.utility import train_synthetic_test_real
 from meddiff.training.checkpoint import read_meta
 
 LABEL_KEYS = ("labels", "label", "y")
-MODEL_SPACE_TOLERANCE = 1.05  # float images within +-this are taken as model space [-1, 1] (then clipped)
+# --range values: the named ones and what each maps linearly onto [-1, 1] (then clipped).
+FIXED_RANGES = {"uint8": (0.0, 255.0), "uint16": (0.0, 65535.0), "unit": (0.0, 1.0), "symmetric": (-1.0, 1.0),
+                "hu": (-1024.0, 3071.0)}
+INTENSITY_RANGES = ("auto", *FIXED_RANGES, "min-max", "percentile")
+RANGE_HELP = ("auto (default; uint8 data as 0..255, float data as [0, 1] or [-1, 1] from its values, CT in HU as "
+              "the window -1024..3071), uint8 (0..255), uint16 (0..65535), unit ([0, 1]), symmetric ([-1, 1]), "
+              "hu (-1024..3071 HU, clipped), min-max (one min and max over all inputs together), percentile "
+              "(each image's 0.5-99.5 percentiles, as training does for MR), or LO HI (a window, clipped)")
+SLACK = 0.05  # float data may overshoot its range by this much (sampler output) before it no longer fits
 
 
 @dataclass
@@ -51,15 +62,188 @@ class ImageSet:
                 "normalisation": sorted(set(self.normalisation))}
 
 
-def _to_model_space(arr: np.ndarray, meta) -> tuple[Tensor, str]:
-    """One array -> float32 in [-1, 1]: float data already within [-1, 1] is kept (clipped), anything else goes
-    through `default_norm_for` (uint8 0..255 fixed, otherwise per-image 0.5-99.5 percentiles)."""
-    if arr.dtype.kind == "f" and float(np.abs(arr).max(initial=0.0)) <= MODEL_SPACE_TOLERANCE:
-        return torch.from_numpy(np.clip(arr, -1, 1).astype(np.float32)), "model space [-1, 1]"
-    cfg = default_norm_for(arr, meta)
-    y, _ = normalize(torch.from_numpy(np.array(arr, dtype=np.float32)), cfg)
-    label = f"fixed {cfg.a_min:g}..{cfg.a_max:g}" if cfg.mode == "fixed" else f"{cfg.mode} per image"
-    return torch.as_tensor(y).float(), label
+@dataclass(frozen=True)
+class Mapping:
+    """A linear map of stored intensities [lo, hi] onto model space [-1, 1] (clipped); ``rule`` names it,
+    ``why`` says how it was chosen. ``rule`` "percentile" maps each image by its own 0.5-99.5 percentiles."""
+
+    rule: str
+    lo: float | None
+    hi: float | None
+    why: str
+
+    def label(self) -> str:
+        if self.rule == "percentile":
+            return f"percentile: each image's 0.5..99.5 percentiles -> [-1, 1] ({self.why})"
+        return f"{self.rule}: [{self.lo:g}, {self.hi:g}] -> [-1, 1] ({self.why})"
+
+    def record(self) -> dict:
+        return {"rule": self.rule, "from": None if self.lo is None else [self.lo, self.hi], "to": [-1.0, 1.0],
+                "clipped": True, "why": self.why}
+
+    def apply(self, array: np.ndarray) -> Tensor:
+        """(N, C, *spatial) stored values -> float32 tensor in [-1, 1]."""
+        x = torch.from_numpy(np.asarray(array, dtype=np.float32))
+        if self.rule == "percentile":
+            flat = x.reshape(x.shape[0], -1).double()
+            lo = torch.quantile(flat, 0.005, dim=1).reshape(-1, *[1] * (x.ndim - 1))
+            hi = torch.quantile(flat, 0.995, dim=1).reshape(-1, *[1] * (x.ndim - 1))
+            y = (x.double() - lo) / (hi - lo).clamp_min(1e-12) * 2 - 1
+        else:
+            y = (x.double() - self.lo) / (self.hi - self.lo) * 2 - 1
+        return y.clamp(-1, 1).float()
+
+
+@dataclass
+class _Part:
+    """The images of one file (N, C, *spatial) as stored, before the intensity mapping; ``mapping`` is set when
+    the dtype or the file fixes it (uint8, MedMNIST, a `meddiff sample` folder), otherwise by `_choose_mappings`."""
+
+    array: np.ndarray
+    file: str
+    units: str | None = None
+    image_file: bool = False  # a PNG/TIFF (so uint16 means 0..65535)
+    mapping: Mapping | None = None
+
+
+@dataclass
+class _RawSet:
+    parts: list[_Part]
+    labels: Tensor | None
+    names: list[str]
+    source: str
+    what: str
+
+
+def parse_range(value: str | Sequence[str] | tuple[float, float] | None) -> str | tuple[float, float]:
+    """``--range`` -> a name of INTENSITY_RANGES or a (LO, HI) window; accepts "LO HI", "LO,HI" or two values."""
+    if value is None:
+        return "auto"
+    if isinstance(value, str):
+        value = value.replace(",", " ").split() if value not in INTENSITY_RANGES else [value]
+    items = list(value)
+    if len(items) == 1 and isinstance(items[0], str) and items[0] in INTENSITY_RANGES:
+        return items[0]
+    try:
+        lo, hi = (float(v) for v in items)
+    except (TypeError, ValueError):
+        raise MeddiffError(f"--range {' '.join(str(v) for v in items)}: give one of {', '.join(INTENSITY_RANGES)} "
+                           "or two numbers LO HI (e.g. --range -1000 400 for a CT window)") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise MeddiffError(f"--range {lo:g} {hi:g}: LO must be finite and below HI")
+    return lo, hi
+
+
+def _span(parts: list[_Part]) -> tuple[float, float, str]:
+    """Min and max over the parts, and the file holding the value furthest from [-1, 1]."""
+    lows = [float(p.array.min()) for p in parts]
+    highs = [float(p.array.max()) for p in parts]
+    worst = max(range(len(parts)), key=lambda i: max(-lows[i] - 1, highs[i] - 1))
+    return min(lows), max(highs), parts[worst].file
+
+
+def _refuse(what: str, file: str, detail: str) -> MeddiffError:
+    return MeddiffError(f"{what} {file}: {detail}; pass --range with one of {', '.join(INTENSITY_RANGES[1:])} "
+                        "or LO HI so that every input gets a stated mapping")
+
+
+def _choose_mappings(sets: list[_RawSet], intensity_range) -> dict:
+    """Give every part of every set its Mapping, all sets decided together; returns the record for the JSON.
+
+    Fixed by the data: uint8 arrays are 0..255, MedMNIST files are uint8, `meddiff sample` folders carry their
+    checkpoint normalisation. Every other part follows ``intensity_range``; "auto" uses, per part, units HU ->
+    the window -1024..3071; PNG/TIFF uint16 -> 0..65535; other integers within 0..255 -> uint8; and, per set,
+    float values within [0, 1] -> unit, within [-1, 1] reaching below -0.5 -> symmetric (both with SLACK).
+    Anything else, or float sets that disagree (one in [0, 1], another in [-1, 1]: the first could be either),
+    is refused with a message asking for --range. Explicit unit/symmetric/uint8/uint16 refuse data outside their
+    range; hu, LO HI and min-max clip (a window); min-max takes one min and max over all inputs together.
+    """
+    requested = parse_range(intensity_range)
+    open_parts = [(s, p) for s in sets for p in s.parts if p.mapping is None]
+    if isinstance(requested, tuple):
+        for _, p in open_parts:
+            p.mapping = Mapping("window", requested[0], requested[1], "--range LO HI")
+    elif requested == "min-max" and open_parts:
+        lo = min(float(p.array.min()) for _, p in open_parts)
+        hi = max(float(p.array.max()) for _, p in open_parts)
+        if not hi > lo:
+            raise MeddiffError(f"--range min-max: every input holds the single value {lo:g}; give --range LO HI")
+        for _, p in open_parts:
+            p.mapping = Mapping("min-max", lo, hi, "--range min-max: one min and max over all inputs")
+    elif requested == "percentile":
+        for _, p in open_parts:
+            p.mapping = Mapping("percentile", None, None, "--range percentile")
+    elif requested in FIXED_RANGES:
+        lo, hi = FIXED_RANGES[requested]
+        for s, p in open_parts:
+            a, b = float(p.array.min()), float(p.array.max())
+            slack = SLACK * (hi - lo)
+            if requested != "hu" and (a < lo - slack or b > hi + slack):
+                raise MeddiffError(f"{s.what} {p.file}: values span [{a:.4g}, {b:.4g}], outside --range {requested} "
+                                   f"[{lo:g}, {hi:g}]; choose the range the data is stored in")
+            p.mapping = Mapping(requested, lo, hi, f"--range {requested}")
+    else:
+        _auto(sets)
+    for s in sets:
+        for p in s.parts:
+            p.mapping = p.mapping or Mapping("symmetric", -1.0, 1.0, "empty")
+    return {"range": requested if isinstance(requested, str) else list(requested),
+            "sets": {s.what: sorted({p.mapping.label() for p in s.parts}) for s in sets}}
+
+
+def _auto(sets: list[_RawSet]) -> None:
+    decided: dict[str, tuple[str, str]] = {}  # float rule -> (set, file) that decided it
+    for s in sets:
+        floats = []
+        for p in (p for p in s.parts if p.mapping is None):
+            kind = p.array.dtype.kind
+            if p.units == "HU":
+                p.mapping = Mapping("hu", *FIXED_RANGES["hu"], "auto: units HU, window -1024..3071")
+            elif kind == "u" and p.array.dtype.itemsize == 2 and p.image_file:
+                p.mapping = Mapping("uint16", *FIXED_RANGES["uint16"], "auto: 16-bit image file")
+            elif kind in "iub":
+                a, b = float(p.array.min()), float(p.array.max())
+                if a < 0 or b > 255:
+                    raise _refuse(s.what, p.file, f"{p.array.dtype} values span [{a:g}, {b:g}] with no units that "
+                                                   "say what they are (HU for CT)")
+                p.mapping = Mapping("uint8", *FIXED_RANGES["uint8"], f"auto: {p.array.dtype} values within 0..255")
+            elif kind == "f":
+                floats.append(p)
+            else:
+                raise _refuse(s.what, p.file, f"{p.array.dtype} images cannot be scored")
+        if not floats:
+            continue
+        lo, hi, worst = _span(floats)
+        if lo >= -SLACK and hi <= 1 + SLACK:
+            rule, why = "unit", f"auto: float values of {s.what} span [{lo:.3g}, {hi:.3g}]"
+        elif -1 - SLACK <= lo <= -0.5 and hi <= 1 + SLACK:
+            rule, why = "symmetric", f"auto: float values of {s.what} span [{lo:.3g}, {hi:.3g}]"
+        else:
+            raise _refuse(s.what, worst, f"float values span [{lo:.4g}, {hi:.4g}], neither [0, 1] nor [-1, 1]")
+        other = "symmetric" if rule == "unit" else "unit"
+        if other in decided:
+            unit_at = (s.what, floats[0].file) if rule == "unit" else decided["unit"]
+            sym_at = (s.what, floats[0].file) if rule == "symmetric" else decided["symmetric"]
+            raise _refuse(*unit_at, f"float values lie in [0, 1] while those of {sym_at[0]} {sym_at[1]} lie in "
+                                    "[-1, 1], so it may be either (e.g. --range unit or --range symmetric)")
+        decided.setdefault(rule, (s.what, floats[0].file))
+        for p in floats:
+            p.mapping = Mapping(rule, *FIXED_RANGES[rule], why)
+
+
+def _finish(raw: _RawSet) -> ImageSet:
+    """Apply the chosen mappings -> ImageSet (N, C, *spatial) in [-1, 1]; every image of a set has one shape."""
+    tensors, norms = [], []
+    for p in raw.parts:
+        x = p.mapping.apply(p.array)
+        if tensors and x.shape[1:] != tensors[0].shape[1:]:
+            raise MeddiffError(f"{raw.what} {p.file}: shape {tuple(x.shape[1:])} differs from "
+                               f"{tuple(tensors[0].shape[1:])} of {raw.parts[0].file}; every image of a set must "
+                               "have one size and channel count")
+        tensors.append(x)
+        norms += [p.mapping.label()] * len(x)
+    images = torch.cat(tensors) if tensors else torch.zeros(0)
+    return ImageSet(images, raw.labels, raw.names, raw.source, norms)
 
 
 def _read_labels(path: str | Path, n: int, what: str) -> Tensor:
@@ -93,12 +277,13 @@ def _array_layout(arr: np.ndarray, path: Path) -> np.ndarray:
                        f"shape {arr.shape}")
 
 
-def _sample_folder(path: Path, what: str) -> tuple[Tensor, Tensor | None, str]:
-    """A `meddiff sample` output folder: samples.npy (N, C, *spatial) back to model space, labels.npy if any."""
+def _sample_folder(path: Path, what: str) -> tuple[_Part, Tensor | None]:
+    """A `meddiff sample` output folder: samples.npy (N, C, *spatial) with the mapping its manifest states (the
+    checkpoint normalisation for samples in original intensities, else model space), labels.npy if any."""
     manifest = json.loads((path / "manifest.json").read_text())
     files = manifest.get("files", {})
     arr = np.load(path / files.get("samples", "samples.npy"), allow_pickle=False).astype(np.float32)
-    how = "model space [-1, 1]"
+    mapping = Mapping("symmetric", -1.0, 1.0, "meddiff sample folder in model space")
     if manifest.get("intensity_range") == "original":
         try:
             stats = read_meta(manifest["checkpoint"])["normalisation"]
@@ -106,69 +291,79 @@ def _sample_folder(path: Path, what: str) -> tuple[Tensor, Tensor | None, str]:
             raise MeddiffError(f"{what} {path}: samples are in original intensities but the checkpoint "
                                f"{manifest.get('checkpoint')!r} named in manifest.json (with the normalisation to "
                                "undo) cannot be read here; evaluate where the checkpoint is") from error
-        offset = np.asarray(denormalize(np.zeros(1, np.float32), stats))  # the inverse map is affine
-        gain = np.asarray(denormalize(np.ones(1, np.float32), stats)) - offset
-        arr, how = (arr - offset) / gain, f"checkpoint normalisation ({stats.get('mode')})"
+        offset = float(np.asarray(denormalize(np.zeros(1, np.float32), stats))[0])  # the inverse map is affine
+        gain = float(np.asarray(denormalize(np.ones(1, np.float32), stats))[0]) - offset
+        mapping = Mapping("checkpoint", offset - gain, offset + gain,
+                          f"meddiff sample folder: checkpoint normalisation ({stats.get('mode')})")
     labels = path / files.get("labels", "labels.npy")
     label_tensor = torch.from_numpy(np.load(labels).reshape(-1).astype(np.int64)) if labels.is_file() else None
-    return torch.from_numpy(np.clip(arr, -1, 1)), label_tensor, how
+    return _Part(arr, str(path / files.get("samples", "samples.npy")), mapping=mapping), label_tensor
 
 
-def load_image_set(path: str | Path, *, split: str | None = None, labels: str | Path | None = None,
-                   what: str = "images") -> ImageSet:
-    """Read a folder of images (PNG/NPY/NIfTI/DICOM; class sub-folders give labels), a `meddiff sample` output
-    folder (samples.npy + manifest.json), or an array file (.npy, .npz with an images array and optional
-    ``labels``; a MedMNIST .npz gives ``split``) -> ImageSet."""
+def _part(array: np.ndarray, file: str, meta) -> _Part:
+    """Stored images of one file; uint8 is always 0..255 and bool 0/1, whatever --range says."""
+    mapping = None
+    if array.dtype == np.uint8:
+        mapping = Mapping("uint8", *FIXED_RANGES["uint8"], "dtype uint8")
+    elif array.dtype == np.bool_:
+        mapping = Mapping("unit", *FIXED_RANGES["unit"], "dtype bool")
+    return _Part(array, file, units=getattr(meta, "units", None),
+                 image_file=getattr(meta, "format", None) in ("png", "tiff", "image"), mapping=mapping)
+
+
+def _read_raw_set(path: str | Path, *, split: str | None = None, labels: str | Path | None = None,
+                  what: str = "images") -> _RawSet:
+    """The images of ``path`` as stored (see `load_image_set`), before the intensity mapping."""
     path = Path(resolve_path(str(path)))
     if not path.exists():
         raise MeddiffError(f"{what} {path}: no such file or folder")
-    norms: list[str] = []
     label_tensor, source = None, str(path)
     if path.is_dir() and (path / "manifest.json").is_file() and (path / "samples.npy").is_file():
-        images, label_tensor, how = _sample_folder(path, what)
-        names, norms = [f"samples.npy[{i}]" for i in range(len(images))], [how]
+        part, label_tensor = _sample_folder(path, what)
+        parts, names = [part], [f"samples.npy[{i}]" for i in range(len(part.array))]
     elif path.is_dir():
         dataset = FolderDataset(path, split="all")
-        arrays, names = [], []
+        parts, names = [], []
         for file, label, _ in dataset.items:
             arr, meta = dataset.read(file)
-            x, how = _to_model_space(arr, meta)
-            if arrays and x.shape != arrays[0].shape:
-                raise MeddiffError(f"{what} {file}: shape {tuple(x.shape)} differs from {tuple(arrays[0].shape)} "
-                                   f"of {names[0]}; every image of a set must have one size and channel count")
-            arrays.append(x)
+            parts.append(_part(arr[None], str(file), meta))
             names.append(str(file.relative_to(path)))
-            norms.append(how)
-        images = torch.stack(arrays)
         if dataset.num_classes:
             label_tensor = torch.tensor([label for _, label, _ in dataset.items], dtype=torch.int64)
     else:
         arrays_in = load_npz(path) if path.suffix == ".npz" else None
         if arrays_in is not None and is_medmnist(arrays_in):
             dataset = MedMNISTDataset(path, split=split or "train")
-            images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+            stored = dataset.images.transpose(0, 3, 1, 2) if dataset._layout == "rgb" else dataset.images[:, None]
+            parts = [_part(stored, f"{path} ({split or 'train'} split)", None)]
             label_tensor = None if dataset.multilabel else torch.from_numpy(dataset.labels[:, 0])
-            norms, source = ["fixed 0..255"], f"{path} ({split or 'train'} split)"
+            source = f"{path} ({split or 'train'} split)"
             names = [f"{split or 'train'}[{i}]" for i in range(len(dataset))]
         else:
             arr, meta = read_image(path)
             arr = _array_layout(arr, path)
-            if len(arr) == 0:
-                raise MeddiffError(f"{what} {path}: holds no images")
-            converted = [_to_model_space(a, meta) for a in arr]
-            images = torch.stack([x for x, _ in converted])
-            norms = [how for _, how in converted]
-            names = [f"{path.name}[{i}]" for i in range(len(arr))]
+            parts, names = [_part(arr, str(path), meta)], [f"{path.name}[{i}]" for i in range(len(arr))]
             found = [k for k in LABEL_KEYS if arrays_in is not None and k in arrays_in]
             if found:
                 label_tensor = torch.from_numpy(np.asarray(arrays_in[found[0]]).reshape(-1).astype(np.int64))
-                if len(label_tensor) != len(images):
-                    raise MeddiffError(f"{what} {path}: {len(label_tensor)} {found[0]} for {len(images)} images")
-    if len(images) == 0:
+                if len(label_tensor) != len(names):
+                    raise MeddiffError(f"{what} {path}: {len(label_tensor)} {found[0]} for {len(names)} images")
+    if not names:
         raise MeddiffError(f"{what} {path}: holds no images")
     if labels is not None:
-        label_tensor = _read_labels(labels, len(images), f"labels for {what}")
-    return ImageSet(images.float(), label_tensor, names, source, norms)
+        label_tensor = _read_labels(labels, len(names), f"labels for {what}")
+    return _RawSet(parts, label_tensor, names, source, what)
+
+
+def load_image_set(path: str | Path, *, split: str | None = None, labels: str | Path | None = None,
+                   what: str = "images", intensity_range="auto") -> ImageSet:
+    """Read a folder of images (PNG/NPY/NIfTI/DICOM; class sub-folders give labels), a `meddiff sample` output
+    folder (samples.npy + manifest.json), or an array file (.npy, .npz with an images array and optional
+    ``labels``; a MedMNIST .npz gives ``split``) -> ImageSet in [-1, 1], mapped by ``intensity_range`` (see
+    `_choose_mappings`; decided from this set alone: `evaluate_folders` decides for all its sets together)."""
+    raw = _read_raw_set(path, split=split, labels=labels, what=what)
+    _choose_mappings([raw], intensity_range)
+    return _finish(raw)
 
 
 def _match_size(fake: Tensor, shape: torch.Size) -> Tensor:
@@ -207,13 +402,19 @@ def evaluate_folders(real: str | Path, fake: str | Path, *, features: str = "pne
                      train_split: str = "train", fake_split: str | None = None, k: int = DEFAULT_K,
                      kid_subsets: int = 100, kid_subset_size: int = 1000, quantile: float = DEFAULT_QUANTILE,
                      utility: bool = True, utility_steps: int = 400, paired: bool = False, seed: int = 0,
-                     channels: str = "mean") -> dict:
+                     channels: str = "mean", intensity_range="auto") -> dict:
     """Score the synthetic images ``fake`` against the real held-out ``real`` (and the training images ``train``)
     -> a JSON-ready dict; ``labels`` is a label file for ``fake`` when its format carries none. Volumes are embedded
-    by their three central planes (2.5D features and classifier)."""
-    real_set = load_image_set(real, split=real_split, what="--real")
-    fake_set = load_image_set(fake, split=fake_split, labels=labels, what="--fake")
-    train_set = load_image_set(train, split=train_split, what="--train") if train is not None else None
+    by their three central planes (2.5D features and classifier). ``intensity_range`` (``--range``): how stored
+    intensities map to [-1, 1], decided for real, fake and train together (`_choose_mappings`); the JSON records it
+    under "intensity"."""
+    raws = [_read_raw_set(real, split=real_split, what="--real"),
+            _read_raw_set(fake, split=fake_split, labels=labels, what="--fake")]
+    if train is not None:
+        raws.append(_read_raw_set(train, split=train_split, what="--train"))
+    intensity = _choose_mappings(raws, intensity_range)  # one decision for all sets
+    real_set, fake_set, *rest = (_finish(r) for r in raws)
+    train_set = rest[0] if rest else None
     shape = real_set.images.shape[1:]
     for name, s in (("--fake", fake_set), ("--train", train_set)):
         if s is not None and (s.images.shape[1] != shape[0] or s.images.ndim != real_set.images.ndim):
@@ -226,7 +427,7 @@ def evaluate_folders(real: str | Path, fake: str | Path, *, features: str = "pne
             raise MeddiffError(f"{name} has {len(s.names)} images; precision/recall with k={k} needs at least {k + 1} "
                                "(FID and KID need many more: hundreds)")
     result = {"meddiff_version": __version__, "real": real_set.describe(), "fake": fake_set.describe(),
-              "train": train_set.describe() if train_set is not None else None}
+              "train": train_set.describe() if train_set is not None else None, "intensity": intensity}
     extractor = get_feature_extractor(features, channels=channels)
     f_real, f_fake = extractor(real_set.images), extractor(fake_images)
     kid_mean, kid_std = kid(f_real, f_fake, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
@@ -317,6 +518,9 @@ def caption(result: dict) -> str:
 
 def format_table(result: dict) -> str:
     """Markdown table of the headline numbers, with the feature extractor named."""
-    lines = [caption(result), "", "| metric | value | notes |", "|---|---|---|"]
+    lines = [caption(result)]
+    for what, labels in result.get("intensity", {}).get("sets", {}).items():
+        lines.append(f"intensities of {what}: {'; '.join(labels)}")
+    lines += ["", "| metric | value | notes |", "|---|---|---|"]
     lines += [f"| {r['metric']} | {r['value']} | {r['notes']} |" for r in headline_rows(result)]
     return "\n".join(lines)
