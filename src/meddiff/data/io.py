@@ -8,7 +8,9 @@ Every failure is a `MeddiffError` whose one-line message names the file and what
 from __future__ import annotations
 
 import json
+import math
 import os
+import zipfile
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -130,6 +132,72 @@ def _fail(path: PathLike, what: str, error: BaseException | None = None) -> Medd
     return MeddiffError(f"{path}: {what}{detail}")
 
 
+# ------------------------------------------------------------------------------------- allocation limits
+# A file says in its header how big its array is; a corrupt file or a decompression bomb can claim gigabytes from
+# a few bytes. Every reader checks the claim against these limits BEFORE reading the data.
+MAX_BYTES = 4 * 2**30  # the largest array a file may make us allocate; env MEDDIFF_MAX_BYTES or max_bytes= overrides
+MAX_COMPRESSION_RATIO = 1000  # claimed bytes per compressed byte; env MEDDIFF_MAX_RATIO (0 turns the check off)
+RATIO_FLOOR_BYTES = 256 * 2**20  # the ratio bound applies to claims above this (a small all-zero mask may exceed it)
+
+
+def _env_number(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise MeddiffError(f"environment variable {name}={value!r} is not a number of bytes") from None
+    if number < 0:
+        raise MeddiffError(f"environment variable {name}={value!r} must not be negative")
+    return int(number)
+
+
+def max_bytes_limit(max_bytes: int | None = None) -> int:
+    """The allocation limit in bytes: ``max_bytes``, else env MEDDIFF_MAX_BYTES, else MAX_BYTES."""
+    return int(max_bytes) if max_bytes is not None else _env_number("MEDDIFF_MAX_BYTES", MAX_BYTES)
+
+
+def _human(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} bytes"
+
+
+def check_claim(path: PathLike, shape, itemsize: float, *, what: str = "the header", dtype: object = "",
+                max_bytes: int | None = None, compressed_bytes: int | None = None,
+                stored_bytes: int | None = None, stored_itemsize: float | None = None) -> int:
+    """Refuse (MeddiffError) an array whose header-claimed size exceeds the limit, or that claims more than
+    MAX_COMPRESSION_RATIO times its ``compressed_bytes`` (above RATIO_FLOOR_BYTES), or more than the
+    ``stored_bytes`` an uncompressed file holds (``stored_itemsize`` bytes per element when the stored form differs
+    from the array, e.g. 1-bit DICOM); returns the claimed bytes. Python ints: no overflow."""
+    shape = tuple(int(d) for d in shape)
+    described = f"{what} claims shape {shape}{f' {dtype}' if dtype != '' else ''}"
+    if any(d < 0 for d in shape):
+        raise MeddiffError(f"{path}: {described}, a negative size (corrupt header)")
+    count = 1
+    for d in shape:
+        count *= d
+    claim = int(count * itemsize)
+    limit = max_bytes_limit(max_bytes)
+    if claim > limit:
+        raise MeddiffError(f"{path}: {described} = {_human(claim)}, above the limit of {_human(limit)}; if the file "
+                           f"is genuine, raise it (environment MEDDIFF_MAX_BYTES={claim} or max_bytes=)")
+    stored_claim = claim if stored_itemsize is None else int(math.ceil(count * stored_itemsize))
+    if stored_bytes is not None and stored_claim > stored_bytes:
+        raise MeddiffError(f"{path}: {described} = {_human(stored_claim)} but the file holds {_human(stored_bytes)} "
+                           "of data (truncated or corrupt)")
+    ratio_limit = _env_number("MEDDIFF_MAX_RATIO", MAX_COMPRESSION_RATIO)
+    if compressed_bytes is not None and ratio_limit and claim > RATIO_FLOOR_BYTES \
+            and claim > ratio_limit * max(int(compressed_bytes), 1):
+        raise MeddiffError(f"{path}: {described} = {_human(claim)} from {_human(compressed_bytes)} compressed, "
+                           f"a ratio above {ratio_limit}:1 (corrupt or a decompression bomb); if the file is "
+                           "genuine, set the environment MEDDIFF_MAX_RATIO=0")
+    return claim
+
+
 def write_json(obj, path: PathLike) -> Path:
     """Write ``obj`` as indented JSON atomically (numpy scalars become floats); returns the path."""
     path = Path(path)
@@ -148,13 +216,30 @@ def _guess_modality(name: str) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------- NIfTI
-def read_nifti(path: PathLike) -> tuple[np.ndarray, ImageMeta]:
-    """NIfTI volume as stored (scl_slope/inter applied) with its affine, voxel spacing and axis codes."""
+def _check_nifti(path: Path, img, max_bytes: int | None) -> None:
+    """The header's shape x dtype against the limits (and, uncompressed, the file size) before any voxel is read."""
+    dtype = img.header.get_data_dtype()
+    size = path.stat().st_size
+    if path.name.lower().endswith(".gz"):
+        check_claim(path, img.shape, dtype.itemsize, dtype=dtype, max_bytes=max_bytes, compressed_bytes=size)
+    else:
+        offset = int(getattr(img.dataobj, "offset", 0) or 0)
+        check_claim(path, img.shape, dtype.itemsize, dtype=dtype, max_bytes=max_bytes,
+                    stored_bytes=max(size - offset, 0))
+
+
+def read_nifti(path: PathLike, *, max_bytes: int | None = None) -> tuple[np.ndarray, ImageMeta]:
+    """NIfTI volume as stored (scl_slope/inter applied) with its affine, voxel spacing and axis codes. The
+    header's claimed size is checked against `check_claim`'s limits before the voxels are read."""
     import nibabel as nib
 
     path = Path(path)
     try:
         img = nib.load(str(path))
+    except Exception as error:  # nibabel raises many types for truncated/corrupt files
+        raise _fail(path, "not a readable NIfTI file (truncated or corrupt?)", error) from error
+    _check_nifti(path, img, max_bytes)
+    try:
         data = np.asanyarray(img.dataobj)
     except Exception as error:  # nibabel raises many types for truncated/corrupt files
         raise _fail(path, "not a readable NIfTI file (truncated or corrupt?)", error) from error
@@ -228,13 +313,45 @@ def _dicom_units(modality: str | None, rescaled: bool, ds: Any) -> str:
     return rescale_type or "a.u."
 
 
-def read_dicom(path: PathLike) -> tuple[np.ndarray, ImageMeta]:
-    """One DICOM file: (rows, cols) or (frames, rows, cols), RescaleSlope/Intercept applied (CT in HU)."""
+def _dicom_claim(ds: Any) -> tuple[tuple[int, ...], int, float] | None:
+    """(shape, bytes per decoded element, bytes per stored element) that a DICOM header claims; None when it has
+    no image (no Rows/Columns)."""
+    if "Rows" not in ds or "Columns" not in ds:
+        return None
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    bits = int(getattr(ds, "BitsAllocated", 8) or 8)
+    shape = (frames, int(ds.Rows), int(ds.Columns)) + ((samples,) if samples > 1 else ())
+    return shape, max(1, (bits + 7) // 8), bits / 8
+
+
+def _check_dicom(path: Path, ds: Any, max_bytes: int | None) -> None:
+    """Rows x Columns x frames x samples x bits against the limits and the pixel data the file holds."""
+    claim = _dicom_claim(ds)
+    if claim is None or "PixelData" not in ds:
+        return
+    shape, itemsize, stored_itemsize = claim
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    stored = len(ds.PixelData)
+    if syntax is not None and getattr(syntax, "is_compressed", False):
+        check_claim(path, shape, itemsize, what="the DICOM header", max_bytes=max_bytes, compressed_bytes=stored)
+    else:
+        check_claim(path, shape, itemsize, what="the DICOM header", max_bytes=max_bytes, stored_bytes=stored,
+                    stored_itemsize=stored_itemsize)
+
+
+def read_dicom(path: PathLike, *, max_bytes: int | None = None) -> tuple[np.ndarray, ImageMeta]:
+    """One DICOM file: (rows, cols) or (frames, rows, cols), RescaleSlope/Intercept applied (CT in HU). The
+    header's claimed size is checked (`check_claim`) before the pixels are decoded."""
     import pydicom
 
     path = Path(path)
     try:
         ds = pydicom.dcmread(str(path))
+    except Exception as error:
+        raise _fail(path, "not a readable DICOM file (truncated, corrupt or no pixel data)", error) from error
+    _check_dicom(path, ds, max_bytes)
+    try:
         arr = ds.pixel_array
     except Exception as error:
         raise _fail(path, "not a readable DICOM file (truncated, corrupt or no pixel data)", error) from error
@@ -301,9 +418,11 @@ def _dicom_affine(first: Any, last: Any, spacing_z: float, n_slices: int) -> np.
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
 
 
-def read_dicom_series(folder: PathLike, series_uid: str | None = None) -> tuple[np.ndarray, ImageMeta]:
+def read_dicom_series(folder: PathLike, series_uid: str | None = None, *,
+                      max_bytes: int | None = None) -> tuple[np.ndarray, ImageMeta]:
     """A folder holding one DICOM series -> (slices, rows, cols), sorted along the slice normal by
-    ImagePositionPatient, rescaled (CT in HU); spacing (dz, dy, dx) from slice positions and PixelSpacing."""
+    ImagePositionPatient, rescaled (CT in HU); spacing (dz, dy, dx) from slice positions and PixelSpacing.
+    The slice count x each header's claimed size is checked (`check_claim`) before any pixel is decoded."""
     import pydicom
 
     folder = Path(folder)
@@ -354,11 +473,21 @@ def read_dicom_series(folder: PathLike, series_uid: str | None = None) -> tuple[
                                f"(gap {gaps[i]:.2f} mm, expected {dz:.2f} mm)")
     else:
         dz = float(getattr(members[0][1], "SliceThickness", 1.0) or 1.0)
+    claims = [c for c in (_dicom_claim(ds) for _, ds in members) if c is not None]
+    if claims:
+        shape, itemsize, _ = max(claims, key=lambda c: math.prod(c[0]) * c[1])
+        slice_shape = shape[1:] if shape[0] == 1 else shape
+        check_claim(folder, (len(members), *slice_shape), itemsize,
+                    what=f"the series ({len(members)} slices) with its headers", max_bytes=max_bytes)
     slices = []
     rescaled_any = False
     for f, _ in members:
         try:
             ds = pydicom.dcmread(str(f))
+        except Exception as error:
+            raise _fail(f, "DICOM pixel data cannot be decoded (truncated or corrupt?)", error) from error
+        _check_dicom(f, ds, max_bytes)
+        try:
             arr = ds.pixel_array
         except Exception as error:
             raise _fail(f, "DICOM pixel data cannot be decoded (truncated or corrupt?)", error) from error
@@ -384,13 +513,21 @@ def read_dicom_series(folder: PathLike, series_uid: str | None = None) -> tuple[
 
 
 # --------------------------------------------------------------------------------------------- PNG/JPEG
-def read_pil(path: PathLike) -> tuple[np.ndarray, ImageMeta]:
-    """PNG/JPEG/TIFF: grayscale -> (H, W); colour -> (3, H, W) with channel_axis 0 (alpha dropped)."""
+_PIL_BYTES = {"I;16": 2, "I;16B": 2, "I;16L": 2, "I": 4, "F": 4}
+
+
+def read_pil(path: PathLike, *, max_bytes: int | None = None) -> tuple[np.ndarray, ImageMeta]:
+    """PNG/JPEG/TIFF: grayscale -> (H, W); colour -> (3, H, W) with channel_axis 0 (alpha dropped). The size in
+    the header is checked (`check_claim`, the file size as the compressed size) before the pixels are decoded."""
     from PIL import Image
 
     path = Path(path)
     try:
         with Image.open(path) as img:
+            bands = len(img.getbands())
+            check_claim(path, (img.height, img.width) + ((bands,) if bands > 1 else ()),
+                        _PIL_BYTES.get(img.mode, 1), what="the image header", dtype=img.mode, max_bytes=max_bytes,
+                        compressed_bytes=path.stat().st_size)
             img.load()
             mode = img.mode
             if mode in ("L", "I;16", "I;16B", "I", "F", "1"):
@@ -400,6 +537,8 @@ def read_pil(path: PathLike) -> tuple[np.ndarray, ImageMeta]:
             else:
                 arr = np.asarray(img.convert("RGB")).transpose(2, 0, 1)
             fmt = (img.format or "").lower()
+    except MeddiffError:
+        raise
     except Exception as error:
         raise _fail(path, "not a readable PNG/JPEG image (truncated or corrupt?)", error) from error
     arr = np.ascontiguousarray(arr)
@@ -409,9 +548,35 @@ def read_pil(path: PathLike) -> tuple[np.ndarray, ImageMeta]:
 
 
 # --------------------------------------------------------------------------------------------- NumPy
-def read_npy(path: PathLike) -> tuple[np.ndarray, ImageMeta]:
-    """A .npy array as stored (no pickles)."""
+def _npy_header(handle) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from the header of an .npy stream, leaving ``handle`` at the start of the data."""
+    from numpy.lib import format as npy_format
+
+    version = npy_format.read_magic(handle)
+    read = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+    shape, _, dtype = read(handle)
+    return tuple(shape), dtype
+
+
+def check_npy(path: PathLike, *, max_bytes: int | None = None) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype an .npy header claims, refused (`check_claim`) when over the limit or larger than the
+    file; nothing but the header is read."""
     path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            shape, dtype = _npy_header(handle)
+            offset = handle.tell()
+    except Exception as error:
+        raise _fail(path, "not a readable .npy array (truncated or corrupt?)", error) from error
+    check_claim(path, shape, dtype.itemsize, dtype=dtype, max_bytes=max_bytes,
+                stored_bytes=path.stat().st_size - offset)
+    return shape, dtype
+
+
+def read_npy(path: PathLike, *, max_bytes: int | None = None) -> tuple[np.ndarray, ImageMeta]:
+    """A .npy array as stored (no pickles); its header's claimed size is checked first (`check_npy`)."""
+    path = Path(path)
+    check_npy(path, max_bytes=max_bytes)
     try:
         arr = np.load(path, allow_pickle=False)
     except Exception as error:
@@ -424,12 +589,46 @@ def read_npy(path: PathLike) -> tuple[np.ndarray, ImageMeta]:
     return arr, meta
 
 
-def load_npz(path: PathLike) -> dict[str, np.ndarray]:
-    """All arrays of an .npz (no pickles), read fully so that a corrupt member fails here."""
+def check_npz(path: PathLike, *, max_bytes: int | None = None) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """{member: (shape, dtype)} from each member's .npy header (only the headers are decompressed), refused
+    (`check_claim`) when a member or all together exceed the limit, a compressed member claims more than the
+    compression ratio bound, or a stored one more than it holds."""
+    path = Path(path)
+    claims, total = {}, 0
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with archive.open(info) as handle:
+                    shape, dtype = _npy_header(handle)
+                    offset = handle.tell()
+                name = info.filename[:-4]
+                stored = info.compress_type == zipfile.ZIP_STORED
+                total += check_claim(path, shape, dtype.itemsize, what=f"member {name!r}", dtype=dtype,
+                                     max_bytes=max_bytes, compressed_bytes=None if stored else info.compress_size,
+                                     stored_bytes=info.file_size - offset if stored else None)
+                claims[name] = (shape, dtype)
+    except MeddiffError:
+        raise
+    except Exception as error:
+        raise _fail(path, "not a readable .npz archive (truncated or corrupt?)", error) from error
+    limit = max_bytes_limit(max_bytes)
+    if total > limit:
+        raise MeddiffError(f"{path}: its {len(claims)} arrays claim {_human(total)} together, above the limit of "
+                           f"{_human(limit)}; if the file is genuine, raise it (environment MEDDIFF_MAX_BYTES={total} "
+                           "or max_bytes=)")
+    return claims
+
+
+def load_npz(path: PathLike, *, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """All arrays of an .npz (no pickles), read fully so that a corrupt member fails here; the members' headers
+    are checked first (`check_npz`)."""
     path = Path(path)
     if not path.is_file():
         raise MeddiffError(f"{path}: no such file (relative paths are taken from the current folder; "
                            "shipped data can be named as 'asset:NAME/FILE')")
+    check_npz(path, max_bytes=max_bytes)
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -455,11 +654,11 @@ def _pick_key(path: Path, keys: list[str], key: str | None) -> str:
     raise MeddiffError(f"{path}: several arrays ({', '.join(keys)}); choose one with key=")
 
 
-def read_npz(path: PathLike, key: str | None = None) -> tuple[np.ndarray, ImageMeta]:
+def read_npz(path: PathLike, key: str | None = None, *, max_bytes: int | None = None) -> tuple[np.ndarray, ImageMeta]:
     """One array of an .npz (``key`` or the first of DEFAULT_ARRAY_KEYS); MedMNIST files give
     ``train_images`` by default. Spacing is taken from a ``spacing*`` array when present."""
     path = Path(path)
-    arrays = load_npz(path)
+    arrays = load_npz(path, max_bytes=max_bytes)
     if not arrays:
         raise MeddiffError(f"{path}: the .npz archive holds no arrays")
     chosen = _pick_key(path, list(arrays), key)
@@ -475,10 +674,10 @@ def read_npz(path: PathLike, key: str | None = None) -> tuple[np.ndarray, ImageM
     return arr, meta
 
 
-def read_medmnist(path: PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def read_medmnist(path: PathLike, *, max_bytes: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """MedMNIST npz -> {split: (images, labels)} for the splits present (train, val, test)."""
     path = Path(path)
-    arrays = load_npz(path)
+    arrays = load_npz(path, max_bytes=max_bytes)
     if not is_medmnist(arrays):
         raise MeddiffError(f"{path}: not a MedMNIST npz (expected train_images/train_labels...; found "
                            f"{', '.join(sorted(arrays)) or 'nothing'})")
@@ -493,9 +692,11 @@ def read_medmnist(path: PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 # --------------------------------------------------------------------------------------------- HDF5
-def read_hdf5(path: PathLike, key: str | None = None) -> tuple[np.ndarray, ImageMeta]:
+def read_hdf5(path: PathLike, key: str | None = None, *, max_bytes: int | None = None) -> tuple[np.ndarray, ImageMeta]:
     """HDF5 in the fastMRI layout: ``kspace`` (slices, coils, H, W) complex, ``reconstruction_rss``
-    (slices, H, W) and file attributes (kept in meta.extra). Default key: reconstruction_rss if present."""
+    (slices, H, W) and file attributes (kept in meta.extra). Default key: reconstruction_rss if present.
+    The dataset's shape x dtype is checked (`check_claim`, its storage size as the compressed size: unwritten
+    chunks read as fill values) before it is read."""
     import h5py
 
     path = Path(path)
@@ -505,7 +706,10 @@ def read_hdf5(path: PathLike, key: str | None = None) -> tuple[np.ndarray, Image
             if not keys:
                 raise MeddiffError(f"{path}: the HDF5 file holds no datasets")
             chosen = _pick_key(path, keys, key)
-            arr = f[chosen][()]
+            dataset = f[chosen]
+            check_claim(path, dataset.shape, dataset.dtype.itemsize, what=f"dataset {chosen!r}", dtype=dataset.dtype,
+                        max_bytes=max_bytes, compressed_bytes=dataset.id.get_storage_size())
+            arr = dataset[()]
             attrs = {k: (v.item() if hasattr(v, "item") and np.ndim(v) == 0 else v) for k, v in f.attrs.items()}
             shapes = {k: tuple(f[k].shape) for k in keys}
     except MeddiffError:
@@ -524,7 +728,7 @@ def _cfl_base(path: Path) -> Path:
     return path.with_suffix("")
 
 
-def read_cfl_raw(path: PathLike) -> np.ndarray:
+def read_cfl_raw(path: PathLike, *, max_bytes: int | None = None) -> np.ndarray:
     """BART .cfl/.hdr pair as an array with BART's dimension order (complex64, Fortran order)."""
     path = Path(path)
     base = _cfl_base(path)
@@ -538,20 +742,20 @@ def read_cfl_raw(path: PathLike) -> np.ndarray:
         dims = [int(d) for d in dims_line.split()]
     except Exception as error:
         raise _fail(hdr, "not a BART header (expected '# Dimensions' and a line of integers)", error) from error
-    count = int(np.prod(dims))
-    expected = count * 8
     size = cfl.stat().st_size
+    count = check_claim(cfl, dims, 8, what=f"{hdr.name}", dtype="complex64", max_bytes=max_bytes) // 8
+    expected = count * 8
     if size != expected:
         raise MeddiffError(f"{cfl}: holds {size} bytes but the header dims {dims} need {expected} (truncated?)")
     data = np.fromfile(cfl, dtype=np.complex64, count=count)
     return data.reshape(dims, order="F")
 
 
-def read_cfl(path: PathLike) -> tuple[np.ndarray, ImageMeta]:
+def read_cfl(path: PathLike, *, max_bytes: int | None = None) -> tuple[np.ndarray, ImageMeta]:
     """BART k-space -> (coils, ky, kx) (or (ky, kx) single-coil): BART dims (x, y, z, coil, ...) with
     singleton dims dropped and the coil axis (BART dim 3) moved in front of the spatial axes."""
     path = Path(path)
-    raw = read_cfl_raw(path)
+    raw = read_cfl_raw(path, max_bytes=max_bytes)
     dims = list(raw.shape) + [1] * max(0, 4 - raw.ndim)
     raw = raw.reshape(dims, order="A")
     coil_axis_first = np.moveaxis(raw, 3, 0)  # (coil, x, y, z, ...)
@@ -595,19 +799,22 @@ def read_image(
     key: str | None = None,
     expect_ndim: int | tuple[int, ...] | None = None,
     allow_nan: bool = False,
+    max_bytes: int | None = None,
 ) -> tuple[np.ndarray, ImageMeta]:
     """Read any supported file or DICOM series folder -> (array, ImageMeta), reader picked from the path.
 
     ``key`` picks an array inside .npz/.h5; ``expect_ndim`` (e.g. 3, or (2, 3)) rejects arrays of
-    another rank; NaN/Inf values are an error unless ``allow_nan``.
+    another rank; NaN/Inf values are an error unless ``allow_nan``. No file may make us allocate more than
+    ``max_bytes`` (default: env MEDDIFF_MAX_BYTES, else MAX_BYTES) or claim more than MAX_COMPRESSION_RATIO times
+    its compressed size: the header's claim is checked before the data is read (`check_claim`).
     """
     path = Path(path)
     fmt = detect_format(path)
     reader = READERS[fmt]
     if fmt in ("npz", "hdf5"):
-        arr, meta = reader(path, key=key)
+        arr, meta = reader(path, key=key, max_bytes=max_bytes)
     else:
-        arr, meta = reader(path)
+        arr, meta = reader(path, max_bytes=max_bytes)
     if expect_ndim is not None:
         allowed = (expect_ndim,) if isinstance(expect_ndim, int) else tuple(expect_ndim)
         if arr.ndim not in allowed:

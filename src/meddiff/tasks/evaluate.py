@@ -24,7 +24,7 @@ from torch import Tensor
 from meddiff import __version__
 from meddiff.data import FolderDataset, MedMNISTDataset, read_image
 from meddiff.data.assets import resolve_path
-from meddiff.data.io import is_medmnist, load_npz
+from meddiff.data.io import is_medmnist, load_npz, read_npy
 from meddiff.data.transforms import denormalize, resize
 from meddiff.errors import MeddiffError
 from meddiff.metrics.features import get_feature_extractor
@@ -252,7 +252,7 @@ def _read_labels(path: str | Path, n: int, what: str) -> Tensor:
         raise MeddiffError(f"{what} {path}: no such file (one integer class label per image)")
     try:
         if path.suffix == ".npy":
-            values = np.load(path, allow_pickle=False)
+            values = read_npy(path)[0]  # the header's claimed size is checked before reading
         else:
             values = np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None)
     except Exception as error:
@@ -282,7 +282,7 @@ def _sample_folder(path: Path, what: str) -> tuple[_Part, Tensor | None]:
     checkpoint normalisation for samples in original intensities, else model space), labels.npy if any."""
     manifest = json.loads((path / "manifest.json").read_text())
     files = manifest.get("files", {})
-    arr = np.load(path / files.get("samples", "samples.npy"), allow_pickle=False).astype(np.float32)
+    arr = read_npy(path / files.get("samples", "samples.npy"))[0].astype(np.float32)
     mapping = Mapping("symmetric", -1.0, 1.0, "meddiff sample folder in model space")
     if manifest.get("intensity_range") == "original":
         try:
@@ -296,7 +296,7 @@ def _sample_folder(path: Path, what: str) -> tuple[_Part, Tensor | None]:
         mapping = Mapping("checkpoint", offset - gain, offset + gain,
                           f"meddiff sample folder: checkpoint normalisation ({stats.get('mode')})")
     labels = path / files.get("labels", "labels.npy")
-    label_tensor = torch.from_numpy(np.load(labels).reshape(-1).astype(np.int64)) if labels.is_file() else None
+    label_tensor = torch.from_numpy(read_npy(labels)[0].reshape(-1).astype(np.int64)) if labels.is_file() else None
     return _Part(arr, str(path / files.get("samples", "samples.npy")), mapping=mapping), label_tensor
 
 
