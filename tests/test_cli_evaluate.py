@@ -160,12 +160,18 @@ ENCODINGS = {  # the same uint8 images stored five ways, and the file each is wr
     "symmetric": lambda x: x.astype(np.float32) / 127.5 - 1,
     "uint8 as int64": lambda x: x.astype(np.int64),
     "hu": lambda x: (x.astype(np.float32) / 255 * 4095 - 1024).astype(np.int16),  # CT in HU (.npz key "hu")
+    "float npy files": lambda x: x.astype(np.float32) / 255,  # a folder of one .npy per image
 }
 METRICS = ("fid", "kid", "precision", "recall")
 
 
 def _encode(tmp_path, name, encoding, images):
     array = ENCODINGS[encoding](images)
+    if encoding == "float npy files":
+        (tmp_path / name).mkdir()
+        for i, image in enumerate(array):
+            np.save(tmp_path / name / f"{i:03d}.npy", image)
+        return tmp_path / name
     if encoding == "hu":
         np.savez(tmp_path / f"{name}.npz", hu=array)
         return tmp_path / f"{name}.npz"
@@ -228,6 +234,9 @@ def test_explicit_ranges_give_the_same_metrics(tmp_path):
         result = _score(NPZ, path, intensity_range=value)
         for metric in METRICS:
             assert result[metric] == pytest.approx(by_uint8[metric], rel=1e-4, abs=1e-6), (value, metric)
+    result = _score(NPZ, hu, intensity_range="percentile")  # each image by its own percentiles: runs, is recorded
+    assert result["fake"]["normalisation"] == ["percentile: each image's 0.5..99.5 percentiles -> [-1, 1] "
+                                               "(--range percentile)"]
     result = _score(NPZ, hu, intensity_range="min-max")  # one min and max over both sets: the uint8 real one too
     assert result["intensity"]["range"] == "min-max" and "--range min-max" in result["intensity"]["sets"]["--fake"][0]
     assert result["intensity"]["sets"]["--real"] == ["uint8: [0, 255] -> [-1, 1] (dtype uint8)"]

@@ -83,15 +83,17 @@ class Mapping:
 
     def apply(self, array: np.ndarray) -> Tensor:
         """(N, C, *spatial) stored values -> float32 tensor in [-1, 1]."""
-        x = torch.from_numpy(np.asarray(array, dtype=np.float32))
+        x = np.array(array, dtype=np.float32)  # a copy: the stored array stays as read
         if self.rule == "percentile":
-            flat = x.reshape(x.shape[0], -1).double()
-            lo = torch.quantile(flat, 0.005, dim=1).reshape(-1, *[1] * (x.ndim - 1))
-            hi = torch.quantile(flat, 0.995, dim=1).reshape(-1, *[1] * (x.ndim - 1))
-            y = (x.double() - lo) / (hi - lo).clamp_min(1e-12) * 2 - 1
+            lo, hi = np.percentile(x.reshape(len(x), -1), (0.5, 99.5), axis=1).astype(np.float32)
+            lo, hi = (v.reshape(-1, *[1] * (x.ndim - 1)) for v in (lo, hi))
+            x -= lo
+            x *= 2 / np.maximum(hi - lo, 1e-12)
         else:
-            y = (x.double() - self.lo) / (self.hi - self.lo) * 2 - 1
-        return y.clamp(-1, 1).float()
+            x -= np.float32(self.lo)
+            x *= np.float32(2 / (self.hi - self.lo))
+        x -= 1
+        return torch.from_numpy(np.clip(x, -1, 1, out=x))
 
 
 @dataclass
@@ -115,20 +117,20 @@ class _RawSet:
     what: str
 
 
-def parse_range(value: str | Sequence[str] | tuple[float, float] | None) -> str | tuple[float, float]:
-    """``--range`` -> a name of INTENSITY_RANGES or a (LO, HI) window; accepts "LO HI", "LO,HI" or two values."""
+def parse_range(value: str | Sequence[str | float] | None) -> str | tuple[float, float]:
+    """``--range`` -> a name of INTENSITY_RANGES or a (LO, HI) window; accepts a name, "LO HI", "LO,HI" or two
+    values (the CLI passes its list of words)."""
     if value is None:
         return "auto"
-    if isinstance(value, str):
-        value = value.replace(",", " ").split() if value not in INTENSITY_RANGES else [value]
-    items = list(value)
-    if len(items) == 1 and isinstance(items[0], str) and items[0] in INTENSITY_RANGES:
-        return items[0]
+    words = [value] if isinstance(value, (str, int, float)) else list(value)
+    if len(words) == 1 and words[0] in INTENSITY_RANGES:
+        return words[0]
+    words = [w for v in words for w in str(v).replace(",", " ").split()]
     try:
-        lo, hi = (float(v) for v in items)
-    except (TypeError, ValueError):
-        raise MeddiffError(f"--range {' '.join(str(v) for v in items)}: give one of {', '.join(INTENSITY_RANGES)} "
-                           "or two numbers LO HI (e.g. --range -1000 400 for a CT window)") from None
+        lo, hi = (float(w) for w in words)
+    except ValueError:
+        raise MeddiffError(f"--range {' '.join(words)}: give one of {', '.join(INTENSITY_RANGES)} or two numbers "
+                           "LO HI (e.g. --range -1000 400 for a CT window)") from None
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
         raise MeddiffError(f"--range {lo:g} {hi:g}: LO must be finite and below HI")
     return lo, hi
