@@ -299,14 +299,37 @@ def get_sampler(name: str) -> Callable[..., Tensor]:
     return SAMPLERS[name]
 
 
+# Grid per sampler and schedule class, measured by ``python benchmarks/sampler_accuracy.py --grids-only --samples
+# 20000`` (benchmarks/README.md): on the 16-D Gaussian at 10, 20 and 50 NFE, the grid whose worst ratio to the best
+# grid (over those NFEs and the class's schedules: DDPM linear, scaled_linear and cosine for "discrete") is smallest.
+# Errors are exact for the deterministic samplers, Monte Carlo for ddpm and pc; euler is ddim with eta = 0.
+_DISCRETE_SPACING = {"ddim": "leading", "euler": "leading", "heun": "leading", "ddpm": "leading", "pc": "trailing"}
+_VE_SPACING = {"ddim": "karras", "euler": "karras", "heun": "karras", "pc": "karras"}  # others: as on VP
+
+
 def recommended_spacing(sampler: str, schedule) -> str:
-    """Time grid that gave the lowest error for ``sampler`` in benchmarks/sampler_accuracy.py (16-D Gaussian,
-    10-20 NFE): log-SNR for DPM-Solver++ (5-40x lower than the alternatives), otherwise "trailing" on discrete
-    and "uniform" on continuous schedules (Heun on a log-SNR grid loses its first trapezoid step)."""
+    """Time grid for ``sampler`` on ``schedule`` with the lowest error measured by benchmarks/sampler_accuracy.py
+    (16-D Gaussian, exact denoiser, 10-50 NFE; reproduce with ``--grids-only --samples 20000``). Worst ratios to the
+    best grid over those runs:
+
+    - dpmpp_2m: "logsnr" (1.0x on VP, VE, DDPM linear and scaled_linear; 1.9x on DDPM cosine, where trailing wins at
+      20-50 NFE but is 25x worse at 10). Where SNR reaches 0 (no log-SNR grid): "trailing" on discrete schedules
+      (leading 6x worse), "uniform" on continuous ones.
+    - Discrete schedules, zero terminal SNR included: "leading" for ddim/euler (1.22x; trailing 1.47x), heun (2.3x,
+      at 9 NFE on DDPM linear; trailing diverges on DDPM cosine, whose first trapezoid starts at alpha = 5e-5) and
+      ddpm (1.01x, a tie with trailing); "trailing" for pc (1.0x; leading 10x).
+    - Continuous schedules: "uniform"; on VE "karras" for ddim/euler, heun and pc (uniform 1.03x, 2.4x, 2.0x).
+    """
     check_choice("sampler", sampler, SAMPLERS)
-    if sampler == "dpmpp_2m" and not schedule.has_zero_terminal_snr:
-        return "logsnr"
-    return "trailing" if schedule.is_discrete else "uniform"
+    zero_snr = schedule.has_zero_terminal_snr
+    if sampler == "dpmpp_2m":
+        if not zero_snr:
+            return "logsnr"
+        return "trailing" if schedule.is_discrete else "uniform"
+    if schedule.is_discrete:
+        return _DISCRETE_SPACING[sampler]
+    variance_exploding = float(schedule.alpha_sigma(schedule.t_max)[0]) == 1.0  # alpha = 1 at every t
+    return _VE_SPACING.get(sampler, "uniform") if variance_exploding and not zero_snr else "uniform"
 
 
 def network_evaluations(name: str, steps: int, corrector_steps: int = 1) -> int:
