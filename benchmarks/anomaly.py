@@ -30,6 +30,7 @@ from meddiff.data.io import write_json
 from meddiff.tasks.anomaly import METHODS, load_detector, markdown_table, run_evaluation
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+ASSETS = Path(__file__).resolve().parents[1] / "src" / "meddiff" / "assets"
 
 
 def sweep(log=print) -> dict:
@@ -117,6 +118,44 @@ def select_map(methods=tuple(SELECT_LEVELS), log=print) -> dict:
             "intensity_dev_at_model_size": intensity_at_size([dev], (48, 48))}
 
 
+SPEED_GRID = {"anoddpm": ((25, 10, 5, 3, 2), 32), "anoddpm-gaussian": ((25, 10, 5), 16)}
+
+
+def select_speed(methods=tuple(SPEED_GRID), log=print) -> dict:
+    """Development best Dice of each AnoDDPM method's default map (``MR_DEFAULTS``: t_lambda, contrasts, residual) by
+    sampler steps and K reconstructions (K draws computed once per step count, the first k averaged), with the CPU
+    seconds per slice and draw: the defaults take the cheapest (steps, K) within reach of the best."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from meddiff.metrics.segmentation import detection_metrics
+    from meddiff.tasks.anomaly import brats_case_subject, filter_maps, residual_map
+    from meddiff.tasks.anomaly.methods import MR_DEFAULTS
+
+    dev = brats_case_subject(SHARED / "brats_case_1", slices=range(20, 121, 5))
+    labels_of = np.moveaxis(dev.seg, -1, 0)
+    rows = []
+    for method in methods:
+        step_counts, draws = SPEED_GRID[method]
+        for steps in step_counts:
+            detector = load_detector(method, steps=steps, samples=1, device="cpu")
+            cpu = time.process_time()
+            x, recs, masks = dev_reconstructions(detector, dev, draws)
+            cpu = (time.process_time() - cpu) / draws / len(x)
+            for k in (k for k in (1, 2, 4, 8, 16, 32) if k <= draws):
+                diff = torch.stack([residual_map(x, r, detector.map_channels, detector.residual)
+                                    for r in recs[:k]]).mean(0)
+                maps = F.interpolate(diff, size=masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+                maps = filter_maps(maps.numpy(), masks)
+                metrics = detection_metrics(maps[masks], labels_of[masks])
+                rows.append({"method": method, "noise_level": MR_DEFAULTS[method]["noise_level"], "steps": steps,
+                             "samples": k, "dev_pixel_auroc": metrics["auroc"], "dev_best_dice": metrics["best_dice"],
+                             "cpu_s_per_slice": cpu * k})
+                log(f"speed {method:17s} steps={steps:2d} K={k:2d} dev AUROC {metrics['auroc']:.3f} best Dice "
+                    f"{metrics['best_dice']:.3f} {cpu * k:.2f} CPU-s/slice")
+    return {"development": "brats_case_1 slices 20..120 step 5", "grid": rows}
+
+
 CHEST_GRID = {"anoddpm": ((60, 250), (1, 4)), "anoddpm-gaussian": ((60, 250), (1, 4)), "wolleb": ((250, 500), (1,)),
               "autoencoder": ((None,), (1,))}
 
@@ -149,6 +188,67 @@ def select_chest(methods=tuple(CHEST_GRID), per_class: int = 50, log=print) -> d
             f"image AUROC {row['test_image_auroc']:.3f}")
     return {"development": f"{per_class} + {per_class} PneumoniaMNIST val images disjoint from the evaluation ones",
             "grid": grid, "selected": selected}
+
+
+VOLUMES = {"brats_case_1": SHARED / "brats_case_1",                                     # 1 mm, 240 x 240 x 155
+           "brats_tcga_2mm": ASSETS / "brats_tcga_2mm" / "TCGA-FG-6692"}                 # 2 mm crop, 76 x 88 x 68
+
+
+def volume_metrics(detector, subject, seed: int = 0, min_size: int = 10) -> dict:
+    """One whole volume as `meddiff detect` runs it (every axial slice, Otsu threshold over the volume): pixel AUROC /
+    AUPRC / best Dice / Dice at Otsu inside the brain, the same restricted to the slices with tumour (what a slice
+    benchmark sees), image-level AUROC over slices, and wall / CPU seconds for the volume."""
+    from meddiff.metrics.segmentation import auroc, detection_metrics, dice
+    from meddiff.tasks.anomaly import detect_array, pick_threshold, segment
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = detect_array(detector, subject.image, generator=torch.Generator().manual_seed(seed))
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    segment(result, pick_threshold(result.anomaly, result.mask, "otsu"), min_size)
+    mask, seg = result.mask, subject.seg
+    tumour = seg.reshape(-1, seg.shape[-1]).any(0)                                          # (Z,)
+    whole = detection_metrics(result.anomaly[mask], seg[mask])
+    on_tumour = mask & tumour
+    part = detection_metrics(result.anomaly[on_tumour], seg[on_tumour])
+    brain = mask.reshape(-1, mask.shape[-1]).mean(0)
+    return {"slices": int(mask.shape[-1]), "slices_with_map": int((brain >= 0.01).sum()),
+            "pixel_auroc": whole["auroc"], "pixel_auprc": whole["auprc"], "best_dice": whole["best_dice"],
+            "dice_otsu": dice(result.segmentation[mask], seg[mask]),
+            "tumour_slices_pixel_auroc": part["auroc"], "tumour_slices_best_dice": part["best_dice"],
+            "image_auroc": auroc(result.scores, tumour), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
+
+def whole_volumes(methods=METHODS, settings=("default", "paper"), log=print) -> dict:
+    """Every method on whole volumes of the BraTS case in ``VOLUMES`` with its default settings and the papers'.
+    Both volumes are the training (development) subject TCGA-FG-6692: the shared data hold no unseen whole volume."""
+    from meddiff.tasks.anomaly import brats_case_subject
+
+    out = {}
+    for name, folder in VOLUMES.items():
+        subject = brats_case_subject(folder)
+        for method in methods:
+            for setting in (("default",) if method == "intensity" else settings):
+                detector = load_detector(method, settings=setting, device="cpu")
+                row = {"settings": setting, **volume_metrics(detector, subject),
+                       "map": {"noise_level": detector.noise_level, "steps": detector.steps,
+                               "channels": detector.map_channels, "residual": detector.residual,
+                               "samples": detector.samples}}
+                out.setdefault(name, {})[f"{method} ({setting})"] = row
+                log(f"volume {name:15s} {method:17s} {setting:8s} " + " ".join(
+                    f"{k}={v:.3f}" for k, v in row.items() if isinstance(v, float)))
+    return out
+
+
+def volume_table(results: dict) -> str:
+    """Markdown: a row per volume and method."""
+    columns = ("pixel_auroc", "pixel_auprc", "best_dice", "dice_otsu", "tumour_slices_pixel_auroc",
+               "tumour_slices_best_dice", "image_auroc", "slices_with_map", "wall_s", "cpu_s")
+    lines = ["| volume | method | " + " | ".join(columns) + " |", "|---|---|" + "---:|" * len(columns)]
+    for name, rows in results.items():
+        for method, row in rows.items():
+            cells = [f"{row[c]:.3f}" if isinstance(row[c], float) and c not in ("wall_s", "cpu_s") else str(row[c])
+                     for c in columns]
+            lines.append(f"| {name} | {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def intensity_at_size(subjects, size) -> dict:
@@ -241,6 +341,14 @@ def main(argv=None) -> int:
                         help="also choose each method's chest X-ray map setting on development val images")
     parser.add_argument("--select-map", action="store_true",
                         help="also choose each method's map setting on the development slices, score it on unseen")
+    parser.add_argument("--select-speed", action="store_true",
+                        help="also score AnoDDPM's default map by K reconstructions and sampler steps on the "
+                             "development slices (the cost / Dice trade-off behind the defaults)")
+    parser.add_argument("--volumes", action="store_true",
+                        help="also run every method on whole BraTS volumes (defaults and paper settings)")
+    parser.add_argument("--no-slices", action="store_true", help="skip the slice evaluation (e.g. with --volumes)")
+    parser.add_argument("--paper-settings", dest="settings", action="store_const", const="paper", default="default",
+                        help="slice evaluation with the papers' settings instead of each method's defaults")
     args = parser.parse_args(argv)
     if args.prepare_data:
         from meddiff.tasks.anomaly import prepare_training_data
@@ -259,12 +367,19 @@ def main(argv=None) -> int:
         return 0
     torch.manual_seed(0)
     start = time.time()
-    results = run_evaluation(args.methods, brats_test=SHARED / "brats_slices_2d" / "brats_slices.npz",
-                             brats_case=SHARED / "brats_case_1", pneumonia=SHARED / "medmnist" / "pneumoniamnist.npz",
-                             chest_per_class=args.chest_per_class)
-    report = {"results": results, "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                                                  "threads": torch.get_num_threads(), "device": "cpu",
-                                                  "wall_s": round(time.time() - start, 1)}}
+    results = {} if args.no_slices else run_evaluation(
+        args.methods, brats_test=SHARED / "brats_slices_2d" / "brats_slices.npz", brats_case=SHARED / "brats_case_1",
+        pneumonia=SHARED / "medmnist" / "pneumoniamnist.npz", chest_per_class=args.chest_per_class,
+        settings=args.settings)
+    report = {"results": results, "settings": args.settings,
+              "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                              "threads": torch.get_num_threads(), "device": "cpu",
+                              "wall_s": round(time.time() - start, 1)}}
+    if args.volumes:
+        report["volumes"] = whole_volumes(args.methods)
+        print(volume_table(report["volumes"]))
+    if args.select_speed:
+        report["select_speed"] = select_speed()
     if args.sweep:
         report["sweep"] = sweep()
     if args.select_map:

@@ -14,6 +14,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from meddiff.cli.main import main
+from meddiff.errors import MeddiffError
 from meddiff.training import train
 
 SIZE = 16
@@ -128,7 +129,7 @@ def test_percentile_threshold_from_healthy_images(models, tmp_path, capsys):
     case = write_case(tmp_path / "case")
     code, _, err = run(["detect", "--method", "autoencoder", "--checkpoint", str(models["autoencoder"]), "--input",
                         str(case), "--out", str(tmp_path / "out"), "--threshold", "percentile", "--healthy",
-                        str(case)], capsys)
+                        str(case), "--paper-settings"], capsys)
     assert code == 0, err
     rows = list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))
     # the 99th percentile of the same maps: about 1% of the brain pixels lie above it
@@ -231,3 +232,39 @@ def test_evaluate_anomaly_with_your_own_checkpoint(models, tmp_path, capsys):
     assert code == 1 and "exactly one of --methods" in err
     code, _, err = run([*common, "--methods", "anoddpm-gaussian"], capsys)
     assert code == 1 and "--pneumonia ''" in err
+
+
+def test_device_errors_are_one_line(models, tmp_path, capsys):
+    """--device resolves as in `meddiff sample`: an unknown device, or CUDA on a machine without it, is a one-line
+    error naming --device, not a traceback; the default is auto."""
+    case = write_case(tmp_path / "case")
+    base = ["detect", "--method", "intensity", "--input", str(case), "--out", str(tmp_path / "o")]
+    devices = ["banana"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in devices:
+        code, _, err = run([*base, "--device", device], capsys)
+        lines = err.strip().splitlines()
+        assert code == 1 and len(lines) == 1 and lines[0].startswith("error: --device"), err
+        assert "Traceback" not in err
+    code, _, err = run(base, capsys)                                          # default auto: runs here
+    assert code == 0, err
+
+
+def test_defaults_are_the_development_choice_for_brats_mr_and_the_papers_otherwise(models):
+    from meddiff.tasks.anomaly import load_detector
+    from meddiff.tasks.anomaly.methods import MR_DEFAULTS, PAPER_SETTINGS
+
+    tuned = load_detector("anoddpm", models["simplex"])
+    chosen = MR_DEFAULTS["anoddpm"]
+    assert (tuned.noise_level, tuned.steps, tuned.samples) == (chosen["noise_level"], chosen["steps"], chosen["samples"])
+    assert tuned.map_channels == (2,) and tuned.residual == "positive"                # FLAIR of (t1ce, t2, flair)
+    paper = load_detector("anoddpm", models["simplex"], settings="paper")
+    assert (paper.noise_level, paper.samples, paper.map_channels, paper.residual) == (250.0, 1, None, "abs")
+    gray = load_detector("anoddpm-gaussian", models["gray"])                           # not BraTS MR: the papers'
+    assert (gray.noise_level, gray.samples, gray.residual) == (PAPER_SETTINGS["anoddpm-gaussian"]["noise_level"], 1, "abs")
+    wolleb = load_detector("wolleb", models["gaussian"], models["classifier"])
+    assert (wolleb.noise_level, wolleb.map_channels, wolleb.residual) == (MR_DEFAULTS["wolleb"]["noise_level"], (2,),
+                                                                          "positive")
+    explicit = load_detector("anoddpm", models["simplex"], map_contrasts=["all"], residual="abs", samples=1)
+    assert (explicit.map_channels, explicit.residual, explicit.samples) == (None, "abs", 1)
+    with pytest.raises(MeddiffError, match="--noise-level 2000"):
+        load_detector("anoddpm", models["simplex"], noise_level=2000)

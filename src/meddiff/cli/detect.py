@@ -8,24 +8,23 @@ import argparse
 
 def register(subparsers) -> None:
     from meddiff.tasks.anomaly import METHODS, RESIDUALS, THRESHOLDS
+    from meddiff.tasks.anomaly.methods import MR_DEFAULTS
 
     parser = subparsers.add_parser(
         "detect", help="unsupervised anomaly maps (Wolleb, AnoDDPM, autoencoder, intensity baseline)",
         description="For each input (a NIfTI volume, a BraTS case folder <case>_<contrast>.nii.gz, a 2D image, or a "
                     "folder of them) write <name>_anomaly.npy (+ .nii.gz for volumes), _healthy.npy, "
                     "_segmentation.npy (+ .nii.gz) and _overlay.png to --out, and scores.csv (one image-level "
-                    "score per input, per slice for volumes). Default models: the shipped BraTS ones.",
+                    "score per input, per slice for volumes). Default models: the shipped BraTS ones, with each method's "
+                    "settings chosen on development data (benchmarks/README.md); --paper-settings for the papers'.",
     )
     parser.add_argument("--method", required=True, choices=METHODS)
     parser.add_argument("--checkpoint", help="diffusion model / autoencoder: shipped name or path")
     parser.add_argument("--classifier", help="noise-aware classifier for --method wolleb: shipped name or path")
     parser.add_argument("--input", required=True, help="NIfTI volume, BraTS case folder, 2D image, or a folder")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--noise-level", type=float,
-                        help="Wolleb L / AnoDDPM t_lambda in schedule steps (default 500 / 250 of 1000)")
-    parser.add_argument("--guidance-scale", type=float, help="Wolleb classifier scale s (default 100)")
-    parser.add_argument("--steps", type=int, help="sampler steps between the noise level and 0 (default 25)")
-    add_map_options(parser, RESIDUALS)
+    add_setting_options(parser, MR_DEFAULTS)
+    add_map_options(parser, RESIDUALS, MR_DEFAULTS)
     parser.add_argument("--threshold", default="otsu", choices=THRESHOLDS,
                         help="otsu (per input), percentile (of --healthy maps) or fixed (--threshold-value)")
     parser.add_argument("--threshold-value", type=float, help="fixed threshold, or the percentile (default 99)")
@@ -34,7 +33,7 @@ def register(subparsers) -> None:
                         help="median filter size in pixels (0: none; default 5 per 240 px, i.e. 5 on BraTS, none on 28 px)")
     parser.add_argument("--min-size", type=int, default=10, help="drop connected components smaller than this")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     parser.set_defaults(func=run_detect)
 
     evaluate = subparsers.add_parser(
@@ -54,23 +53,38 @@ def register(subparsers) -> None:
     evaluate.add_argument("--pneumonia", default="../shared/data/medmnist/pneumoniamnist.npz",
                           help="PneumoniaMNIST npz for the chest X-ray image-level task ('' to skip)")
     evaluate.add_argument("--chest-per-class", type=int, default=50)
-    evaluate.add_argument("--noise-level", type=float)
-    evaluate.add_argument("--guidance-scale", type=float)
-    evaluate.add_argument("--steps", type=int)
-    add_map_options(evaluate, RESIDUALS)
+    add_setting_options(evaluate, MR_DEFAULTS)
+    add_map_options(evaluate, RESIDUALS, MR_DEFAULTS)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--out", help="JSON file for the results")
     evaluate.set_defaults(func=run_evaluate)
 
 
-def add_map_options(parser: argparse.ArgumentParser, residuals) -> None:
+def add_setting_options(parser: argparse.ArgumentParser, defaults: dict) -> None:
+    a, g = defaults["anoddpm"], defaults["anoddpm-gaussian"]
+    parser.add_argument("--noise-level", type=float,
+                        help=f"Wolleb L / AnoDDPM t_lambda in schedule steps of 1000 (BraTS default: "
+                             f"{defaults['wolleb']['noise_level']:g} / {a['noise_level']:g} simplex, "
+                             f"{g['noise_level']:g} Gaussian; papers: 500 / 250)")
+    parser.add_argument("--guidance-scale", type=float, help="Wolleb classifier scale s (default 100)")
+    parser.add_argument("--steps", type=int, help=f"sampler steps between the noise level and 0 (default: AnoDDPM "
+                                                  f"{a['steps']}, Wolleb {defaults['wolleb']['steps']}; papers: 25)")
+    parser.add_argument("--paper-settings", dest="settings", action="store_const", const="paper", default="default",
+                        help="use the papers' settings for whatever is left out (Wolleb L 500, AnoDDPM t_lambda 250, "
+                             "|x - healthy| summed over all contrasts, one reconstruction)")
+
+
+def add_map_options(parser: argparse.ArgumentParser, residuals, defaults: dict) -> None:
     parser.add_argument("--map-contrasts", nargs="+", metavar="CONTRAST",
                         help="contrasts summed in the anomaly map, by name (t1ce t2 flair for the shipped BraTS "
-                             "models) or channel index (default: all, as Wolleb et al.)")
-    parser.add_argument("--residual", default="abs", choices=residuals,
-                        help="abs: |x - healthy| (default); positive: only brighter than healthy (FLAIR/T2 lesions)")
-    parser.add_argument("--samples", type=int, default=1,
-                        help="AnoDDPM: reconstructions per input with independent noise, maps averaged (default 1)")
+                             "models), channel index, or 'all' (default for BraTS MR checkpoints: flair; otherwise "
+                             "all, as Wolleb et al.)")
+    parser.add_argument("--residual", choices=residuals,
+                        help="abs: |x - healthy|; positive: only brighter than healthy (FLAIR/T2 lesions) (default "
+                             "for BraTS MR checkpoints: positive; otherwise abs)")
+    parser.add_argument("--samples", type=int,
+                        help=f"AnoDDPM: reconstructions per input with independent noise, maps averaged (default for "
+                             f"BraTS MR checkpoints: {defaults['anoddpm']['samples']}; otherwise 1)")
 
 
 def run_detect(args: argparse.Namespace) -> int:
@@ -80,7 +94,8 @@ def run_detect(args: argparse.Namespace) -> int:
                   noise_level=args.noise_level, guidance_scale=args.guidance_scale, steps=args.steps,
                   threshold=args.threshold, threshold_value=args.threshold_value, healthy=args.healthy,
                   median=args.median, min_size=args.min_size, seed=args.seed, device=args.device,
-                  map_contrasts=args.map_contrasts, residual=args.residual, samples=args.samples, progress=True)
+                  map_contrasts=args.map_contrasts, residual=args.residual, samples=args.samples,
+                  settings=args.settings, progress=True)
     inputs = len({r["input"] for r in rows})
     print(f"wrote anomaly maps of {inputs} input(s) ({len(rows)} scores) to {args.out}")
     return 0
@@ -94,7 +109,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
                              pneumonia=args.pneumonia or None, chest_per_class=args.chest_per_class,
                              noise_level=args.noise_level, guidance_scale=args.guidance_scale, steps=args.steps,
                              seed=args.seed, map_contrasts=args.map_contrasts, residual=args.residual,
-                             samples=args.samples, checkpoint=args.checkpoint, classifier=args.classifier)
+                             samples=args.samples, checkpoint=args.checkpoint, classifier=args.classifier,
+                             settings=args.settings)
     print(markdown_table(results))
     if args.out:
         print(f"wrote {write_json(results, args.out)}")

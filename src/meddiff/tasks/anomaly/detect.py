@@ -17,6 +17,9 @@ from meddiff.tasks.anomaly.outputs import write_outputs, write_scores
 from meddiff.tasks.anomaly.postprocess import (THRESHOLDS, Result, filter_maps, image_score, intensity_map,
                                                pick_threshold, residual_map, segment)
 
+MIN_BRAIN = 0.01   # MR slices with less brain than this fraction get no map (zero): no tissue to heal
+
+
 def detect_array(detector: Detector, image: np.ndarray, *, mr: bool = True, median: int | None = None,
                  batch: int = 16, generator: torch.Generator | None = None, progress: str | None = None) -> Result:
     """Anomaly map of one input ``image`` (C, H, W) or a volume (C, H, W, Z) sliced along the last axis.
@@ -24,7 +27,9 @@ def detect_array(detector: Detector, image: np.ndarray, *, mr: bool = True, medi
     ``mr``: skull-stripped MR (per-slice robust normalisation, brain mask = any contrast > 0); else an 8-bit image
     (x / 127.5 - 1, mask everywhere). Maps and reconstructions are resized back to the input's shape; the
     segmentation is left to ``segment``. ``median``: filter size in pixels (None: ``auto_median``). The map is the
-    detector's ``residual_map`` at the model's size, resized; the reconstruction is the mean of its K draws.
+    detector's ``residual_map`` at the model's size (the mean over its K draws), resized; the reconstruction is the
+    mean of the K draws. Slices are processed ``batch`` (slice, draw) pairs at a time; MR slices with less than
+    ``MIN_BRAIN`` of brain are skipped (map 0, reconstruction = input).
     ``progress``: a label to show a progress bar (slices, s/slice, ETA) on stderr, None for none.
     """
     image = np.asarray(image, dtype=np.float32)
@@ -38,26 +43,33 @@ def detect_array(detector: Detector, image: np.ndarray, *, mr: bool = True, medi
     else:
         check_input(detector, slices.shape[1:])
         model_in = model_inputs(slices, masks, mr)
-        keep = np.nonzero(masks.reshape(len(masks), -1).mean(1) >= (0.01 if mr else 0))[0]
+        keep = np.nonzero(masks.reshape(len(masks), -1).mean(1) >= (MIN_BRAIN if mr else 0))[0]   # no brain: no map
         anomaly = np.zeros(masks.shape, np.float32)
         healthy = np.array(model_in, copy=True)
+        # one work item per (slice, draw): K draws of few slices fill a batch as well as many slices do
+        items = [(i, k) for i in keep for k in range(detector.samples)]
+        diff_sum = torch.zeros((len(masks), 1, *detector.image_size))
+        rec_sum = torch.zeros((len(masks), slices.shape[1], *detector.image_size))
+        small = to_model_size(torch.from_numpy(model_in[keep]), detector.image_size) if len(keep) else None
+        row_of = {int(i): n for n, i in enumerate(keep)}
         from tqdm import tqdm
 
         start = time.perf_counter()
         bar = tqdm(total=len(keep), desc=progress, unit="slice", disable=progress is None, leave=False)
-        for i in range(0, len(keep), batch):
-            idx = keep[i:i + batch]
-            full = torch.from_numpy(model_in[idx])
-            x = to_model_size(full, detector.image_size).to(detector.device)
-            recs = [detector.heal(x, generator).float().cpu().clamp(-1, 1) for _ in range(detector.samples)]
-            diff = torch.stack([residual_map(x.cpu(), r, detector.map_channels, detector.residual)
-                                for r in recs]).mean(0)                        # mean residual over K draws
-            rec = torch.stack(recs).mean(0)
-            size = tuple(full.shape[-2:])
-            anomaly[idx] = F.interpolate(diff, size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
-            healthy[idx] = F.interpolate(rec, size=size, mode="bilinear", align_corners=False).numpy()
-            bar.update(len(idx))
+        for b in range(0, len(items), batch):
+            idx = torch.tensor([i for i, _ in items[b:b + batch]])
+            x = small[[row_of[int(i)] for i in idx]]
+            rec = detector.heal(x.to(detector.device), generator).float().cpu().clamp(-1, 1)
+            diff_sum.index_add_(0, idx, residual_map(x, rec, detector.map_channels, detector.residual))
+            rec_sum.index_add_(0, idx, rec)
+            bar.update(sum(1 for _, k in items[b:b + batch] if k == detector.samples - 1))
         bar.close()
+        if len(keep):      # mean over the K draws, at the model's size, then resized to the input's
+            size = tuple(model_in.shape[-2:])
+            diff = diff_sum[keep] / detector.samples
+            anomaly[keep] = F.interpolate(diff, size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
+            healthy[keep] = F.interpolate(rec_sum[keep] / detector.samples, size=size, mode="bilinear",
+                                          align_corners=False).numpy()
         seconds = (time.perf_counter() - start) / max(len(keep), 1)
     anomaly = filter_maps(anomaly, masks, median)
     scores = np.array([image_score(a, m) for a, m in zip(anomaly, masks)])
@@ -70,14 +82,15 @@ def detect_array(detector: Detector, image: np.ndarray, *, mr: bool = True, medi
 def run_detect(method: str, input_path: str | Path, out_dir: str | Path, *, checkpoint=None, classifier=None,
                noise_level: float | None = None, guidance_scale: float | None = None, steps: int | None = None,
                threshold: str = "otsu", threshold_value: float | None = None, healthy: str | Path | None = None,
-               median: int | None = None, min_size: int = 10, seed: int = 0, device: str = "cpu",
-               map_contrasts: Sequence[str | int] | None = None, residual: str = "abs", samples: int = 1,
-               progress: bool = False) -> list[dict]:
+               median: int | None = None, min_size: int = 10, seed: int = 0, device: str = "auto",
+               map_contrasts: Sequence[str | int] | None = None, residual: str | None = None,
+               samples: int | None = None, settings: str = "default", progress: bool = False) -> list[dict]:
     """`meddiff detect`: maps, reconstructions, segmentations and overlays for every input, and scores.csv
-    (one row per input, per slice for volumes). Returns the rows. ``progress``: a bar per input on stderr."""
+    (one row per input, per slice for volumes). Returns the rows. Options left at None take the method's defaults
+    (``load_detector``). ``progress``: a bar per input on stderr."""
     detector = load_detector(method, checkpoint, classifier, noise_level=noise_level, guidance_scale=guidance_scale,
                              steps=steps, seed=seed, device=device, map_contrasts=map_contrasts, residual=residual,
-                             samples=samples)
+                             samples=samples, settings=settings)
     check_choice("threshold", threshold, THRESHOLDS)
     if threshold == "percentile" and healthy is None:
         raise MeddiffError("--threshold percentile needs --healthy PATH (healthy images for the reference maps)")

@@ -54,12 +54,13 @@ def run_evaluation(methods: Sequence[str] = METHODS, *, brats_test: str | Path |
                    brats_case: str | Path | None = None, pneumonia: str | Path | None = None,
                    seen_slices: Sequence[int] = tuple(range(20, 121, 5)), chest_per_class: int = 50,
                    noise_level: float | None = None, guidance_scale: float | None = None, steps: int | None = None,
-                   seed: int = 0, map_contrasts: Sequence[str | int] | None = None, residual: str = "abs",
-                   samples: int = 1, checkpoint: str | Path | None = None, classifier: str | Path | None = None,
-                   log=print) -> dict:
+                   seed: int = 0, map_contrasts: Sequence[str | int] | None = None, residual: str | None = None,
+                   samples: int | None = None, checkpoint: str | Path | None = None,
+                   classifier: str | Path | None = None, settings: str = "default", log=print) -> dict:
     """Every method on: "brats_unseen" (``brats_test`` npz: subjects not used in training; pixel metrics),
     "brats_seen" (``seen_slices`` of the training case ``brats_case``: image-level AUROC, flagged as seen), and
     "chest" (``chest_per_class`` normal + pneumonia held-out PneumoniaMNIST val images: image-level AUROC).
+    Options left at None take each method's defaults (``load_detector``; ``settings="paper"``: the papers').
     ``map_contrasts`` / ``residual`` apply to every method but the intensity baseline (on chest X-rays the
     contrasts are left out: one channel); ``samples`` to the AnoDDPM methods. ``checkpoint`` / ``classifier``
     replace the shipped BraTS models of the one method in ``methods`` (e.g. a model you trained)."""
@@ -82,9 +83,9 @@ def run_evaluation(methods: Sequence[str] = METHODS, *, brats_test: str | Path |
             model, clf = checkpoint or model, classifier or clf
             options = {} if method == "intensity" else {
                 "map_contrasts": None if name == "chest" else map_contrasts, "residual": residual,
-                "samples": samples if method in STOCHASTIC_METHODS else 1}
-            detector = load_detector(method, model, clf, noise_level=noise_level,
-                                     guidance_scale=guidance_scale, steps=steps, seed=seed, **options)
+                "samples": samples if method in STOCHASTIC_METHODS else None}
+            detector = load_detector(method, model, clf, noise_level=noise_level, guidance_scale=guidance_scale,
+                                     steps=steps, seed=seed, settings=settings, **options)
             metrics = evaluate(detector, subjects, seed=seed)
             diffusion = method in DIFFUSION_METHODS
             metrics.update({"checkpoint": str(model) if model else None, "classifier": str(clf) if clf else None,

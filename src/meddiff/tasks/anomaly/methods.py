@@ -39,9 +39,42 @@ CHEST_MODELS = {
     "autoencoder": ("chestxray_autoencoder", None),
     "intensity": (None, None),
 }
-# AnoDDPM map chosen on development slices of the training subject (benchmarks/anomaly.py --select-map): FLAIR's
-# positive residual averaged over 16 reconstructions from t_lambda = 30; unseen BraTS best Dice 0.917 vs 0.732
+SETTINGS = ("default", "paper")
+# The papers' settings: Wolleb L = 500, s = 100; AnoDDPM t_lambda = 250 of 1000; the map sums |x - x_h| over all
+# channels, one reconstruction. Used with --paper-settings, and as the default for checkpoints whose channels are not
+# BraTS MR contrasts (e.g. the 1-channel chest X-ray models).
+PAPER_SETTINGS = {
+    "wolleb": {"noise_level": 500.0, "guidance_scale": 100.0, "steps": 25, "map_contrasts": None, "residual": "abs"},
+    "anoddpm": {"noise_level": 250.0, "steps": 25, "map_contrasts": None, "residual": "abs", "samples": 1},
+    "anoddpm-gaussian": {"noise_level": 250.0, "steps": 25, "map_contrasts": None, "residual": "abs", "samples": 1},
+    "autoencoder": {"map_contrasts": None, "residual": "abs"},
+    "intensity": {},
+}
+# Defaults for BraTS MR checkpoints (channels named by CONTRASTS_BY_CHANNELS, FLAIR among them), each chosen on
+# development slices of the training subject (benchmarks/anomaly.py --select-map: map, t_lambda / L; --select-speed:
+# K and steps), never on the unseen subjects. AnoDDPM: FLAIR's positive residual averaged over K reconstructions from
+# t_lambda = 30 (simplex) / 100 (Gaussian), each a 2-step chain (t_lambda -> 0 -> clean): development best Dice
+# simplex 0.806 at K = 16 (K = 32: 0.806; 25 steps, K = 16: 0.777) for 32 network calls per slice instead of 400.
+MR_DEFAULTS = {
+    "wolleb": {"noise_level": 250.0, "guidance_scale": 100.0, "steps": 25, "map_contrasts": ("flair",),
+               "residual": "positive"},
+    "anoddpm": {"noise_level": 30.0, "steps": 2, "map_contrasts": ("flair",), "residual": "positive", "samples": 16},
+    "anoddpm-gaussian": {"noise_level": 100.0, "steps": 2, "map_contrasts": ("flair",), "residual": "positive",
+                         "samples": 8},
+    "autoencoder": {"map_contrasts": ("flair",), "residual": "positive"},
+    "intensity": {},
+}
+# AnoDDPM (simplex) as selected on development slices with K = 16, 25 steps (the setting before --select-speed)
 TUNED_MR_ANODDPM = {"noise_level": 30.0, "map_contrasts": ("flair",), "residual": "positive", "samples": 16}
+
+
+def default_settings(method: str, channels: int | None, settings: str = "default") -> dict:
+    """The settings ``load_detector`` uses for what is left out: ``MR_DEFAULTS`` for a BraTS MR checkpoint of
+    ``channels`` channels (more than one, FLAIR among its contrasts), else (or with ``settings="paper"``)
+    ``PAPER_SETTINGS``."""
+    check_choice("settings", settings, SETTINGS)
+    mr = channels is not None and channels > 1 and "flair" in CONTRASTS_BY_CHANNELS.get(channels, ())
+    return dict((MR_DEFAULTS if settings == "default" and mr else PAPER_SETTINGS)[method])
 
 
 def _read_training_noise(checkpoint: Path) -> dict | None:
@@ -67,7 +100,7 @@ class Detector:
     steps: int = 25
     noise: dict | None = None
     seed: int = 0
-    device: str = "cpu"
+    device: str | torch.device = "cpu"
     map_channels: tuple[int, ...] | None = None   # channels summed in the anomaly map (None: all)
     residual: str = "abs"                           # "abs": |x - x_h|; "positive": max(x - x_h, 0)
     samples: int = 1                                # AnoDDPM: reconstructions per input, residuals averaged
@@ -124,26 +157,35 @@ def anoddpm_heal(denoiser, schedule, x: Tensor, level: float, steps: int, *, noi
 
 def load_detector(method: str, checkpoint: str | Path | None = None, classifier: str | Path | None = None, *,
                   noise_level: float | None = None, guidance_scale: float | None = None, steps: int | None = None,
-                  seed: int = 0, device: str = "cpu", map_contrasts: Sequence[str | int] | None = None,
-                  residual: str = "abs", samples: int = 1) -> Detector:
+                  seed: int = 0, device: str | torch.device = "auto", map_contrasts: Sequence[str | int] | None = None,
+                  residual: str | None = None, samples: int | None = None, settings: str = "default") -> Detector:
     """Load a method's networks (shipped BraTS models when ``checkpoint``/``classifier`` are None).
 
-    Defaults follow the papers: Wolleb L = 500, s = 100; AnoDDPM t_lambda = 250 (of 1000); ``steps`` grid points;
-    the map sums |x - x_h| over all channels. ``map_contrasts``: contrast names of the model's BraTS convention
-    (e.g. ["flair"]) or channel indices; ``residual`` "abs" / "positive"; ``samples`` K > 1 for AnoDDPM only.
+    Every option left at None takes ``default_settings(method, channels, settings)``: for BraTS MR checkpoints the
+    development-chosen ``MR_DEFAULTS``, else (or ``settings="paper"``) the papers' ``PAPER_SETTINGS``.
+    ``map_contrasts``: contrast names of the model's BraTS convention (e.g. ["flair"]), channel indices, or ["all"];
+    ``residual`` "abs" / "positive"; ``samples`` K > 1 for AnoDDPM only; ``steps`` grid points from the noise level
+    to 0. ``device``: "auto", "cpu" or "cuda[:N]".
     """
+    from meddiff.device import resolve_device
+
     check_choice("method", method, METHODS)
-    check_choice("residual", residual, RESIDUALS)
-    if int(samples) < 1:
+    check_choice("settings", settings, SETTINGS)
+    if residual is not None:
+        check_choice("residual", residual, RESIDUALS)
+    if samples is not None and (isinstance(samples, bool) or int(samples) != samples or samples < 1):
         raise MeddiffError(f"--samples must be at least 1, got {samples}")
-    if int(samples) > 1 and method not in STOCHASTIC_METHODS:
+    if samples is not None and int(samples) > 1 and method not in STOCHASTIC_METHODS:
         raise MeddiffError(f"--samples {samples}: only the stochastic AnoDDPM methods draw several reconstructions; "
-                           f"--method {method} is deterministic (leave --samples at 1)")
+                           f"--method {method} is deterministic (leave --samples out)")
+    if steps is not None and (isinstance(steps, bool) or int(steps) != steps or steps < 1):
+        raise MeddiffError(f"--steps must be an integer >= 1, got {steps}")
+    device = resolve_device(device)
     if method == "intensity":
-        if map_contrasts is not None or residual != "abs":
+        if map_contrasts is not None or residual is not None:
             raise MeddiffError("--map-contrasts / --residual do not apply to --method intensity (it reads the "
                                "FLAIR z-score directly)")
-        return Detector(method)
+        return Detector(method, device=device)
     from meddiff.training.checkpoint import load_checkpoint, resolve_checkpoint
 
     default, default_classifier = DEFAULT_MODELS[method]
@@ -153,11 +195,21 @@ def load_detector(method: str, checkpoint: str | Path | None = None, classifier:
     if meta["network"].get("kind") != expected:
         raise MeddiffError(f"--method {method} needs a {expected} checkpoint, but {path} holds a "
                            f"{meta['network'].get('kind')} ({meta.get('task')})")
+    channels = int(meta["channels"])
+    chosen = {**default_settings(method, channels, settings),
+              **{k: v for k, v in {"noise_level": noise_level, "guidance_scale": guidance_scale, "steps": steps,
+                                   "map_contrasts": map_contrasts, "residual": residual, "samples": samples}.items()
+                 if v is not None}}
+    if method in DIFFUSION_METHODS:
+        schedule = make_schedule(meta["schedule"])
+        if not schedule.t_min < float(chosen["noise_level"]) <= schedule.t_max:
+            raise MeddiffError(f"--noise-level {chosen['noise_level']:g} must be in ({schedule.t_min:g}, "
+                               f"{schedule.t_max:g}], the time range of {path}'s schedule")
     detector = Detector(method, model, meta, seed=seed, device=device,
-                        noise_level=float(noise_level if noise_level is not None else (500 if method == "wolleb" else 250)),
-                        guidance_scale=float(100.0 if guidance_scale is None else guidance_scale),
-                        steps=int(steps or 25), residual=residual, samples=int(samples),
-                        map_channels=contrast_indices(map_contrasts, int(meta["channels"])))
+                        noise_level=float(chosen.get("noise_level", 0.0)),
+                        guidance_scale=float(chosen.get("guidance_scale", 100.0)), steps=int(chosen.get("steps", 25)),
+                        residual=chosen["residual"], samples=int(chosen.get("samples", 1)),
+                        map_channels=contrast_indices(chosen["map_contrasts"], channels))
     if method in STOCHASTIC_METHODS:
         noise = _read_training_noise(path)
         simplex = bool(noise) and noise.get("kind") == "simplex"
@@ -179,8 +231,9 @@ def load_detector(method: str, checkpoint: str | Path | None = None, classifier:
 
 
 def contrast_indices(contrasts: Sequence[str | int] | None, channels: int) -> tuple[int, ...] | None:
-    """Channel indices of ``contrasts`` (names of the BraTS convention for ``channels`` or indices); None: all."""
-    if contrasts is None:
+    """Channel indices of ``contrasts`` (names of the BraTS convention for ``channels`` or indices); None or
+    ["all"]: all channels (returned as None)."""
+    if contrasts is None or [str(c).lower() for c in contrasts] == ["all"]:
         return None
     names = CONTRASTS_BY_CHANNELS.get(channels, ())
     out = []

@@ -11,15 +11,18 @@ import torch
 
 from meddiff.tasks.anomaly.data import brats_npz_subjects, normalise_mr
 from meddiff.tasks.anomaly.detect import detect_array
-from meddiff.tasks.anomaly.methods import TUNED_MR_ANODDPM, load_detector
+from meddiff.tasks.anomaly.methods import MR_DEFAULTS, load_detector
+
+PAPER_ANODDPM = "anoddpm (paper settings)"
 
 def report_section(out_dir: str | Path, *, methods: Sequence[str] = ("intensity", "autoencoder", "anoddpm",
-                                                                    "anoddpm-gaussian", "wolleb", "anoddpm tuned"),
+                                                                    "anoddpm-gaussian", "wolleb", PAPER_ANODDPM),
                    brats_slices: str | Path | None = None, seed: int = 0, log=print) -> dict:
     """Demo-report section: one BraTS slice per method as input FLAIR | healthy reconstruction (FLAIR) | anomaly
     map | ground truth, and its pixel metrics, on ``brats_slices`` (npz in the layout of the shipped
-    `assets/brats2020_slices`, the default: BraTS 2020 subjects the shipped models never saw). "anoddpm tuned" is
-    AnoDDPM with ``TUNED_MR_ANODDPM``; the other methods use the papers' maps."""
+    `assets/brats2020_slices`, the default: BraTS 2020 subjects the shipped models never saw). Each method runs with
+    its defaults (``MR_DEFAULTS``, chosen on development data); ``PAPER_ANODDPM`` is AnoDDPM with the paper's
+    settings."""
     from PIL import Image
 
     from meddiff.data.assets import asset_path
@@ -34,8 +37,8 @@ def report_section(out_dir: str | Path, *, methods: Sequence[str] = ("intensity"
     rows, table = [], []
     for method in methods:
         start = time.perf_counter()
-        detector = (load_detector("anoddpm", seed=seed, **TUNED_MR_ANODDPM) if method == "anoddpm tuned"
-                    else load_detector(method, seed=seed))
+        detector = (load_detector("anoddpm", seed=seed, settings="paper", device="cpu") if method == PAPER_ANODDPM
+                    else load_detector(method, seed=seed, device="cpu"))
         result = detect_array(detector, image, generator=torch.Generator().manual_seed(seed))
         mask = result.mask[..., 0]
         anomaly, truth = result.anomaly[..., 0], seg[..., 0]
@@ -55,13 +58,15 @@ def report_section(out_dir: str | Path, *, methods: Sequence[str] = ("intensity"
         canvas.paste(r, (0, y))
         y += r.height
     figure = save_png(canvas, out / "anomaly.png")
+    tuned = MR_DEFAULTS["anoddpm"]
     text = (f"Unsupervised tumour detection on {where}, one slice; models are the shipped BraTS ones (48 x 48, "
-            "trained on one subject). 'intensity' is the z-scored FLAIR baseline (Meissen et al. 2021): the "
-            "diffusion methods must beat it to be worth using. 'anoddpm tuned' reads the positive FLAIR residual "
-            "averaged over 16 reconstructions from t_lambda = 30 (chosen on development slices): its 'healthy' image "
-            "(the mean of the 16) only dims the tumour, and the map reads how consistently the model pulls "
-            "bright tissue towards healthy intensity. The other rows use the papers' maps (sum over contrasts of "
-            "|x - x_h|). Metrics inside the brain mask of this slice only; "
-            "benchmarks/README.md has the full evaluation.")
+            "trained on one subject), each method with its defaults. 'intensity' is the z-scored FLAIR baseline "
+            "(Meissen et al. 2021): the diffusion methods must beat it to be worth using. 'anoddpm' reads the "
+            f"positive FLAIR residual averaged over {tuned['samples']} reconstructions from t_lambda = "
+            f"{tuned['noise_level']:g} ({tuned['steps']} steps; chosen on development slices): its 'healthy' image "
+            f"(the mean of the {tuned['samples']}) only dims the tumour, and the map reads how consistently the model "
+            "pulls bright tissue towards healthy intensity. 'anoddpm (paper settings)' is the paper's map (sum over "
+            "contrasts of |x - x_h|, one reconstruction from t_lambda = 250). Metrics inside the brain mask of this "
+            "slice only; benchmarks/README.md has the full evaluation, whole volumes included.")
     return {"title": "Anomaly detection (Wolleb, AnoDDPM, autoencoder, FLAIR baseline)", "text": text,
             "table": table, "figure": figure}
