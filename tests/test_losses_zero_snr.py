@@ -10,7 +10,8 @@ from torch.utils.data import Dataset
 
 from meddiff.diffusion import DiscreteSchedule, FlowSchedule, diffusion_loss, min_snr_weight
 from meddiff.diffusion.parametrization import PREDICTIONS
-from meddiff.training import Trainer
+from meddiff.errors import MeddiffError
+from meddiff.training import Trainer, resolve_config
 
 GAMMA = 5.0
 LIMITS = {"eps": 1.0, "score": 1.0, "v": 0.0, "x0": 0.0}  # of min(SNR, g)/SNR, min(SNR, g)/(SNR + 1), min(SNR, g)
@@ -58,18 +59,28 @@ class Images(Dataset):
         return {"image": self.images[i]}
 
 
-def test_training_with_min_snr_and_eps_on_a_zero_terminal_snr_schedule_runs(tmp_path):
-    """T = 10 and 16 draws per step: t = T-1 (SNR 0) is drawn; before the fix the first such step raised
-    TrainingDiverged ("the loss became nan ... Lower optimiser.lr")."""
-    config = {
+def zero_snr_config(prediction: str) -> dict:
+    return {
         "model": {"channels": [8, 16], "attention_levels": [False, False]},
         "diffusion": {"schedule": {"kind": "discrete", "beta_schedule": "linear", "num_train_steps": 10,
                                    "zero_terminal_snr": True},
-                      "prediction": "eps", "min_snr_gamma": GAMMA},
+                      "prediction": prediction, "min_snr_gamma": GAMMA},
         "schedule": {"warmup_steps": 1},
         "run": {"name": "zero_snr", "steps": 3, "batch_size": 16, "log_every": 1, "checkpoint_every": 3,
                 "progress": False},
     }
-    losses = Trainer(config, Images(), run_dir=tmp_path / "run").fit()
+
+
+def test_training_with_min_snr_on_a_zero_terminal_snr_schedule_runs(tmp_path):
+    """T = 10 and 16 draws per step: t = T-1 (SNR 0) is drawn and the min-SNR-weighted v loss stays finite."""
+    losses = Trainer(zero_snr_config("v"), Images(), run_dir=tmp_path / "run").fit()
     assert [step for step, _ in losses] == [1, 2, 3]
     assert all(torch.isfinite(torch.tensor(loss)) for _, loss in losses)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "score"])
+def test_eps_prediction_on_a_zero_terminal_snr_schedule_is_refused_at_config_time(prediction):
+    """Before: min-SNR made its loss NaN ("the loss became nan ... Lower optimiser.lr"); with the weight fixed it
+    would train but never sample (x0 = (x - sigma eps) / alpha at alpha = 0), so the config refuses it, saying why."""
+    with pytest.raises(MeddiffError, match=f"prediction='{prediction}' cannot be sampled.*use prediction 'v' or 'x0'"):
+        resolve_config(zero_snr_config(prediction))

@@ -105,8 +105,14 @@ def resolve_config(config: dict) -> dict:
         check_keys(section, given, defaults)
         config[section] = {**copy.deepcopy(defaults), **given}
     diffusion, optimiser, schedule, run = (config[k] for k in ("diffusion", "optimiser", "schedule", "run"))
-    diffusion["schedule"] = make_schedule(diffusion["schedule"]).to_config()  # validates and makes explicit
+    noise_schedule = make_schedule(diffusion["schedule"])
+    diffusion["schedule"] = noise_schedule.to_config()  # validates and makes explicit
     check_choice("diffusion.prediction", diffusion["prediction"], PREDICTIONS)
+    if config["task"] == "synthesis" and diffusion["prediction"] in ("eps", "score") \
+            and noise_schedule.has_zero_terminal_snr:
+        # it would train (min-SNR is defined there) but never sample: x0 = (x - sigma eps) / alpha at alpha = 0
+        raise MeddiffError(f"diffusion.prediction={diffusion['prediction']!r} cannot be sampled on a schedule that "
+                           "reaches zero SNR (alpha = 0 at the last time); use prediction 'v' or 'x0'")
     diffusion["noise"] = resolve_noise_config(diffusion["noise"])
     focus = diffusion["time_focus"]
     if focus is not None:
