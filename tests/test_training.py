@@ -219,6 +219,45 @@ def test_ema_warmup_matches_the_formula():
     assert ema.decay_at(10**6) == 0.99 and EMA(net, 0.5, warmup=False).decay_at(1) == 0.5
 
 
+def test_ema_update_matches_the_per_parameter_formula_and_copies_buffers():
+    """The foreach update over cached lists: each parameter d * ema + (1 - d) * w, buffers copied, and weights loaded
+    into the model afterwards (load_state_dict keeps the parameter objects) are what the next update blends in."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    ema = EMA(net, decay=0.9, warmup=False)
+    expected = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    for n in (1, 2):
+        net.train()(torch.randn(8, 3))  # moves the BatchNorm running statistics (buffers)
+        state = {k: v + (torch.randn_like(v) if v.is_floating_point() else 0) for k, v in net.state_dict().items()}
+        net.load_state_dict(state)
+        ema.update(net, n)
+        buffers = {k for k, _ in net.named_buffers()}
+        for k, v in net.state_dict().items():
+            expected[k] = v.clone() if k in buffers else 0.9 * expected[k] + 0.1 * v
+        for k, v in ema.module.state_dict().items():
+            torch.testing.assert_close(v, expected[k], rtol=1e-6, atol=1e-6)
+            if k in buffers:
+                assert torch.equal(v, net.state_dict()[k])
+
+
+def test_foreach_gradient_clip_equals_the_per_parameter_clip_bit_for_bit(tmp_path):
+    """The trainer's one-pass foreach norm and clip give the same losses, gradient norms and weights as
+    clip_grad_norm_'s per-parameter CPU path (foreach off), with the clip active (grad_clip 0.05)."""
+    runs = {}
+    for foreach in (True, False):
+        config = tiny_config(steps=3, checkpoint_every=3)
+        config["optimiser"]["grad_clip"] = 0.05
+        trainer = Trainer(config, TinyDataset(), run_dir=tmp_path / str(foreach))
+        trainer._foreach = foreach
+        norms = []
+        step = trainer._train_step
+        trainer._train_step = lambda micro: norms.append(step(micro)) or norms[-1]
+        runs[foreach] = (trainer.fit(), norms, trainer.net.state_dict(), trainer.ema.module.state_dict())
+    (losses, norms, weights, ema), (losses_ref, norms_ref, weights_ref, ema_ref) = runs[True], runs[False]
+    assert losses == losses_ref and norms == norms_ref and max(n for _, n, _ in norms) > 0.05  # the clip acted
+    assert all(torch.equal(weights[k], weights_ref[k]) and torch.equal(ema[k], ema_ref[k]) for k in weights)
+
+
 def test_lr_schedule_warmup_then_decay():
     assert [lr_factor(s, 4, 10, "constant", 0) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
     assert lr_factor(10, 4, 10, "cosine", 0.1) == pytest.approx(0.1)

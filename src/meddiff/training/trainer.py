@@ -32,6 +32,7 @@ from meddiff.diffusion.losses import diffusion_loss, focus_training_times
 from meddiff.diffusion.noise import make_noise
 from meddiff.diffusion.parametrization import broadcast_to
 from meddiff.errors import MeddiffError
+from meddiff.files import atomic_path, write_text
 from meddiff.nets import CLASS_LABELS, COND_IMAGE, build_network
 from meddiff.training.checkpoint import list_checkpoints, load_state, load_weights, save_checkpoint
 from meddiff.training.config import dump_yaml, resolve_config
@@ -190,6 +191,8 @@ class Trainer:
             self.memory_format = torch.channels_last if config["model"]["dims"] == 2 else torch.channels_last_3d
             self.net = self.net.to(memory_format=self.memory_format)
         self.ema = EMA(self.net, run["ema_decay"], run["ema_warmup"])
+        self._params = list(self.net.parameters())  # flat list for the foreach norm/clip (same objects for the run)
+        self._foreach = True if self.device.type in ("cpu", "cuda") else None  # None: torch decides per device
         self.amp_dtype = self._amp_dtype(run["precision"], cuda)
         opt = config["optimiser"]
         fused = opt["fused"]
@@ -286,8 +289,8 @@ class Trainer:
         if self.is_main:
             for sub in ("checkpoints", "samples"):
                 (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
-            _write_atomic(saved, dump_yaml(self.config))
-            _write_atomic(self.run_dir / "environment.json", json.dumps(self._versions, indent=2))
+            write_text(saved, dump_yaml(self.config))
+            write_text(self.run_dir / "environment.json", json.dumps(self._versions, indent=2))
         return checkpoints[-1] if (resume and checkpoints) else None
 
     def _restore(self, checkpoint: Path) -> None:
@@ -389,8 +392,13 @@ class Trainer:
                 "then continue with --resume")
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
+        # The global gradient norm, then the clip, each as one foreach pass over the flat parameter list: the same
+        # values as clip_grad_norm_ (whose CPU default is a per-parameter Python loop), bit for bit.
         clip = self.config["optimiser"]["grad_clip"]
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip if clip is not None else float("inf"))
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None],
+                                                  foreach=self._foreach)
+        if clip is not None:
+            torch.nn.utils.clip_grads_with_norm_(self._params, clip, grad_norm, foreach=self._foreach)
         lr = self.optimizer.param_groups[0]["lr"]
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
@@ -511,12 +519,11 @@ class _Logger:
         if self.jsonl.is_file():
             kept = [line for line in self.jsonl.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= step]
-        _write_atomic(self.jsonl, "".join(line + "\n" for line in kept))
-        with open(self.csv.with_suffix(".csv.tmp"), "w", newline="") as handle:
+        write_text(self.jsonl, "".join(line + "\n" for line in kept))
+        with atomic_path(self.csv) as tmp, open(tmp, "w", newline="") as handle:
             writer = csv.DictWriter(handle, STEP_LOG_FIELDS)
             writer.writeheader()
             writer.writerows({k: json.loads(line).get(k) for k in STEP_LOG_FIELDS} for line in kept)
-        os.replace(self.csv.with_suffix(".csv.tmp"), self.csv)
         self.tb = None
         if tensorboard:
             try:
@@ -538,12 +545,6 @@ class _Logger:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 IGNORED_ON_RESUME = {("run", "steps"), ("run", "progress"), ("run", "num_workers"), ("run", "log_every"),
