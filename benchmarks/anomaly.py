@@ -202,7 +202,7 @@ def volume_metrics(detector, subject, seed: int = 0, min_size: int = 10) -> dict
     from meddiff.tasks.anomaly import detect_array, pick_threshold, segment
 
     wall, cpu = time.perf_counter(), time.process_time()
-    result = detect_array(detector, subject.image, generator=torch.Generator().manual_seed(seed))
+    result = detect_array(detector, subject.image, spacing=subject.spacing, generator=torch.Generator().manual_seed(seed))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     segment(result, pick_threshold(result.anomaly, result.mask, "otsu"), min_size)
     mask, seg = result.mask, subject.seg
@@ -217,14 +217,14 @@ def volume_metrics(detector, subject, seed: int = 0, min_size: int = 10) -> dict
             "tumour_slices_pixel_auroc": part["auroc"], "tumour_slices_best_dice": part["best_dice"],
             "image_auroc": auroc(result.scores, tumour), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
 
-def whole_volumes(methods=METHODS, settings=("default", "paper"), log=print) -> dict:
+def whole_volumes(methods=METHODS, settings=("default", "paper"), volumes=tuple(VOLUMES), log=print) -> dict:
     """Every method on whole volumes of the BraTS case in ``VOLUMES`` with its default settings and the papers'.
     Both volumes are the training (development) subject TCGA-FG-6692: the shared data hold no unseen whole volume."""
     from meddiff.tasks.anomaly import brats_case_subject
 
     out = {}
-    for name, folder in VOLUMES.items():
-        subject = brats_case_subject(folder)
+    for name in volumes:
+        subject = brats_case_subject(VOLUMES[name])
         for method in methods:
             for setting in (("default",) if method == "intensity" else settings):
                 detector = load_detector(method, settings=setting, device="cpu")
@@ -344,8 +344,11 @@ def main(argv=None) -> int:
     parser.add_argument("--select-speed", action="store_true",
                         help="also score AnoDDPM's default map by K reconstructions and sampler steps on the "
                              "development slices (the cost / Dice trade-off behind the defaults)")
-    parser.add_argument("--volumes", action="store_true",
-                        help="also run every method on whole BraTS volumes (defaults and paper settings)")
+    parser.add_argument("--volumes", nargs="*", choices=list(VOLUMES), metavar="VOLUME",
+                        help=f"also run every method on whole BraTS volumes (defaults and paper settings): "
+                             f"{', '.join(VOLUMES)} (no name: all)")
+    parser.add_argument("--volume-settings", nargs="+", default=["default", "paper"], choices=["default", "paper"],
+                        help="settings run on the volumes (default: both)")
     parser.add_argument("--no-slices", action="store_true", help="skip the slice evaluation (e.g. with --volumes)")
     parser.add_argument("--paper-settings", dest="settings", action="store_const", const="paper", default="default",
                         help="slice evaluation with the papers' settings instead of each method's defaults")
@@ -375,8 +378,8 @@ def main(argv=None) -> int:
               "environment": {"torch": torch.__version__, "python": platform.python_version(),
                               "threads": torch.get_num_threads(), "device": "cpu",
                               "wall_s": round(time.time() - start, 1)}}
-    if args.volumes:
-        report["volumes"] = whole_volumes(args.methods)
+    if args.volumes is not None:
+        report["volumes"] = whole_volumes(args.methods, args.volume_settings, args.volumes or tuple(VOLUMES))
         print(volume_table(report["volumes"]))
     if args.select_speed:
         report["select_speed"] = select_speed()

@@ -313,3 +313,23 @@ def test_pneumonia_development_draw_is_disjoint_from_the_evaluation_draw(tmp_pat
     assert pneumonia_subjects(path, per_class=5)[0].image.tobytes() == test.image.tobytes()
     with pytest.raises(MeddiffError, match="development"):
         pneumonia_subjects(path, per_class=7, development=True)      # 12 normal images: 7 + 7 do not fit
+
+
+def test_placement_keeps_the_physical_scale_of_the_training_slices():
+    """A slice with a known spacing is resampled to the model's pixel size and centred (a 2 mm crop of the brain is
+    not stretched to fill a 48 x 48 frame meant for the whole 240 mm grid); 1 mm 240 x 240 BraTS is the old resize."""
+    from meddiff.tasks.anomaly.data import Placement
+
+    assert Placement.at_pixel_size((240, 240), (1.0, 1.0), 5.0, (48, 48)) == Placement.whole((48, 48))
+    crop = Placement.at_pixel_size((76, 88), (2.0, 2.0), 5.0, (48, 48))
+    assert crop == Placement((30, 35), (9, 6))
+    rows, cols = torch.meshgrid(torch.linspace(-1, 1, 76), torch.linspace(-0.5, 0.5, 88), indexing="ij")
+    x = (0.5 * rows + cols)[None, None]                                      # smooth: survives the resampling
+    canvas = crop.to_canvas(x, (48, 48))
+    assert canvas.shape == (1, 1, 48, 48) and torch.all(canvas[..., :9, :] == -1) and torch.all(canvas[..., 39:, :] == -1)
+    back = crop.from_canvas(canvas, (48, 48), (76, 88), 0.0)
+    assert back.shape == x.shape and float((back - x)[..., 4:-4, 4:-4].abs().max()) < 0.05
+    large = Placement.at_pixel_size((300, 300), (1.0, 1.0), 5.0, (48, 48))    # a wider field of view: cropped
+    assert large == Placement((60, 60), (-6, -6))
+    back = large.from_canvas(large.to_canvas(torch.ones(1, 1, 300, 300), (48, 48)), (48, 48), (300, 300), 0.0)
+    assert float(back[0, 0, 150, 150]) == pytest.approx(1.0) and float(back[0, 0, 0, 0]) == 0.0

@@ -66,7 +66,8 @@ def add_setting_options(parser: argparse.ArgumentParser, defaults: dict) -> None
                         help=f"Wolleb L / AnoDDPM t_lambda in schedule steps of 1000 (BraTS default: "
                              f"{defaults['wolleb']['noise_level']:g} / {a['noise_level']:g} simplex, "
                              f"{g['noise_level']:g} Gaussian; papers: 500 / 250)")
-    parser.add_argument("--guidance-scale", type=float, help="Wolleb classifier scale s (default 100)")
+    parser.add_argument("--guidance-scale", type=float, help=f"Wolleb classifier scale s (BraTS default: "
+                                                            f"{defaults['wolleb']['guidance_scale']:g}; paper: 100)")
     parser.add_argument("--steps", type=int, help=f"sampler steps between the noise level and 0 (default: AnoDDPM "
                                                   f"{a['steps']}, Wolleb {defaults['wolleb']['steps']}; papers: 25)")
     parser.add_argument("--paper-settings", dest="settings", action="store_const", const="paper", default="default",

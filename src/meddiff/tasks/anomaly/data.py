@@ -16,6 +16,9 @@ from meddiff.errors import MeddiffError
 
 # model channels -> contrasts of a BraTS case folder, in channel order (the shipped BraTS models use 3)
 CONTRASTS_BY_CHANNELS = {3: ("t1ce", "t2", "flair"), 4: ("t1", "t1ce", "t2", "flair"), 1: ("flair",)}
+# In-plane field of view of the BraTS training slices (``prepare_training_data`` shrinks the whole 240 x 240 grid of
+# 1 mm BraTS to the model size: 5 mm pixels at 48 x 48); inputs with a known spacing are resampled to that pixel size
+BRATS_FIELD_OF_VIEW_MM = 240.0
 MR_SCALE = 3.0  # MR slices: x / (MR_SCALE * median of the brain) -> [0, 1] -> [-1, 1]; tissue lands near -0.3
 
 
@@ -61,6 +64,63 @@ def brain_masks(slices: np.ndarray, mr: bool = True) -> np.ndarray:
 def model_inputs(slices: np.ndarray, masks: np.ndarray, mr: bool = True) -> np.ndarray:
     """Raw slices (S, C, H, W) -> model space [-1, 1] at their own size: ``normalise_mr`` per slice, or x / 127.5 - 1."""
     return np.stack([normalise_mr(s, m) if mr else s / 127.5 - 1 for s, m in zip(slices, masks)])
+
+
+def in_plane_spacing(affine: np.ndarray | None) -> tuple[float, float] | None:
+    """Pixel spacing (mm) along the first two array axes of a NIfTI affine, or None without one."""
+    if affine is None:
+        return None
+    columns = np.asarray(affine, dtype=np.float64)[:3, :2]
+    return float(np.linalg.norm(columns[:, 0])), float(np.linalg.norm(columns[:, 1]))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an input slice lies on the model's canvas: resampled to ``shape`` pixels, its corner at ``offset``
+    (negative: the slice is larger than the canvas and cropped there)."""
+
+    shape: tuple[int, int]
+    offset: tuple[int, int]
+
+    @classmethod
+    def whole(cls, size: Sequence[int]) -> "Placement":
+        """The slice resized to fill the canvas (no spacing known: the model's training geometry is assumed)."""
+        return cls((int(size[0]), int(size[1])), (0, 0))
+
+    @classmethod
+    def at_pixel_size(cls, shape: Sequence[int], spacing: Sequence[float], pixel_mm: float,
+                      size: Sequence[int]) -> "Placement":
+        """A slice of ``shape`` pixels of ``spacing`` mm resampled to ``pixel_mm`` and centred on a ``size`` canvas:
+        the physical scale the model was trained at (e.g. a 2 mm brain crop is not stretched to fill the frame)."""
+        rows, cols = (max(1, int(round(n * s / pixel_mm))) for n, s in zip(shape, spacing))
+        return cls((rows, cols), ((int(size[0]) - rows) // 2, (int(size[1]) - cols) // 2))
+
+    def _windows(self, size: Sequence[int]) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+        """(rows, cols) of the resampled slice and of the canvas that overlap."""
+        src, dst = [], []
+        for n, offset, canvas in zip(self.shape, self.offset, size):
+            start, stop = max(0, offset), min(int(canvas), offset + n)
+            dst.append(slice(start, stop))
+            src.append(slice(start - offset, stop - offset))
+        return tuple(src), tuple(dst)
+
+    def to_canvas(self, x: Tensor, size: Sequence[int]) -> Tensor:
+        """(B, C, H, W) model-space slices -> (B, C, *size): resampled, background (-1) around, cropped beyond."""
+        resampled = to_model_size(x, self.shape)
+        if self.shape == tuple(int(s) for s in size) and self.offset == (0, 0):
+            return resampled
+        canvas = torch.full((*x.shape[:2], *(int(s) for s in size)), -1.0, dtype=x.dtype)
+        (sr, sc), (dr, dc) = self._windows(size)
+        canvas[..., dr, dc] = resampled[..., sr, sc]
+        return canvas
+
+    def from_canvas(self, y: Tensor, size: Sequence[int], out: Sequence[int], fill: float) -> Tensor:
+        """Inverse of ``to_canvas`` for maps / reconstructions y (B, C, *size): the slice's region, ``fill`` where it
+        was cropped away, resized to ``out`` (the input's H, W)."""
+        region = torch.full((*y.shape[:2], *self.shape), float(fill), dtype=y.dtype)
+        (sr, sc), (dr, dc) = self._windows(size)
+        region[..., sr, sc] = y[..., dr, dc]
+        return F.interpolate(region, size=tuple(int(s) for s in out), mode="bilinear", align_corners=False)
 
 
 def mirror_healthy_half(image: np.ndarray, seg: np.ndarray, centre: float) -> np.ndarray | None:
@@ -145,6 +205,11 @@ class Input:
     mr: bool
     affine: np.ndarray | None = None
 
+    @property
+    def spacing(self) -> tuple[float, float] | None:
+        """In-plane pixel spacing (mm) from the affine; None for images without one (PNG, npy)."""
+        return in_plane_spacing(self.affine)
+
 
 def _contrasts_for(channels: int | None) -> tuple[str, ...]:
     if channels is None:          # the intensity baseline reads FLAIR only
@@ -207,13 +272,15 @@ def read_inputs(path: str | Path, channels: int | None) -> list[Input]:
 @dataclass
 class Subject:
     """Evaluation stack of one subject: raw images (C, H, W, S) in the model's contrast order, pixel labels
-    (H, W, S) or None, and slice labels (S,) (default: the slice has a labelled pixel)."""
+    (H, W, S) or None, slice labels (S,) (default: the slice has a labelled pixel) and the in-plane spacing in mm
+    (None: unknown)."""
 
     name: str
     image: np.ndarray
     seg: np.ndarray | None
     mr: bool = True
     slice_labels: np.ndarray | None = None
+    spacing: tuple[float, float] | None = None
 
     def labels_per_slice(self) -> np.ndarray:
         if self.slice_labels is not None:
@@ -234,7 +301,7 @@ def brats_npz_subjects(path: str | Path, channels: int = 3) -> list[Subject]:
         rows = [i for i, s in enumerate(data["subject"]) if str(s) == subject]
         image = np.stack([data["images"][i][index].transpose(0, 2, 1) for i in rows], axis=-1)
         seg = np.stack([data["seg"][i].T > 0 for i in rows], axis=-1)
-        out.append(Subject(subject, image.astype(np.float32), seg))
+        out.append(Subject(subject, image.astype(np.float32), seg, spacing=(1.0, 1.0)))   # BraTS: 1 mm
     return out
 
 
@@ -247,8 +314,8 @@ def brats_case_subject(folder: str | Path, channels: int = 3, slices: Sequence[i
     item = read_case(files, name, channels)
     seg = read_image(files["seg"], expect_ndim=3)[0] > 0
     if slices is not None:
-        return Subject(name, item.image[..., list(slices)], seg[..., list(slices)])
-    return Subject(name, item.image, seg)
+        return Subject(name, item.image[..., list(slices)], seg[..., list(slices)], spacing=item.spacing)
+    return Subject(name, item.image, seg, spacing=item.spacing)
 
 
 def pneumonia_subjects(path: str | Path, split: str = "val", per_class: int = 100, seed: int = 0,

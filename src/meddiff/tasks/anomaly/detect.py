@@ -8,10 +8,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from meddiff.errors import MeddiffError, check_choice
-from meddiff.tasks.anomaly.data import brain_masks, model_inputs, read_inputs, to_model_size
+from meddiff.tasks.anomaly.data import Placement, brain_masks, model_inputs, read_inputs
 from meddiff.tasks.anomaly.methods import Detector, check_input, load_detector
 from meddiff.tasks.anomaly.outputs import write_outputs, write_scores
 from meddiff.tasks.anomaly.postprocess import (THRESHOLDS, Result, filter_maps, image_score, intensity_map,
@@ -21,7 +20,8 @@ MIN_BRAIN = 0.01   # MR slices with less brain than this fraction get no map (ze
 
 
 def detect_array(detector: Detector, image: np.ndarray, *, mr: bool = True, median: int | None = None,
-                 batch: int = 16, generator: torch.Generator | None = None, progress: str | None = None) -> Result:
+                 spacing: Sequence[float] | None = None, batch: int = 16, generator: torch.Generator | None = None,
+                 progress: str | None = None) -> Result:
     """Anomaly map of one input ``image`` (C, H, W) or a volume (C, H, W, Z) sliced along the last axis.
 
     ``mr``: skull-stripped MR (per-slice robust normalisation, brain mask = any contrast > 0); else an 8-bit image
@@ -30,7 +30,10 @@ def detect_array(detector: Detector, image: np.ndarray, *, mr: bool = True, medi
     detector's ``residual_map`` at the model's size (the mean over its K draws), resized; the reconstruction is the
     mean of the K draws. Slices are processed ``batch`` (slice, draw) pairs at a time; MR slices with less than
     ``MIN_BRAIN`` of brain are skipped (map 0, reconstruction = input).
-    ``progress``: a label to show a progress bar (slices, s/slice, ETA) on stderr, None for none.
+    ``spacing``: the in-plane pixel spacing in mm; with it, and a detector that knows its training pixel size
+    (``pixel_mm``: the BraTS models), slices are resampled to that size and centred on the model's canvas
+    (``Placement``) instead of being stretched to fill it. ``progress``: a label to show a progress bar (slices,
+    s/slice, ETA) on stderr, None for none.
     """
     image = np.asarray(image, dtype=np.float32)
     volume = image.ndim == 4
@@ -50,7 +53,10 @@ def detect_array(detector: Detector, image: np.ndarray, *, mr: bool = True, medi
         items = [(i, k) for i in keep for k in range(detector.samples)]
         diff_sum = torch.zeros((len(masks), 1, *detector.image_size))
         rec_sum = torch.zeros((len(masks), slices.shape[1], *detector.image_size))
-        small = to_model_size(torch.from_numpy(model_in[keep]), detector.image_size) if len(keep) else None
+        size = detector.image_size
+        where = (Placement.at_pixel_size(model_in.shape[-2:], spacing, detector.pixel_mm, size)
+                 if spacing is not None and detector.pixel_mm else Placement.whole(size))
+        small = where.to_canvas(torch.from_numpy(model_in[keep]), size) if len(keep) else None
         row_of = {int(i): n for n, i in enumerate(keep)}
         from tqdm import tqdm
 
@@ -64,12 +70,10 @@ def detect_array(detector: Detector, image: np.ndarray, *, mr: bool = True, medi
             rec_sum.index_add_(0, idx, rec)
             bar.update(sum(1 for _, k in items[b:b + batch] if k == detector.samples - 1))
         bar.close()
-        if len(keep):      # mean over the K draws, at the model's size, then resized to the input's
-            size = tuple(model_in.shape[-2:])
-            diff = diff_sum[keep] / detector.samples
-            anomaly[keep] = F.interpolate(diff, size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
-            healthy[keep] = F.interpolate(rec_sum[keep] / detector.samples, size=size, mode="bilinear",
-                                          align_corners=False).numpy()
+        if len(keep):      # mean over the K draws, at the model's size, then back to the input's grid
+            out = model_in.shape[-2:]
+            anomaly[keep] = where.from_canvas(diff_sum[keep] / detector.samples, size, out, 0.0)[:, 0].numpy()
+            healthy[keep] = where.from_canvas(rec_sum[keep] / detector.samples, size, out, -1.0).numpy()
         seconds = (time.perf_counter() - start) / max(len(keep), 1)
     anomaly = filter_maps(anomaly, masks, median)
     scores = np.array([image_score(a, m) for a, m in zip(anomaly, masks)])
@@ -99,12 +103,12 @@ def run_detect(method: str, input_path: str | Path, out_dir: str | Path, *, chec
     healthy_maps = None
     if threshold == "percentile":
         refs = read_inputs(healthy, detector.channels)
-        healthy_maps = [(r := detect_array(detector, i.image, mr=i.mr, median=median, generator=generator)).anomaly[r.mask]
-                        for i in refs]
+        healthy_maps = [(r := detect_array(detector, i.image, mr=i.mr, median=median, spacing=i.spacing,
+                                           generator=generator)).anomaly[r.mask] for i in refs]
     out = Path(out_dir)
     rows = []
     for number, item in enumerate(inputs, 1):
-        result = detect_array(detector, item.image, mr=item.mr, median=median, generator=generator,
+        result = detect_array(detector, item.image, mr=item.mr, median=median, spacing=item.spacing, generator=generator,
                               progress=f"{item.name} ({number}/{len(inputs)})" if progress else None)
         tau = pick_threshold(result.anomaly, result.mask, threshold, threshold_value, healthy_maps)
         segment(result, tau, min_size)

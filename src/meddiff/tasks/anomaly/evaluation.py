@@ -25,7 +25,8 @@ def evaluate(detector: Detector, subjects: Sequence[Subject], *, median: int | N
     generator = torch.Generator().manual_seed(seed)
     maps, labels, predictions, slice_scores, slice_labels, seconds = [], [], [], [], [], []
     for subject in subjects:
-        result = detect_array(detector, subject.image, mr=subject.mr, median=median, generator=generator)
+        result = detect_array(detector, subject.image, mr=subject.mr, median=median, spacing=subject.spacing,
+                              generator=generator)
         tau = pick_threshold(result.anomaly, result.mask, "otsu")
         segment(result, tau, min_size)
         if subject.seg is not None:

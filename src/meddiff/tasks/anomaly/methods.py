@@ -16,7 +16,7 @@ from meddiff.diffusion import ClassifierGuidance, ModelDenoiser, make_schedule, 
 from meddiff.diffusion.noise import make_noise
 from meddiff.diffusion.samplers import invert_ddim, sample_ddim, sample_ddpm
 from meddiff.errors import MeddiffError, check_choice
-from meddiff.tasks.anomaly.data import CONTRASTS_BY_CHANNELS
+from meddiff.tasks.anomaly.data import BRATS_FIELD_OF_VIEW_MM, CONTRASTS_BY_CHANNELS
 from meddiff.tasks.anomaly.postprocess import RESIDUALS
 
 HEALTHY, DISEASED = 0, 1  # classifier labels: class folders 0_healthy, 1_diseased (sorted order)
@@ -52,15 +52,16 @@ PAPER_SETTINGS = {
 }
 # Defaults for BraTS MR checkpoints (channels named by CONTRASTS_BY_CHANNELS, FLAIR among them), each chosen on
 # development slices of the training subject (benchmarks/anomaly.py --select-map: map, t_lambda / L; --select-speed:
-# K and steps), never on the unseen subjects. AnoDDPM: FLAIR's positive residual averaged over K reconstructions from
-# t_lambda = 30 (simplex) / 100 (Gaussian), each a 2-step chain (t_lambda -> 0 -> clean): development best Dice
-# simplex 0.806 at K = 16 (K = 32: 0.806; 25 steps, K = 16: 0.777) for 32 network calls per slice instead of 400.
+# K and steps: the best development Dice within 32 network calls per slice), never on the unseen subjects. AnoDDPM:
+# FLAIR's positive residual averaged over K = 16 reconstructions from t_lambda = 30 (simplex, a 2-step chain
+# t_lambda -> 0 -> clean: development best Dice 0.806, against 0.777 for 25 steps, i.e. 400 calls) / 100 (Gaussian,
+# one step: the reconstruction is the x0 estimate at t_lambda; 0.718 against 0.677). Wolleb: L = 250, s = 10.
 MR_DEFAULTS = {
-    "wolleb": {"noise_level": 250.0, "guidance_scale": 100.0, "steps": 25, "map_contrasts": ("flair",),
+    "wolleb": {"noise_level": 250.0, "guidance_scale": 10.0, "steps": 25, "map_contrasts": ("flair",),
                "residual": "positive"},
     "anoddpm": {"noise_level": 30.0, "steps": 2, "map_contrasts": ("flair",), "residual": "positive", "samples": 16},
-    "anoddpm-gaussian": {"noise_level": 100.0, "steps": 2, "map_contrasts": ("flair",), "residual": "positive",
-                         "samples": 8},
+    "anoddpm-gaussian": {"noise_level": 100.0, "steps": 1, "map_contrasts": ("flair",), "residual": "positive",
+                         "samples": 16},
     "autoencoder": {"map_contrasts": ("flair",), "residual": "positive"},
     "intensity": {},
 }
@@ -73,8 +74,12 @@ def default_settings(method: str, channels: int | None, settings: str = "default
     ``channels`` channels (more than one, FLAIR among its contrasts), else (or with ``settings="paper"``)
     ``PAPER_SETTINGS``."""
     check_choice("settings", settings, SETTINGS)
-    mr = channels is not None and channels > 1 and "flair" in CONTRASTS_BY_CHANNELS.get(channels, ())
-    return dict((MR_DEFAULTS if settings == "default" and mr else PAPER_SETTINGS)[method])
+    return dict((MR_DEFAULTS if settings == "default" and is_brats_mr(channels) else PAPER_SETTINGS)[method])
+
+
+def is_brats_mr(channels: int | None) -> bool:
+    """A checkpoint of BraTS MR contrasts: more than one channel, named by CONTRASTS_BY_CHANNELS, FLAIR among them."""
+    return channels is not None and channels > 1 and "flair" in CONTRASTS_BY_CHANNELS.get(channels, ())
 
 
 def _read_training_noise(checkpoint: Path) -> dict | None:
@@ -104,6 +109,7 @@ class Detector:
     map_channels: tuple[int, ...] | None = None   # channels summed in the anomaly map (None: all)
     residual: str = "abs"                           # "abs": |x - x_h|; "positive": max(x - x_h, 0)
     samples: int = 1                                # AnoDDPM: reconstructions per input, residuals averaged
+    pixel_mm: float | None = None                   # the model's pixel size; None: inputs are resized whole
 
     @property
     def channels(self) -> int | None:
@@ -209,7 +215,8 @@ def load_detector(method: str, checkpoint: str | Path | None = None, classifier:
                         noise_level=float(chosen.get("noise_level", 0.0)),
                         guidance_scale=float(chosen.get("guidance_scale", 100.0)), steps=int(chosen.get("steps", 25)),
                         residual=chosen["residual"], samples=int(chosen.get("samples", 1)),
-                        map_channels=contrast_indices(chosen["map_contrasts"], channels))
+                        map_channels=contrast_indices(chosen["map_contrasts"], channels),
+                        pixel_mm=BRATS_FIELD_OF_VIEW_MM / int(meta["image_size"][0]) if is_brats_mr(channels) else None)
     if method in STOCHASTIC_METHODS:
         noise = _read_training_noise(path)
         simplex = bool(noise) and noise.get("kind") == "simplex"

@@ -39,7 +39,7 @@ def report_section(out_dir: str | Path, *, methods: Sequence[str] = ("intensity"
         start = time.perf_counter()
         detector = (load_detector("anoddpm", seed=seed, settings="paper", device="cpu") if method == PAPER_ANODDPM
                     else load_detector(method, seed=seed, device="cpu"))
-        result = detect_array(detector, image, generator=torch.Generator().manual_seed(seed))
+        result = detect_array(detector, image, spacing=subject.spacing, generator=torch.Generator().manual_seed(seed))
         mask = result.mask[..., 0]
         anomaly, truth = result.anomaly[..., 0], seg[..., 0]
         recon = result.healthy[-1, ..., 0] if method != "intensity" else normalise_mr(image[..., 0])[-1]
