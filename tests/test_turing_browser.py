@@ -109,7 +109,8 @@ def test_rate_by_keyboard_with_a_server_restart(tmp_path, monkeypatch):
             name = wait.until(lambda d: d.find_element(By.ID, "rater"))
             name.clear()
             name.send_keys("Dr Who", Keys.ENTER)
-            wait.until(lambda d: d.find_element(By.ID, "viewer").is_displayed())
+            wait.until(lambda d: d.find_element(By.ID, "viewer").is_displayed()
+                       and d.find_element(By.ID, "progress").get_attribute("data-answered"))
 
         def answered() -> int:
             return int(driver.find_element(By.ID, "progress").get_attribute("data-answered") or -1)
@@ -136,9 +137,10 @@ def test_rate_by_keyboard_with_a_server_restart(tmp_path, monkeypatch):
         wait.until(lambda d: "Not saved yet" in d.find_element(By.ID, "status").text)
         server = _start_server(study, port, log)
         wait.until(lambda d: answered() == 6)
-        driver.refresh()  # a closed and reopened tab resumes where the rater was
+        driver.get("about:blank")  # the tab is closed and reopened: the rater resumes where they were
         begin()
-        assert answered() == 6 and driver.find_element(By.ID, "progress").get_attribute("data-position") == "6"
+        wait.until(lambda d: answered() == 6)
+        assert driver.find_element(By.ID, "progress").get_attribute("data-position") == "6"
         rate(6)
         # back one image and change that answer: both are logged, the last counts
         ActionChains(driver).send_keys(Keys.ARROW_LEFT).perform()
