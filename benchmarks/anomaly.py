@@ -7,6 +7,13 @@ subject (image-level AUROC, flagged "seen") and held-out PneumoniaMNIST val X-ra
     OMP_NUM_THREADS=1 python benchmarks/anomaly.py --out anomaly.json --select-map   # + the map-setting selection
     OMP_NUM_THREADS=1 python benchmarks/anomaly.py --classifier-check runs/anomaly_data  # Wolleb classifier by t
     OMP_NUM_THREADS=1 python benchmarks/anomaly.py --out chest.json --methods ... --select-chest  # chest map choice
+    OMP_NUM_THREADS=1 python benchmarks/anomaly.py --out v.json --no-slices --volumes    # whole volumes, both settings
+    OMP_NUM_THREADS=1 python benchmarks/anomaly.py --out s.json --no-slices --select-speed  # K / steps / Wolleb s
+
+The slice evaluation runs each method with its defaults (``MR_DEFAULTS`` for the BraTS models), or the papers'
+settings with ``--paper-settings``. ``--volumes`` runs every method on whole BraTS volumes (both are the training
+subject TCGA-FG-6692, at 1 mm and as the embedded 2 mm crop: the shared data hold no unseen whole volume), pixel
+metrics over the whole volume next to those over its tumour slices only, with wall and CPU seconds per volume.
 
 Extra settings (``--sweep``) run Wolleb at other guidance scales / noise levels and AnoDDPM at other t_lambda.
 ``--select-map`` chooses each method's anomaly-map setting (contrasts summed, absolute or positive residual, K
@@ -43,7 +50,7 @@ def sweep(log=print) -> dict:
                 ("anoddpm-gaussian", 500, None)]
     out = {}
     for method, level, scale in settings:
-        metrics = evaluate(load_detector(method, noise_level=level, guidance_scale=scale), subjects)
+        metrics = evaluate(load_detector(method, noise_level=level, guidance_scale=scale, settings="paper"), subjects)
         key = f"{method} L={level}" + (f" s={scale:g}" if scale is not None else "")
         out[key] = metrics
         log(f"{key:32s} " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items() if isinstance(v, float)))
@@ -86,7 +93,7 @@ def select_map(methods=tuple(SELECT_LEVELS), log=print) -> dict:
     grid, selected = [], {}
     for method in (m for m in SELECT_LEVELS if m in methods):
         for level in SELECT_LEVELS[method]:
-            detector = load_detector(method, noise_level=level)
+            detector = load_detector(method, noise_level=level, settings="paper")      # 25 steps, s = 100
             stochastic = method in STOCHASTIC_METHODS
             x, recs, masks = dev_reconstructions(detector, dev, 16 if stochastic else 1)
             labels = labels_of[masks]
@@ -106,8 +113,8 @@ def select_map(methods=tuple(SELECT_LEVELS), log=print) -> dict:
                         selected[method] = row
     for method, row in selected.items():
         contrasts, residual = MAP_SETTINGS[row["map"]]
-        detector = load_detector(method, noise_level=row["noise_level"], map_contrasts=contrasts, residual=residual,
-                                 samples=row["samples"])
+        detector = load_detector(method, noise_level=row["noise_level"], map_contrasts=contrasts or ["all"],
+                                 residual=residual, samples=row["samples"], settings="paper")
         row["unseen"] = evaluate(detector, test)
         log(f"unseen {method:17s} (chosen: L={row['noise_level']} {row['map']} K={row['samples']}) "
             + " ".join(f"{k}={v:.3f}" for k, v in row["unseen"].items() if isinstance(v, float)))
@@ -118,13 +125,14 @@ def select_map(methods=tuple(SELECT_LEVELS), log=print) -> dict:
             "intensity_dev_at_model_size": intensity_at_size([dev], (48, 48))}
 
 
-SPEED_GRID = {"anoddpm": ((25, 10, 5, 3, 2), 32), "anoddpm-gaussian": ((25, 10, 5), 16)}
+# sampler steps -> reconstructions drawn (K = 1, 2, 4, ... up to it); 25 steps at K = 16 is the 2026-11-25 selection
+SPEED_GRID = {"anoddpm": {10: 16, 5: 16, 3: 32, 2: 32, 1: 32}, "anoddpm-gaussian": {10: 16, 5: 16, 3: 16, 2: 16, 1: 16}}
 
 
 def select_speed(methods=tuple(SPEED_GRID), log=print) -> dict:
     """Development best Dice of each AnoDDPM method's default map (``MR_DEFAULTS``: t_lambda, contrasts, residual) by
     sampler steps and K reconstructions (K draws computed once per step count, the first k averaged), with the CPU
-    seconds per slice and draw: the defaults take the cheapest (steps, K) within reach of the best."""
+    seconds per slice and draw: the defaults take the best development Dice within 32 network calls per slice."""
     import numpy as np
     import torch.nn.functional as F
 
@@ -136,8 +144,7 @@ def select_speed(methods=tuple(SPEED_GRID), log=print) -> dict:
     labels_of = np.moveaxis(dev.seg, -1, 0)
     rows = []
     for method in methods:
-        step_counts, draws = SPEED_GRID[method]
-        for steps in step_counts:
+        for steps, draws in SPEED_GRID[method].items():
             detector = load_detector(method, steps=steps, samples=1, device="cpu")
             cpu = time.process_time()
             x, recs, masks = dev_reconstructions(detector, dev, draws)
@@ -153,6 +160,37 @@ def select_speed(methods=tuple(SPEED_GRID), log=print) -> dict:
                              "cpu_s_per_slice": cpu * k})
                 log(f"speed {method:17s} steps={steps:2d} K={k:2d} dev AUROC {metrics['auroc']:.3f} best Dice "
                     f"{metrics['best_dice']:.3f} {cpu * k:.2f} CPU-s/slice")
+    return {"development": "brats_case_1 slices 20..120 step 5", "grid": rows}
+
+
+def select_wolleb(levels=(250, 500), scales=(0.0, 10.0, 100.0), log=print) -> dict:
+    """Wolleb on the development slices by L and guidance scale s, for each map (the classifier saw these slices'
+    labels, so the numbers are optimistic), with the mean signed FLAIR residual x - x_h inside the tumour: positive
+    means the guidance dims the lesion (heals it), negative that it brightens it."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from meddiff.metrics.segmentation import detection_metrics
+    from meddiff.tasks.anomaly import brats_case_subject, contrast_indices, filter_maps, residual_map
+
+    dev = brats_case_subject(SHARED / "brats_case_1", slices=range(20, 121, 5))
+    labels_of = np.moveaxis(dev.seg, -1, 0)
+    tumour = F.interpolate(torch.from_numpy(labels_of[:, None].astype(np.float32)), size=(48, 48), mode="area")[:, 0] > 0.5
+    rows = []
+    for level in levels:
+        for scale in scales:
+            detector = load_detector("wolleb", noise_level=level, guidance_scale=scale, device="cpu")
+            x, recs, masks = dev_reconstructions(detector, dev, 1)
+            signed = float((x - recs[0])[:, 2][tumour].mean())
+            for setting, (contrasts, residual) in MAP_SETTINGS.items():
+                diff = residual_map(x, recs[0], contrast_indices(contrasts, 3), residual)
+                maps = F.interpolate(diff, size=masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+                metrics = detection_metrics(filter_maps(maps.numpy(), masks)[masks], labels_of[masks])
+                rows.append({"noise_level": level, "guidance_scale": scale, "map": setting,
+                             "dev_pixel_auroc": metrics["auroc"], "dev_best_dice": metrics["best_dice"],
+                             "flair_x_minus_healthy_in_tumour": signed})
+                log(f"wolleb dev L={level} s={scale:g} {setting:24s} AUROC {metrics['auroc']:.3f} best Dice "
+                    f"{metrics['best_dice']:.3f} (FLAIR x - x_h in tumour {signed:+.3f})")
     return {"development": "brats_case_1 slices 20..120 step 5", "grid": rows}
 
 
@@ -342,8 +380,8 @@ def main(argv=None) -> int:
     parser.add_argument("--select-map", action="store_true",
                         help="also choose each method's map setting on the development slices, score it on unseen")
     parser.add_argument("--select-speed", action="store_true",
-                        help="also score AnoDDPM's default map by K reconstructions and sampler steps on the "
-                             "development slices (the cost / Dice trade-off behind the defaults)")
+                        help="also score AnoDDPM's default map by K reconstructions and sampler steps, and Wolleb by "
+                             "L and guidance scale, on the development slices (the choices behind the defaults)")
     parser.add_argument("--volumes", nargs="*", choices=list(VOLUMES), metavar="VOLUME",
                         help=f"also run every method on whole BraTS volumes (defaults and paper settings): "
                              f"{', '.join(VOLUMES)} (no name: all)")
@@ -383,6 +421,7 @@ def main(argv=None) -> int:
         print(volume_table(report["volumes"]))
     if args.select_speed:
         report["select_speed"] = select_speed()
+        report["select_wolleb"] = select_wolleb()
     if args.sweep:
         report["sweep"] = sweep()
     if args.select_map:

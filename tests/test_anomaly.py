@@ -333,3 +333,25 @@ def test_placement_keeps_the_physical_scale_of_the_training_slices():
     assert large == Placement((60, 60), (-6, -6))
     back = large.from_canvas(large.to_canvas(torch.ones(1, 1, 300, 300), (48, 48)), (48, 48), (300, 300), 0.0)
     assert float(back[0, 0, 150, 150]) == pytest.approx(1.0) and float(back[0, 0, 0, 0]) == 0.0
+
+
+def test_detect_array_with_1mm_spacing_is_the_plain_resize_and_a_2mm_crop_is_centred():
+    from meddiff.tasks.anomaly import Detector, detect_array
+
+    class Dimmer(Detector):
+        def heal(self, x, generator=None):
+            return x - 0.5 * (x + 1)                                         # deterministic "healing"
+
+    meta = {"channels": 3, "image_size": [48, 48]}
+    detector = Dimmer("autoencoder", torch.nn.Identity(), meta, residual="positive", pixel_mm=5.0)
+    image = np.zeros((3, 240, 240), np.float32)
+    image[:, 40:200, 50:190] = np.random.default_rng(0).uniform(50, 150, (3, 160, 140))
+    plain = detect_array(detector, image, median=1)
+    placed = detect_array(detector, image, median=1, spacing=(1.0, 1.0))
+    assert np.array_equal(plain.anomaly, placed.anomaly) and np.array_equal(plain.healthy, placed.healthy)
+    crop = image[:, 40:200:2, 50:190:2]                                      # the same brain at 2 mm, cropped
+    seen = []
+    detector.heal = lambda x, generator=None: seen.append(x) or x
+    detect_array(detector, crop, median=1, spacing=(2.0, 2.0))
+    canvas = seen[0][0, 0]                                                   # 80 x 70 px at 2 mm -> 32 x 28 at 5 mm
+    assert torch.all(canvas[:8] == -1) and torch.all(canvas[40:] == -1) and torch.all(canvas[8:40, 10:38] > -1)
