@@ -7,8 +7,12 @@ image and foreground "fg" = RSS > 0.1 max, as benchmarks/mri_baselines.py), seco
 excluded, as there), network evaluations, and for the diffusion solvers the agreement of the per-pixel std with the
 real error (Pearson correlation over the foreground; binned calibration: RMS error per std decile).
 
+Controls that show what the prior adds: "<solver>-untrained" runs the solver with the same network freshly initialised
+(``mri.untrained_prior``: it predicts 0, no image knowledge), "cs-dc" is the L1-wavelet CS image after the one
+data-consistency step every solver ends with.
+
     python benchmarks/mri_reconstruction.py --out mri_reconstruction.json
-    python benchmarks/mri_reconstruction.py --tune ddnm --out tune.json   # parameter grid on development seed 100
+    python benchmarks/mri_reconstruction.py --tune ddnm --out tune.json   # grid (defaults included) on dev seed 100
     python benchmarks/mri_reconstruction.py --combine rss --out rss.json  # every output as RSS of DC coil images
 """
 
@@ -30,18 +34,28 @@ from meddiff.data.io import write_json
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mri_baselines import ACS_FRACTION, FOREGROUND, SETTINGS, load_slice, scores  # noqa: E402
 
-from meddiff.physics import make_mask  # noqa: E402
+from meddiff.physics import cs_wavelet, make_mask  # noqa: E402
 from meddiff.tasks import mri  # noqa: E402
 
 DEV_SEED = 100
-# Extra rows: a solver with other parameters, to show what the defaults (refining the CS image) are compared with.
-VARIANTS = {"ddnm-from-noise": ("ddnm", {"start": 1.0, "steps": 10, "samples": 2, "eta": 0.85})}
+UNTRAINED_SEED = 0
+# Extra rows: name -> (method, parameters, prior). "untrained": the shipped network freshly initialised; a solver
+# that scores the same with it refines its start image without using the prior.
+VARIANTS = {"ddnm-from-noise": ("ddnm", {"start": 1.0, "steps": 10, "samples": 2, "eta": 0.85}, "shipped"),
+            **{f"{m}-untrained": (m, {}, "untrained") for m in mri.SOLVERS}}
+CONTROLS = ("cs-dc",)  # L1-wavelet CS + the solvers' final data-consistency step
+# Tuning grids on the development mask seed; {} is the current default, so the script reproduces (or overturns) it.
+# Every entry runs with the shipped and the untrained prior.
+STARTS = [{}, {"start": 0.03, "steps": 4}, {"start": 0.05, "steps": 5}, {"start": 0.1, "steps": 8},
+          {"start": 0.2, "steps": 12}]
 TUNE_GRID = {
-    "pc": [{"snr": s, "steps": n} for s, n in itertools.product((0.02, 0.05, 0.1), (20, 30))],
-    "dps": [{"zeta": z} for z in (0.3, 1.0, 3.0)],
-    "ddnm": [{"eta": e, "steps": n} for e, n in itertools.product((0.5, 0.85, 1.0), (20, 30))],
-    "coarse-to-fine": [{"refine_start": r, "steps": n} for r, n in itertools.product((0.1, 0.2, 0.3), (10, 20))],
+    "pc": STARTS + [{"snr": 0.02}, {"snr": 0.1}],
+    "dps": STARTS + [{"zeta": 0.3}, {"zeta": 3.0}],
+    "ddnm": STARTS + [{"eta": 0.5}, {"eta": 1.0}],
+    "coarse-to-fine": [{}, {"start": 0.05, "refine_start": 0.03}, {"start": 0.1, "steps": 6, "refine_start": 0.05},
+                       {"start": 0.2, "steps": 10, "refine_start": 0.1, "refine_steps": 4}],
 }
+PRIOR_MATTERS_DB = 0.5  # "the prior matters": shipped beats untrained by at least this (mean foreground PSNR)
 
 
 def uncertainty(image: np.ndarray, std: np.ndarray, ref: np.ndarray) -> dict:
@@ -63,27 +77,44 @@ def problem_for(kspace, pattern, accel, seed):
     return mask, problem.maps, time.perf_counter() - start
 
 
-def run_one(kspace, ref, mask, maps, name, prior, seed, params=None, combine="sense"
+def cs_dc(problem: mri.MRIProblem, combine: str = "sense") -> torch.Tensor:
+    """L1-wavelet CS followed by the one data-consistency step that ends every solver (``RealImageModel.finish``):
+    S^H F^H((1 - M) F S x + M y) for "sense"; "rss" already combines the data-consistent coil images."""
+    x = cs_wavelet(problem.op, problem.y)
+    return mri.combine_coils(problem, x if combine == "rss" else problem.op.dc_step(x, problem.y, 1.0), combine)[0]
+
+
+def run_one(kspace, ref, mask, maps, name, priors, seed, params=None, combine="sense", prior="shipped"
             ) -> tuple[dict, mri.Reconstruction]:
-    method, variant = VARIANTS.get(name, (name, {}))
-    result = mri.reconstruct(kspace, mask, method, prior=prior if method in mri.SOLVERS else None, maps=maps,
-                             seed=seed, combine=combine, **{**variant, **(params or {})})
+    """One row: ``priors`` maps "shipped" / "untrained" to a Prior; ``prior`` picks one for a plain solver name (a
+    VARIANTS name brings its own)."""
+    if name == "cs-dc":
+        start = time.perf_counter()
+        image = cs_dc(mri.make_problem(kspace, mask, maps=maps), combine)
+        result = mri.Reconstruction(image.numpy(), None, 0, time.perf_counter() - start,
+                                    {"method": "cs-dc", "combine": combine})
+    else:
+        method, variant, which = VARIANTS.get(name, (name, {}, prior))
+        result = mri.reconstruct(kspace, mask, method, prior=priors[which] if method in mri.SOLVERS else None,
+                                 maps=maps, seed=seed, combine=combine, **{**variant, **(params or {})})
+        if method in mri.SOLVERS:
+            result.settings["prior"] = which
     row = {"method": name, "seconds": result.seconds, "nfe": result.nfe,
            "samples": result.settings.get("samples", 0), **scores(torch.from_numpy(result.image), ref)}
-    if result.std is not None and method in mri.SOLVERS and row["samples"] > 1:
+    if result.std is not None and row["samples"] > 1:
         row.update(uncertainty(result.image, result.std, ref.numpy()))
     row["settings"] = {k: v for k, v in result.settings.items() if k != "method"}
     return row, result
 
 
-def benchmark(kspace, ref, prior, methods, seeds, diffusion_seeds, combine="sense") -> dict:
+def benchmark(kspace, ref, priors, methods, seeds, diffusion_seeds, combine="sense") -> dict:
     rows = []
     for (pattern, accel), seed in itertools.product(SETTINGS, seeds):
         mask, maps, calib = problem_for(kspace, pattern, accel, seed)
         for method in methods:
             if (method in mri.SOLVERS or method in VARIANTS) and seed not in diffusion_seeds:
                 continue
-            row, _ = run_one(kspace, ref, mask, maps, method, prior, seed, combine=combine)
+            row, _ = run_one(kspace, ref, mask, maps, method, priors, seed, combine=combine)
             row.update({"pattern": pattern, "acceleration": accel, "seed": seed, "calibration_seconds": calib,
                         "realised_acceleration": mask.numel() / float(mask.sum())})
             rows.append(row)
@@ -120,25 +151,51 @@ def markdown(summary) -> str:
     return "\n".join(lines)
 
 
-def tune(kspace, ref, prior, method, settings) -> dict:
+def tune(kspace, ref, priors, method, settings, combine="sense") -> dict:
+    """Every TUNE_GRID entry (the defaults first) with the shipped and the untrained prior on development seed
+    DEV_SEED, against CS and CS + DC. "best": the highest mean foreground PSNR; "best_prior_matters": the same among
+    the entries whose shipped prior beats the untrained one by PRIOR_MATTERS_DB."""
     problems = [(p, a, *problem_for(kspace, p, a, DEV_SEED)[:2]) for p, a in settings]
+    controls = {}
+    for name in ("cs-wavelet", "cs-dc"):
+        values = [run_one(kspace, ref, mask, maps, name, priors, DEV_SEED, combine=combine)[0]
+                  for _, _, mask, maps in problems]
+        controls[name] = {"psnr": [v["psnr"] for v in values], "psnr_fg": [v["psnr_fg"] for v in values],
+                          "mean_psnr_fg": statistics.mean(v["psnr_fg"] for v in values),
+                          "mean_psnr": statistics.mean(v["psnr"] for v in values)}
+        print(f"{name}: fg PSNR {[round(v, 2) for v in controls[name]['psnr_fg']]}", flush=True)
     rows = []
     for params in TUNE_GRID[method]:
-        values = [run_one(kspace, ref, mask, maps, method, prior, DEV_SEED, params)[0] for _, _, mask, maps in problems]
-        rows.append({"params": params, "psnr": [v["psnr"] for v in values], "psnr_fg": [v["psnr_fg"] for v in values],
-                     "seconds": [v["seconds"] for v in values],
-                     "mean_psnr_fg": statistics.mean(v["psnr_fg"] for v in values)})
-        print(f"{method} {params}: fg PSNR {[round(v, 2) for v in rows[-1]['psnr_fg']]} "
-              f"{statistics.mean(rows[-1]['seconds']):.1f}s", flush=True)
-    return {"method": method, "dev_seed": DEV_SEED, "settings": settings, "grid": rows,
-            "best": max(rows, key=lambda r: r["mean_psnr_fg"])}
+        row = {"params": params, "settings": {}}
+        for which in ("shipped", "untrained"):
+            values = [run_one(kspace, ref, mask, maps, method, priors, DEV_SEED, params, combine, which)[0]
+                      for _, _, mask, maps in problems]
+            row[which] = {"psnr": [v["psnr"] for v in values], "psnr_fg": [v["psnr_fg"] for v in values],
+                          "seconds": [v["seconds"] for v in values],
+                          "mean_psnr": statistics.mean(v["psnr"] for v in values),
+                          "mean_psnr_fg": statistics.mean(v["psnr_fg"] for v in values)}
+            row["settings"] = values[0]["settings"]
+        row["mean_psnr_fg"] = row["shipped"]["mean_psnr_fg"]
+        row["prior_gain_fg"] = row["shipped"]["mean_psnr_fg"] - row["untrained"]["mean_psnr_fg"]
+        row["prior_gain"] = row["shipped"]["mean_psnr"] - row["untrained"]["mean_psnr"]
+        row["vs_cs_fg"] = row["shipped"]["mean_psnr_fg"] - controls["cs-wavelet"]["mean_psnr_fg"]
+        row["vs_cs"] = row["shipped"]["mean_psnr"] - controls["cs-wavelet"]["mean_psnr"]
+        rows.append(row)
+        print(f"{method} {params or 'defaults'}: fg {[round(v, 2) for v in row['shipped']['psnr_fg']]} "
+              f"untrained {[round(v, 2) for v in row['untrained']['psnr_fg']]}; mean fg gain over untrained "
+              f"{row['prior_gain_fg']:+.2f} dB (whole {row['prior_gain']:+.2f}), vs CS {row['vs_cs_fg']:+.2f} "
+              f"(whole {row['vs_cs']:+.2f}); {statistics.mean(row['shipped']['seconds']):.1f}s", flush=True)
+    matters = [r for r in rows if r["prior_gain_fg"] >= PRIOR_MATTERS_DB]
+    return {"method": method, "dev_seed": DEV_SEED, "settings": settings, "controls": controls, "grid": rows,
+            "best": max(rows, key=lambda r: r["mean_psnr_fg"]),
+            "best_prior_matters": max(matters, key=lambda r: r["mean_psnr_fg"]) if matters else None}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="JSON file to write")
-    parser.add_argument("--methods", nargs="+", default=list(mri.METHODS) + list(VARIANTS),
-                        choices=list(mri.METHODS) + list(VARIANTS))
+    parser.add_argument("--methods", nargs="+", default=list(mri.METHODS) + list(CONTROLS) + list(VARIANTS),
+                        choices=list(mri.METHODS) + list(CONTROLS) + list(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="mask seeds for every method")
     parser.add_argument("--diffusion-seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="mask seeds for the diffusion solvers (a subset of --seeds when time is short)")
@@ -155,11 +212,12 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     kspace, ref = load_slice()
     prior = mri.load_prior(args.checkpoint)
+    priors = {"shipped": prior, "untrained": mri.untrained_prior(prior, UNTRAINED_SEED)}
     if args.tune:
         settings = [(s.split(":")[0], int(s.split(":")[1])) for s in args.tune_settings]
-        result = tune(kspace.numpy(), ref, prior, args.tune, settings)
+        result = tune(kspace.numpy(), ref, priors, args.tune, settings, args.combine)
     else:
-        result = benchmark(kspace.numpy(), ref, prior, args.methods, args.seeds, args.diffusion_seeds, args.combine)
+        result = benchmark(kspace.numpy(), ref, priors, args.methods, args.seeds, args.diffusion_seeds, args.combine)
         done = {(r["pattern"], r["acceleration"], r["seed"], r["method"]) for r in result["rows"]}
         for path in args.merge:
             rows = json.loads(Path(path).read_text())["rows"]
@@ -171,7 +229,7 @@ def main(argv=None) -> int:
     result.update({"solver_defaults": mri.SOLVER_DEFAULTS, "acs_fraction": ACS_FRACTION, "torch": torch.__version__,
                    "threads": args.threads, "combine": args.combine, "prior": str(args.checkpoint or "shipped default for reconstruct"),
                    "prior_meta_step": prior.meta.get("step"), "seeds": args.seeds,
-                   "diffusion_seeds": args.diffusion_seeds, "variants": VARIANTS,
+                   "diffusion_seeds": args.diffusion_seeds, "variants": VARIANTS, "untrained_seed": UNTRAINED_SEED,
                    "data": "mri_kspace_brain_8ch (ESPIRiT demo, 8 coils, 230x180)"})
     write_json(result, args.out)
     return 0

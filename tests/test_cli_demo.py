@@ -30,9 +30,14 @@ def test_demo_writes_report_results_and_figures(tmp_path):
     assert set(sections) == {"Samplers on a known distribution", "Synthesis", "MRI reconstruction with the brain diffusion prior",
                              "Anomaly detection", "More shipped models"}
     assert [row["model"] for row in sections["More shipped models"]] == ["brain_slices_2d", "adrenal3d_cond"]
-    mri = {row["method"]: row["psnr_db"] for row in sections["MRI reconstruction with the brain diffusion prior"]}
-    assert mri["cs-wavelet"] > mri["zero-filled"] + 3  # measured 29.4 vs 22.6 dB at 8x
-    assert mri["dps"] > mri["zero-filled"] + 3
+    mri = {row["method"]: (row["psnr_db"], row["psnr_fg_db"])
+           for row in sections["MRI reconstruction with the brain diffusion prior"]}
+    assert mri["cs-wavelet"][0] > mri["zero-filled"][0] + 3  # CS 28.56 dB on the demo mask (gaussian 8x)
+    # DDNM must owe its result to the trained prior: the same network untrained scores lower (an untrained prior
+    # passed the old "beats zero-filled by 3 dB" check). Measured on the demo mask: whole image 28.32 vs 27.63 dB,
+    # foreground 27.31 vs 26.39 dB (L1-wavelet CS 28.56 / 27.24).
+    assert mri["ddnm"][1] > mri["ddnm untrained"][1] + 0.5
+    assert mri["ddnm"][0] > mri["ddnm untrained"][0] + 0.3
     synthesis = {row["metric"]: row["value"] for row in sections["Synthesis"]}
     assert {"FID", "KID", "precision", "recall", "near-copies"} <= set(synthesis)
     anomaly = {row["method"]: row["pixel_auroc"] for row in sections["Anomaly detection"]}

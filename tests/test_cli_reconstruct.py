@@ -50,6 +50,23 @@ def test_diffusion_reconstruction_writes_image_and_std(files, capsys):
     assert np.isfinite(image).all() and (std >= 0).all()
 
 
+def test_start_flag_reaches_the_solver_and_is_refused_by_baselines(files, capsys):
+    root, k, mask = files
+    common = ["reconstruct", "--kspace", str(root / "k.npy"), "--mask", str(root / "mask.npy"), "--steps", "2",
+              "--samples", "1", "--checkpoint", str(root / "run")]
+    outs = {}
+    for start in ("0.01", "0.3"):
+        assert main([*common, "--method", "ddnm", "--start", start, "--out", str(root / f"s{start}.npy")]) == 0
+        outs[start] = np.load(root / f"s{start}.npy")
+    assert not np.array_equal(outs["0.01"], outs["0.3"])
+    capsys.readouterr()
+    assert main([*common, "--method", "ddnm", "--start", "1.5", "--out", str(root / "never.npy")]) == 1
+    assert "start=1.5 must be in (0, 1]" in capsys.readouterr().err
+    assert main([*common, "--method", "sense", "--start", "0.1", "--out", str(root / "never.npy")]) == 1
+    assert capsys.readouterr().err.startswith("error: --start needs a diffusion method")
+    assert not (root / "never.npy").exists()
+
+
 def test_combine_flag_reaches_the_reconstruction(files):
     root, k, mask = files
     paths = {c: root / f"cg_{c}.npy" for c in ("sense", "rss")}

@@ -14,8 +14,11 @@ Two methods, both returning complex64 maps (C, H, W) normalised to sum_c |S_c|^2
 
 Measured on the 8-coil ESPIRiT brain slice (acs 24): |sensitivity-weighted combination of the fully sampled coil
 images| vs RSS, NRMSE on the foreground (RSS > 0.1 max) 0.0046 for "espirit" (2.5 s on one CPU thread) and 0.0051
-for "lowres" (0.01 s). "espirit" is the default: CG-SENSE with its maps scores 0.1-0.7 dB higher foreground PSNR
-than with "lowres" maps (1D Gaussian 4x, equispaced 8x, Poisson 8x, 8 % ACS, seed 0; see benchmarks/README.md).
+for "lowres" (0.01 s). "espirit" is the default: with its maps CG-SENSE scores +0.07 to +0.50 dB higher foreground
+PSNR than with "lowres" maps and L1-wavelet CS +0.06 to +0.70 dB (mean over mask seeds 0-2 per setting; single masks
+-0.00 to +1.05 dB), largest at 4x (equispaced 4x: +0.50 / +0.70), smallest at equispaced 8x and Poisson 8x (+0.06
+to +0.16); 1D Gaussian and equispaced 4x/8x and 2D Poisson 8x with 8 % ACS
+(``python benchmarks/mri_baselines.py --compare-maps --out maps.json``; table in benchmarks/README.md).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Sections: (1) every sampler on a 2D Gaussian mixture with its exact denoiser (ac
 (2) synthetic chest X-rays from the shipped model, scored against embedded real images (FID/KID on offline
 features, precision/recall, near-copies, train-synthetic-test-real); (3) samples of the other shipped generative
 models (2D brain MR slices, 3D adrenal shapes) next to held-out real images; (4) MRI reconstruction of the
-embedded 8-coil brain k-space with the classical baselines and the diffusion solvers; (5) anomaly maps.
+embedded 8-coil brain k-space with the classical baselines and DDNM with the brain prior, next to DDNM with the same
+network untrained (what the trained prior adds); (5) anomaly maps.
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, samples: int = 20000, synthet
 
     sections = [sampler_section(out, samples, seed, log), synthesis_section(out, synthetic, seed, log),
                 gallery_section(out, seed, log),
-                mri_section(out, method="dps", pattern="gaussian", acceleration=8, seed=seed, log=log),
+                mri_section(out, method="ddnm", pattern="gaussian", acceleration=8, seed=seed, log=log),
                 anomaly_section(out, seed=seed, log=log)]
     results = {"version": __version__, "seed": seed, "torch": torch.__version__,
                "sections": [{"title": s["title"], "table": s.get("table")} for s in sections]}

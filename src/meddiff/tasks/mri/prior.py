@@ -41,3 +41,23 @@ def load_prior(checkpoint: str | Path | None = None) -> Prior:
     schedule = make_schedule(meta["schedule"])
     return Prior(ModelDenoiser(net, schedule, meta["prediction"]), schedule, 2 ** (len(network["channels"]) - 1), meta)
 
+
+
+def untrained_prior(prior: Prior, seed: int = 0) -> Prior:
+    """The same network, schedule and parametrisation as ``prior`` with freshly initialised weights (what ``meddiff
+    train`` starts from, drawn with the seeded generator under ``torch.random.fork_rng``, so the caller's RNG is
+    untouched): the control that shows how much a solver owes to the trained prior. MONAI initialises the output
+    layer to zero, so the network predicts 0 (for v-prediction the denoiser is x0_hat = alpha_t x_t: no knowledge
+    of images at all)."""
+    import torch
+
+    from meddiff.nets import build_network
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_network(prior.meta["network"])
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return Prior(ModelDenoiser(net, prior.schedule, prior.meta["prediction"]), prior.schedule, prior.multiple,
+                 {**prior.meta, "untrained": True, "init_seed": seed})
