@@ -107,6 +107,7 @@ def test_rate_by_keyboard_with_a_server_restart(tmp_path, monkeypatch):
         def begin():
             driver.get(url)
             name = wait.until(lambda d: d.find_element(By.ID, "rater"))
+            assert not driver.find_element(By.ID, "viewer").is_displayed()  # no image before the name
             name.clear()
             name.send_keys("Dr Who", Keys.ENTER)
             wait.until(lambda d: d.find_element(By.ID, "viewer").is_displayed()

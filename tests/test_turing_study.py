@@ -70,7 +70,7 @@ def test_create_refuses_bad_inputs(tmp_path):
     copy = tmp_path / "copy.npz"
     np.savez(copy, images=np.concatenate([images[5:6], np.random.default_rng(9).integers(0, 256, (11, 24, 24),
                                                                                        dtype=np.uint8)]))
-    with pytest.raises(MeddiffError, match=r"--synthetic copy.npz\[0\] is the same image as --real real.npz\[5\]"):
+    with pytest.raises(MeddiffError, match=r"--synthetic .*copy.npz: copy.npz\[0\] is the same image as --real .*real.npz: real.npz\[5\]"):
         create_study(real, copy, tmp_path / "s", n=10)
     with pytest.raises(MeddiffError, match="--window nonsense"):
         create_study(real, synth, tmp_path / "s", n=10, window="nonsense")

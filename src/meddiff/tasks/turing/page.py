@@ -27,7 +27,7 @@ header{width:100%;padding:8px 16px;background:#222;display:flex;justify-content:
 #status{min-height:1.4em;color:#fc6}
 kbd{background:#333;border:1px solid #666;padding:0 4px;border-radius:3px}
 textarea{width:min(70vh,90vw);height:3em;background:#222;color:#eee}
-.hidden{display:none}
+.hidden{display:none !important}
 </style></head><body>
 <header><span>__TITLE__</span><span id="progress"></span></header>
 <section id="start">

@@ -121,9 +121,9 @@ def create_study(real: str | Path, synthetic: str | Path, out: str | Path, *, n:
     real_hashes = {h: i for i, h in enumerate(hashes["real"])}
     for j, h in enumerate(hashes["synthetic"]):
         if h in real_hashes:
-            raise MeddiffError(f"--synthetic {sets['synthetic'].names[j]} is the same image as --real "
-                               f"{sets['real'].names[real_hashes[h]]} (identical pixels): the sets must not "
-                               "overlap; remove the copy")
+            raise MeddiffError(f"--synthetic {sets['synthetic'].source}: {sets['synthetic'].names[j]} is the same "
+                               f"image as --real {sets['real'].source}: {sets['real'].names[real_hashes[h]]} "
+                               "(identical pixels): the sets must not overlap; remove the copy")
     rng = np.random.default_rng(seed)
     drawn = [(kind, int(i)) for kind in KINDS
              for i in np.sort(rng.choice(len(pixels[kind]), n // 2, replace=False))]
