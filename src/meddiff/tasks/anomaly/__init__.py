@@ -17,20 +17,23 @@ healthy-percentile / fixed), connected components, image-level score. BraTS mode
 flair) at 48 x 48; chest X-ray models 1 x 28 x 28.
 
 Modules, in import order: ``data`` (MR scaling, masks, training folders, reading inputs, evaluation subjects),
-``postprocess`` (maps, filters, thresholds, components), ``methods`` (``Detector``, the heal functions,
-``load_detector``), ``outputs`` (files `meddiff detect` writes), ``detect`` (``detect_array``, ``run_detect``),
+``postprocess`` (maps, filters, thresholds, components), ``methods`` (``Detector``, the heal functions, the default
+and paper settings, ``load_detector``), ``outputs`` (files `meddiff detect` writes), ``detect`` (``detect_array``, ``run_detect``),
 ``evaluation`` (``evaluate``, ``run_evaluation``, ``markdown_table``) and ``report`` (the demo-report section).
 """
 
 from meddiff.tasks.anomaly.data import (
+    BRATS_FIELD_OF_VIEW_MM,
     CONTRASTS_BY_CHANNELS,
     MR_SCALE,
     Input,
+    Placement,
     Subject,
     brain_masks,
     brats_case_subject,
     brats_npz_subjects,
     foreground_mask,
+    in_plane_spacing,
     mirror_healthy_half,
     model_inputs,
     normalise_mr,
@@ -61,12 +64,16 @@ from meddiff.tasks.anomaly.methods import (
     DISEASED,
     HEALTHY,
     METHODS,
+    MR_DEFAULTS,
+    PAPER_SETTINGS,
+    SETTINGS,
     STOCHASTIC_METHODS,
-    TUNED_MR_ANODDPM,
     Detector,
     anoddpm_heal,
     check_input,
     contrast_indices,
+    default_settings,
+    is_brats_mr,
     load_detector,
     wolleb_heal,
 )
@@ -76,11 +83,13 @@ from meddiff.tasks.anomaly.evaluation import EVAL_SETS, evaluate, markdown_table
 from meddiff.tasks.anomaly.report import report_section
 
 __all__ = [
-    "CHEST_MODELS", "CONTRASTS_BY_CHANNELS", "DEFAULT_MODELS", "DIFFUSION_METHODS", "DISEASED", "EVAL_SETS",
-    "HEALTHY", "METHODS", "MR_SCALE", "RESIDUALS", "STOCHASTIC_METHODS", "THRESHOLDS", "TUNED_MR_ANODDPM",
-    "Detector", "Input", "Result", "Subject", "anoddpm_heal", "auto_median", "brain_masks", "brats_case_subject",
-    "brats_npz_subjects", "check_input", "connected_components", "contrast_indices", "detect_array", "evaluate",
-    "filter_maps", "foreground_mask", "image_score", "intensity_map", "load_detector", "markdown_table",
+    "BRATS_FIELD_OF_VIEW_MM", "CHEST_MODELS", "CONTRASTS_BY_CHANNELS", "DEFAULT_MODELS", "DIFFUSION_METHODS",
+    "DISEASED", "EVAL_SETS", "HEALTHY", "METHODS", "MR_DEFAULTS", "MR_SCALE", "PAPER_SETTINGS", "RESIDUALS",
+    "SETTINGS", "STOCHASTIC_METHODS", "THRESHOLDS", "Detector", "Input", "Placement", "Result", "Subject",
+    "anoddpm_heal", "auto_median", "brain_masks", "brats_case_subject", "brats_npz_subjects", "check_input",
+    "connected_components", "contrast_indices", "default_settings", "detect_array", "evaluate", "filter_maps",
+    "foreground_mask", "image_score", "in_plane_spacing", "intensity_map", "is_brats_mr", "load_detector",
+    "markdown_table",
     "median_filter", "mirror_healthy_half", "model_inputs", "normalise_mr", "pick_threshold", "pneumonia_subjects",
     "prepare_training_data", "read_case", "read_inputs", "report_section", "residual_map", "run_detect",
     "run_evaluation", "segment", "to_model_size", "wolleb_heal", "write_outputs", "write_scores",

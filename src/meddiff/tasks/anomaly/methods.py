@@ -65,8 +65,6 @@ MR_DEFAULTS = {
     "autoencoder": {"map_contrasts": ("flair",), "residual": "positive"},
     "intensity": {},
 }
-# AnoDDPM (simplex) as selected on development slices with K = 16, 25 steps (the setting before --select-speed)
-TUNED_MR_ANODDPM = {"noise_level": 30.0, "map_contrasts": ("flair",), "residual": "positive", "samples": 16}
 
 
 def default_settings(method: str, channels: int | None, settings: str = "default") -> dict:
