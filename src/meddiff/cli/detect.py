@@ -68,8 +68,9 @@ def add_setting_options(parser: argparse.ArgumentParser, defaults: dict) -> None
                              f"{g['noise_level']:g} Gaussian; papers: 500 / 250)")
     parser.add_argument("--guidance-scale", type=float, help=f"Wolleb classifier scale s (BraTS default: "
                                                             f"{defaults['wolleb']['guidance_scale']:g}; paper: 100)")
-    parser.add_argument("--steps", type=int, help=f"sampler steps between the noise level and 0 (default: AnoDDPM "
-                                                  f"{a['steps']}, Wolleb {defaults['wolleb']['steps']}; papers: 25)")
+    parser.add_argument("--steps", type=int, help=f"sampler steps between the noise level and 0 (BraTS default: "
+                                                  f"AnoDDPM {a['steps']} simplex, {g['steps']} Gaussian, Wolleb "
+                                                  f"{defaults['wolleb']['steps']}; papers: 25)")
     parser.add_argument("--paper-settings", dest="settings", action="store_const", const="paper", default="default",
                         help="use the papers' settings for whatever is left out (Wolleb L 500, AnoDDPM t_lambda 250, "
                              "|x - healthy| summed over all contrasts, one reconstruction)")
