@@ -164,3 +164,43 @@ def test_rate_by_keyboard_with_a_server_restart(tmp_path, monkeypatch):
     assert saved["pooled"]["n"] == 10 and saved["pooled"]["correct"] == correct == result["pooled"]["correct"]
     assert saved["re_answered"] == [{"rater": "Dr Who", "id": changed, "times": 2}]
     assert (study / "report.html").is_file()
+
+
+def test_volumes_scroll_and_three_planes(tmp_path, monkeypatch):
+    """3D studies: the stack scrolls by keyboard, P shows the three planes, and an answer is saved."""
+    _require()
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    rng = np.random.default_rng(0)
+    for name in ("real", "fake"):
+        np.save(tmp_path / f"{name}.npy", rng.uniform(0, 1, (5, 1, 9, 12, 10)).astype(np.float32))
+    study = tmp_path / "study"
+    create_study(tmp_path / "real.npy", tmp_path / "fake.npy", study, n=10)
+    port, log = _free_port(), tmp_path / "server.log"
+    server = _start_server(study, port, log)
+    driver = None
+    try:
+        driver = _driver(tmp_path / "profile")
+        wait = WebDriverWait(driver, 20)
+        driver.get(f"http://127.0.0.1:{port}/")
+        wait.until(lambda d: d.find_element(By.ID, "rater")).send_keys("vol", Keys.ENTER)
+        wait.until(lambda d: d.find_element(By.ID, "progress").get_attribute("data-answered") == "0")
+        src = lambda: driver.find_element(By.ID, "img").get_attribute("src")  # noqa: E731
+        assert src().endswith("/4") and driver.find_element(By.ID, "slicenum").text == "slice 5 / 9"
+        ActionChains(driver).send_keys(Keys.ARROW_DOWN, Keys.ARROW_DOWN).perform()
+        wait.until(lambda d: src().endswith("/6"))
+        ActionChains(driver).send_keys("p").perform()
+        wait.until(lambda d: src().split("/image/")[1].count("/") == 0)
+        assert not driver.find_element(By.ID, "stack").is_displayed()
+        assert driver.execute_script("return document.getElementById('img').naturalWidth") == 12 + 4 + 10 + 4 + 10
+        ActionChains(driver).send_keys("s", "2", Keys.ENTER).perform()
+        wait.until(lambda d: d.find_element(By.ID, "progress").get_attribute("data-answered") == "1")
+    finally:
+        if driver is not None:
+            driver.quit()
+        _kill(server)
+    assert len((study / "answers.jsonl").read_text().splitlines()) == 1

@@ -89,12 +89,12 @@ function go(p) {
   const item = S.order[pos], a = S.answers[item.id];
   label = a ? a.label : null; conf = a ? a.confidence : null; $("comment").value = a ? (a.comment || "") : "";
   planes = false; slice = item.slices ? Math.floor(item.slices / 2) : 0; shown = performance.now();
-  $("stack").classList.toggle("hidden", !item.slices);
   $("slider").max = item.slices ? item.slices - 1 : 0;
   draw(); paint(); progress(); status("");
 }
 function draw() {
   const item = S.order[pos];
+  $("stack").classList.toggle("hidden", !item.slices || planes);
   if (item.slices && !planes) {
     $("img").src = "/image/" + item.id + "/" + slice; $("slider").value = slice;
     $("slicenum").textContent = "slice " + (slice + 1) + " / " + item.slices;
