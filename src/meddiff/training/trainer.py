@@ -363,8 +363,12 @@ class Trainer:
             return diffusion_loss(self.train_model, x0, self.schedule, diffusion["prediction"], t=t, noise=noise,
                                   min_snr_gamma=diffusion["min_snr_gamma"], cond=cond)
 
-    def _train_step(self, micro_batches: list[dict]) -> tuple[float, float, float]:
-        """Forward/backward over the accumulation steps, clip, optimiser and EMA update; (loss, grad norm, lr)."""
+    def _train_step(self, micro_batches: list[dict]) -> tuple[float, Tensor, float]:
+        """Forward/backward over the accumulation steps, clip, optimiser and EMA update; (loss, grad norm, lr).
+
+        The loss is read back every step (the NaN/Inf check must come before the update); the gradient norm stays a
+        0-dim tensor on the device, read only at log steps, so CUDA does not wait for the optimiser and EMA each step.
+        """
         run = self.config["run"]
         accum, chunk = run["grad_accum"], run["batch_size"] // (run["grad_accum"] * self.world)
         t, noise, drop = self._draws(run["batch_size"])
@@ -408,7 +412,7 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         self.ema.update(self.net, self.step)
-        return value, float(grad_norm), lr
+        return value, grad_norm.detach(), lr
 
     # -- samples -----------------------------------------------------------------------------------------
 
@@ -473,7 +477,7 @@ class Trainer:
                     elapsed = time.perf_counter() - window_start
                     rate = len(window_losses) * run["batch_size"] / max(elapsed, 1e-9)
                     logger.log({"step": self.step, "loss": sum(window_losses) / len(window_losses),
-                                "lr": lr, "grad_norm": grad_norm,
+                                "lr": lr, "grad_norm": float(grad_norm),
                                 "images_per_s": rate, "elapsed_s": time.perf_counter() - start})
                     bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.1f}")
                     window_losses, window_start = [], time.perf_counter()
