@@ -13,7 +13,7 @@ from meddiff.errors import MeddiffError
 # Each module defines `register(subparsers)`; the sub-parser it adds sets `func(args) -> int`.
 COMMAND_MODULES = ("meddiff.cli.demo", "meddiff.cli.train", "meddiff.cli.sample", "meddiff.cli.checkpoints",
                    "meddiff.cli.data", "meddiff.cli.mask", "meddiff.cli.report", "meddiff.cli.evaluate",
-                   "meddiff.cli.reconstruct", "meddiff.cli.detect", "meddiff.cli.turing")
+                   "meddiff.cli.reconstruct", "meddiff.cli.detect", "meddiff.cli.turing", "meddiff.cli.federated")
 
 
 def build_parser() -> argparse.ArgumentParser:
