@@ -168,7 +168,8 @@ def write_score(study: str | Path, out: str | Path | None = None, *, json_out: s
     rater_rows.append({"rater": "pooled", "answered": result["answers_counted"], "accuracy": _fmt_p(p),
                        "sensitivity": _fmt_p(p["sensitivity"]), "specificity": _fmt_p(p["specificity"]),
                        "p vs 50 %": p["p_value_vs_50"], "re-answered": len(result["re_answered"])})
-    conf_rows = [{"confidence": c, "answers": v["n"], "accuracy": _fmt_p(v)} for c, v in result["by_confidence"].items()]
+    conf_rows = [{"confidence": c, "answers": v["n"], "accuracy": _fmt_p(v)}
+                 for c, v in result["by_confidence"].items()]
     kappa = result["fleiss_kappa"]
     with tempfile.TemporaryDirectory() as tmp:
         sections = [

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from meddiff.errors import MeddiffError
-from meddiff.tasks.turing.answers import append_answer, check_log, clean_rater, final_answers, read_answers, validate_answer
+from meddiff.tasks.turing.answers import (append_answer, check_log, clean_rater, final_answers, read_answers,
+                                         validate_answer)
 from meddiff.tasks.turing.study import ANSWERS, IMAGES, PAGE, load_manifest, rater_order
 
 DEFAULT_PORT = 8765
@@ -117,7 +118,8 @@ def serve_study(study: str | Path, *, host: str = "127.0.0.1", port: int = DEFAU
     try:
         import flask  # noqa: F401
     except ImportError:
-        raise MeddiffError("turing-test serve needs Flask: pip install 'meddiff[turing]' (or pip install flask)") from None
+        raise MeddiffError("turing-test serve needs Flask: pip install 'meddiff[turing]' (or pip install flask)") \
+            from None
     from werkzeug.serving import make_server
 
     if not is_loopback(host):
