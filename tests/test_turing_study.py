@@ -213,3 +213,13 @@ def test_answers_survive_a_killed_writer(tmp_path):
     subprocess.run([sys.executable, "-c", code, str(log)], check=False, timeout=60)
     records, torn = read_answers(log)
     assert [r["id"] for r in records] == ["0", "1", "2", "3", "4"] and torn == 0
+
+
+def test_cli_works_without_flask_and_names_it(study):
+    """Flask is an optional extra: the CLI imports without it, and `serve` says what to install."""
+    code = ("import sys\n"
+            "for name in ('flask', 'werkzeug'): sys.modules[name] = None\n"
+            "from meddiff.cli.main import main\n"
+            f"sys.exit(main(['turing-test', 'serve', {str(study)!r}]))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "pip install 'meddiff[turing]'" in result.stderr, result.stderr[-2000:]
