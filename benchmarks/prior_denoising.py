@@ -6,6 +6,9 @@ prior (its 99.5th foreground percentile -> [-1, 1]), padded to 232 x 180, noised
 after, per checkpoint.
 
     python benchmarks/prior_denoising.py brain_mri_prior [other checkpoints ...] [--out FILE.json]
+
+"untrained" stands for the shipped prior's network freshly initialised (``mri.untrained_prior``, seed 0): the
+no-knowledge control, whose x0 prediction is alpha x_t.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoints", nargs="+", help="checkpoint directories, run directories or shipped names")
+    parser.add_argument("checkpoints", nargs="+", help="checkpoint directories, run directories or shipped names; "
+                        "'untrained': the shipped prior's network freshly initialised")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -43,7 +47,7 @@ def main(argv=None) -> int:
     fg[0, 0, 1:-1] = ref > FOREGROUND * ref.max()
     results = []
     for checkpoint in args.checkpoints:
-        prior = mri.load_prior(checkpoint)
+        prior = mri.untrained_prior(mri.load_prior()) if checkpoint == "untrained" else mri.load_prior(checkpoint)
         g = torch.Generator().manual_seed(0)
         for t in TIMES:
             tt = torch.tensor([float(t)])
