@@ -1,0 +1,150 @@
+"""meddiff federated (issue 30): config checks, the split by subject, what leaves a site, FedProx's proximal step,
+and a 2-site 2-round Flower simulation on 127.0.0.1 whose global checkpoint loads like any meddiff checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("flwr")
+
+from meddiff.errors import MeddiffError  # noqa: E402
+from meddiff.tasks.federated import (  # noqa: E402
+    METRIC_KEYS,
+    SiteTrainer,
+    assign_subjects,
+    dataset_subjects,
+    read_data_spec,
+    simulate,
+    split_config,
+    write_site_specs,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "federated_tiny.yaml"
+
+
+def tiny(tmp_path: Path, **federated) -> tuple[Path, dict]:
+    """configs/federated_tiny.yaml with the run under tmp_path and ``federated`` overrides; (path, mapping)."""
+    config = yaml.safe_load(TINY.read_text())
+    config["run"].update({"out_dir": str(tmp_path / "runs")})
+    config["federated"].update(federated)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "fed.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path, config
+
+
+def test_config_checks_name_the_key(tmp_path):
+    _, config = tiny(tmp_path)
+    training, fed = split_config(config)
+    assert fed["strategy"] == "fedavg" and fed["wait_clients"] == fed["min_clients"] == 1
+    assert "federated" not in training and training["run"]["batch_size"] == 4
+    bad = [({"strategy": "fedsgd"}, "federated.strategy"), ({"proximal_mu": 0.1}, "proximal_mu"),
+           ({"rounds": 0}, "federated.rounds"), ({"colour": 1}, "colour"), ({"address": "nowhere"}, "address"),
+           ({"wait_clients": 0, "min_clients": 2}, "wait_clients")]
+    for override, needle in bad:
+        with pytest.raises(MeddiffError, match=needle):
+            split_config({**config, "federated": {**config["federated"], **override}})
+    with pytest.raises(MeddiffError, match="batch_size"):  # a one-image update must never leave a site
+        split_config({**config, "run": {**config["run"], "batch_size": 1}})
+    with pytest.raises(MeddiffError, match="federated"):
+        split_config({k: v for k, v in config.items() if k != "federated"})
+
+
+def test_data_spec_forms(tmp_path):
+    base = {"kind": "folder", "path": "a", "size": 32}
+    assert read_data_spec("/data/site_b", base) == {**base, "path": "/data/site_b"}
+    assert read_data_spec("{kind: medmnist, path: x.npz}", base) == {"kind": "medmnist", "path": "x.npz"}
+    spec = tmp_path / "site.yaml"
+    spec.write_text(yaml.safe_dump({"data": {"kind": "folder", "path": "b"}}))
+    assert read_data_spec(str(spec), base) == {"kind": "folder", "path": "b"}
+    with pytest.raises(MeddiffError, match="--data"):
+        read_data_spec("{path: x}", base)
+
+
+def test_sites_are_split_by_subject(tmp_path):
+    groups = assign_subjects([f"s{i // 3}" for i in range(30)], 3, weights=[3, 2, 1])
+    assert sorted(sum(groups, [])) == sorted({f"s{i}" for i in range(10)})  # each subject once, whole
+    assert [len(g) for g in groups] == sorted((len(g) for g in groups), reverse=True) and len(groups[0]) > len(groups[2])
+    with pytest.raises(MeddiffError, match="--sites"):
+        assign_subjects(["a", "b"], 3)
+    _, config = tiny(tmp_path)
+    specs = write_site_specs(config["data"], tmp_path / "sites", 2)
+    from meddiff.data import build_dataset
+
+    held_out = set(dataset_subjects(build_dataset(config["data"], split="val")))
+    seen = []
+    for spec in specs.values():
+        data = yaml.safe_load(spec.read_text())["data"]
+        subjects = set(dataset_subjects(build_dataset(data, split="train")))
+        assert subjects and not subjects & held_out
+        seen.append(subjects)
+    assert not seen[0] & seen[1]  # no subject at two sites
+
+
+def _site(tmp_path, **federated):
+    from meddiff.data import build_dataset
+
+    _, config = tiny(tmp_path, **federated)
+    training, fed = split_config(config)
+    return SiteTrainer(training, fed, "a", build_dataset(training["data"], split="train"), tmp_path / "site_a")
+
+
+def test_only_weights_and_scalars_leave_a_site(tmp_path):
+    site = _site(tmp_path)
+    state = site.trainer.net.state_dict()
+    start = site.weights()
+    arrays, count, metrics = site.fit(start, local_steps=2)
+    # the payload is exactly the network's state (one array per entry, same shapes), nothing else
+    assert len(arrays) == len(state) and all(a.shape == tuple(v.shape) for a, v in zip(arrays, state.values()))
+    image_shape = tuple(site.trainer.dataset[0]["image"].shape)
+    images = [site.trainer.dataset[i]["image"].numpy() for i in range(len(site.trainer.dataset))]
+    assert not any(a.size == x.size and np.allclose(a.ravel(), x.ravel(), atol=1e-3) for a in arrays for x in images)
+    assert all(a.shape != image_shape for a in arrays)
+    assert set(metrics) == set(METRIC_KEYS) and all(isinstance(v, (int, float, str)) for v in metrics.values())
+    meta = json.loads(metrics["meta"])
+    assert "data" not in meta and "versions" not in meta  # no site paths leave either
+    assert count == len(site.trainer.dataset) and metrics["steps"] == 2
+    # each local step averaged a batch of >= 2 images (the config refuses batch_size 1)
+    assert site.trainer.config["run"]["batch_size"] >= 2
+    assert any(not np.array_equal(a, b) for a, b in zip(arrays, start))
+    assert site.trainer.step == 2 and site.trainer.run_dir == tmp_path / "site_a"
+
+
+def test_fedprox_step_pulls_towards_the_global_weights(tmp_path):
+    free = _site(tmp_path / "free")
+    start = free.weights()
+    moved_free, _, _ = free.fit(start, local_steps=3)
+    prox = _site(tmp_path / "prox", strategy="fedprox", proximal_mu=1.0)
+    moved_prox, _, _ = prox.fit(start, local_steps=3, proximal_mu=1e4)
+    dist = lambda arrays: sum(float(((a - b) ** 2).sum()) for a, b in zip(arrays, start))  # noqa: E731
+    assert dist(moved_prox) < 0.2 * dist(moved_free)
+
+
+def test_simulate_two_sites_two_rounds(tmp_path):
+    """The default-run federated test: server + 2 clients as processes on 127.0.0.1, 2 rounds."""
+    path, config = tiny(tmp_path, local_steps=3)
+    training, fed = split_config(config)
+    run_dir = tmp_path / "run"
+    result = simulate(path, training, fed, 2, run_dir, timeout_s=240)
+    rounds = result["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2] and all(r["aggregated"] and r["failures"] == 0 for r in rounds)
+    assert all(r["sites"] == ["site1", "site2"] and r["bytes_up"] > 0 for r in rounds)
+    assert rounds[0]["num_examples"]["site1"] != rounds[0]["num_examples"]["site2"]  # unequal sites (by subject)
+    assert result["client_exit_codes"] == [0, 0]
+    from meddiff.training import load_checkpoint, load_state, resolve_checkpoint
+
+    assert resolve_checkpoint(run_dir).name == "step_00000002" and load_state(run_dir)["round"] == 2
+    model, meta = load_checkpoint(run_dir)  # what `meddiff sample --checkpoint RUN_DIR` loads
+    assert meta["federated"]["sites"] == ["site1", "site2"] and meta["image_size"] == [32, 32]
+    with torch.no_grad():
+        out = model(torch.zeros(2, 1, 32, 32), torch.tensor([10, 500]))
+    assert out.shape == (2, 1, 32, 32) and torch.isfinite(out).all()
+    for site in ("site1", "site2"):  # each site trained 2 x 3 steps with meddiff's Trainer
+        assert load_state(run_dir / "sites" / site)["step"] == 6
