@@ -163,9 +163,10 @@ def phantom(h=32, w=24, coils=4, seed=0):
 
 
 def tiny_prior(seed=0):
-    torch.manual_seed(seed)
-    net = build_unet({"channels": [8, 8], "attention_levels": [False, False], "num_res_blocks": 1,
-                      "norm_num_groups": 4})
+    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
+        torch.manual_seed(seed)
+        net = build_unet({"channels": [8, 8], "attention_levels": [False, False], "num_res_blocks": 1,
+                          "norm_num_groups": 4})
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
