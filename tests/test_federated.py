@@ -148,3 +148,32 @@ def test_simulate_two_sites_two_rounds(tmp_path):
     assert out.shape == (2, 1, 32, 32) and torch.isfinite(out).all()
     for site in ("site1", "site2"):  # each site trained 2 x 3 steps with meddiff's Trainer
         assert load_state(run_dir / "sites" / site)["step"] == 6
+
+
+def test_server_checkpoint_and_ema_over_rounds(tmp_path):
+    """Round checkpoints: model = the aggregated weights, ema = d ema + (1 - d) global (server_ema d), resumable."""
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+
+    from meddiff.tasks.federated.server import _ServerRun
+    from meddiff.training import load_checkpoint
+
+    site = _site(tmp_path / "site")
+    base = site.weights()
+    _, config = tiny(tmp_path, server_ema=0.5)
+    training, fed = split_config(config)
+    run = _ServerRun(training, fed, tmp_path / "server")
+    meta = json.dumps(site.meta())
+    for round_, shift in ((1, 1.0), (2, 3.0)):
+        arrays = [a + shift if a.dtype.kind == "f" else a for a in base]
+        result = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), 5, {"loss": 0.1, "site": "a", "meta": meta})
+        run.begin_round(1, ndarrays_to_parameters(arrays))
+        run.finish_round(round_, ndarrays_to_parameters(arrays), [(None, result)], [])
+    model, _ = load_checkpoint(tmp_path / "server", which="model")
+    ema, meta2 = load_checkpoint(tmp_path / "server", which="ema")
+    name, w0 = next((k, v) for k, v in zip(site.keys, base) if v.dtype.kind == "f")
+    assert np.allclose(model.state_dict()[name].numpy(), w0 + 3.0, atol=1e-6)
+    assert np.allclose(ema.state_dict()[name].numpy(), w0 + 2.0, atol=1e-5)  # 0.5 (w0 + 1) + 0.5 (w0 + 3)
+    assert meta2["federated"]["round"] == 2 and meta2["step"] == 2
+    again = _ServerRun(training, fed, tmp_path / "server")  # resumes after round 2 with the EMA count restored
+    assert again.offset == 2 and again.ema_updates == 2
+    assert [json.loads(x)["round"] for x in (tmp_path / "server" / "log.jsonl").read_text().splitlines()] == [1, 2]

@@ -93,7 +93,7 @@ class _ServerRun:
 
         self.meta = meta
         self.net = build_network(meta["network"])
-        self.ema = EMA(self.net, self.fed["server_ema"] or 0.0, warmup=True)
+        self.ema = EMA(self.net, self.fed["server_ema"] or 0.0, warmup=False)
 
     def initial_parameters(self):
         """The last checkpoint's global weights on resume; None (Flower asks one site) on a new run."""
@@ -116,10 +116,11 @@ class _ServerRun:
         arrays = parameters_to_ndarrays(parameters)
         state = self.net.state_dict()
         self.net.load_state_dict({k: torch.from_numpy(np.asarray(a)) for k, a in zip(state, arrays)})
-        if self.fed["server_ema"] is not None:
-            self.ema_updates += 1
+        if self.fed["server_ema"] is not None and self.ema_updates > 0:
+            self.ema_updates += 1  # ema_r = d ema_(r-1) + (1 - d) global_r
             self.ema.update(self.net, self.ema_updates)
-        else:
+        else:  # the first round (or no server EMA): ema = the global weights
+            self.ema_updates += self.fed["server_ema"] is not None
             self.ema.module.load_state_dict(self.net.state_dict())
         meta = {**self.meta, "step": round_, "data": self.config.get("data"), "versions": versions(),
                 "federated": {"round": round_, "strategy": self.fed["strategy"],
