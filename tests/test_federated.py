@@ -177,3 +177,22 @@ def test_server_checkpoint_and_ema_over_rounds(tmp_path):
     again = _ServerRun(training, fed, tmp_path / "server")  # resumes after round 2 with the EMA count restored
     assert again.offset == 2 and again.ema_updates == 2
     assert [json.loads(x)["round"] for x in (tmp_path / "server" / "log.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_local_dp_clips_the_update_and_reports_epsilon(tmp_path):
+    from meddiff.tasks.federated.client import DP_METRIC_KEYS
+
+    with pytest.raises(MeddiffError, match="federated.dp"):
+        _site(tmp_path / "bad", dp={"clip": 1.0, "epsilon": 1.0})
+    clip = 1e-3
+    site = _site(tmp_path / "site", dp={"clip": clip, "epsilon": 1e9, "delta": 1e-5})  # ~no noise: see the clip
+    start = site.weights()
+    arrays, _, metrics = site.fit(start, local_steps=2)
+    norm = np.sqrt(sum(float(((a.astype(np.float64) - b) ** 2).sum()) for a, b in zip(arrays, start)))
+    assert clip * 0.5 < norm <= clip * 1.001
+    assert set(metrics) == set(METRIC_KEYS) | set(DP_METRIC_KEYS) and metrics["dp_rounds"] == 1
+    noisy = _site(tmp_path / "noisy", dp={"clip": clip, "epsilon": 0.5, "delta": 1e-5})
+    arrays, _, metrics = noisy.fit(start, local_steps=2)
+    delta = np.concatenate([(a.astype(np.float64) - b).ravel() for a, b in zip(arrays, start) if a.dtype.kind == "f"])
+    expected = clip * np.sqrt(2 * np.log(1.25 / 1e-5)) / 0.5  # the Gaussian mechanism's std per weight
+    assert abs(delta.std() / expected - 1) < 0.05 and metrics["dp_epsilon"] == 0.5

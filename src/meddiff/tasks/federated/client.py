@@ -21,6 +21,7 @@ from meddiff.training import Trainer, list_checkpoints, load_state
 
 # What a site sends back with its weights: scalars only (no image, no per-image gradient).
 METRIC_KEYS = ("loss", "steps", "site", "meta")
+DP_METRIC_KEYS = ("dp_epsilon", "dp_delta", "dp_rounds")
 
 
 def site_seed(seed: int, site: str) -> int:
@@ -79,7 +80,30 @@ class SiteTrainer:
         losses = [loss for _, loss in history]
         metrics = {"loss": float(np.mean(losses)) if losses else float("nan"), "steps": len(history),
                    "site": self.site, "meta": json.dumps(self.meta(), default=str)}
-        return self.weights(), len(self.trainer.dataset), metrics
+        weights = self.weights()
+        if self.fed["dp"] is not None:
+            weights = self._privatise(weights, arrays, metrics)
+        return weights, len(self.trainer.dataset), metrics
+
+    def _privatise(self, weights: list[np.ndarray], start: list[np.ndarray], metrics: dict) -> list[np.ndarray]:
+        """Local differential privacy with Flower's mechanism (as its LocalDpMod): the update w - w_global is clipped
+        to L2 norm C (FlatClip) and Gaussian noise of std C sqrt(2 ln(1.25 / delta)) / epsilon is added to every
+        weight (the Gaussian mechanism with sensitivity C, Dwork & Roth 2014, thm. A.1; epsilon < 1 for that bound).
+        The unit protected is the site's whole contribution to a round; over r rounds the site's guarantee is
+        (r epsilon, r delta) by basic composition, which is what is reported."""
+        from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, compute_clip_model_update
+
+        dp = self.fed["dp"]
+        floats = [i for i, a in enumerate(weights) if a.dtype.kind == "f"]
+        local = [weights[i].astype(np.float64) for i in floats]
+        compute_clip_model_update(local, [np.asarray(start[i], np.float64) for i in floats], dp["clip"])
+        add_gaussian_noise_inplace(local, dp["clip"] * float(np.sqrt(2 * np.log(1.25 / dp["delta"]))) / dp["epsilon"])
+        out = list(weights)
+        for i, a in zip(floats, local):
+            out[i] = a.astype(weights[i].dtype)
+        rounds = max(1, self.trainer.step // self.fed["local_steps"])  # rounds this site has taken part in
+        metrics.update({"dp_epsilon": rounds * dp["epsilon"], "dp_delta": rounds * dp["delta"], "dp_rounds": rounds})
+        return out
 
 
 class _ProximalStep:

@@ -31,7 +31,9 @@ FEDERATED_DEFAULTS: dict[str, Any] = {
     "address": f"{LOOPBACK}:8088", # the server's gRPC address (host:port)
     "connect_timeout_s": 120.0,    # a client gives up when the server cannot be reached for this long
     "keep_checkpoints": 3,         # global checkpoints (one per round) kept in RUN_DIR/checkpoints
+    "dp": None,                    # {clip, epsilon, delta}: local DP on each site's update (Flower's mechanism)
 }
+DP_KEYS = ("clip", "epsilon", "delta")
 
 
 def split_config(config: dict, source: str = "the config") -> tuple[dict, dict]:
@@ -64,6 +66,12 @@ def split_config(config: dict, source: str = "the config") -> tuple[dict, dict]:
         if not isinstance(fed[key], (int, float)) or fed[key] <= 0:
             raise MeddiffError(f"{source}: federated.{key}={fed[key]!r} must be a positive number of seconds")
     parse_address(fed["address"], f"{source}: federated.address")
+    dp = fed["dp"]
+    if dp is not None:
+        if not isinstance(dp, dict) or set(dp) != set(DP_KEYS) or not all(
+                isinstance(dp[k], (int, float)) and dp[k] > 0 for k in DP_KEYS) or dp["delta"] >= 1:
+            raise MeddiffError(f"{source}: federated.dp={dp!r} must be null or {{clip: C, epsilon: e, delta: d}} with "
+                               "C, e > 0 and 0 < d < 1 (e.g. {clip: 1.0, epsilon: 1.0, delta: 1.0e-5})")
     training = resolve_config(config)
     if training["task"] != "synthesis":
         raise MeddiffError(f"{source}: federated training supports task: synthesis (got {training['task']!r})")

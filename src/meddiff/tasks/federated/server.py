@@ -138,6 +138,9 @@ class _ServerRun:
                   "bytes_down": self.bytes_down, "bytes_up": sum(sum(len(t) for t in r.parameters.tensors)
                                                                   for _, r in results),
                   "round_s": time.perf_counter() - self.round_start}
+        if self.fed["dp"] is not None:  # the weakest site guarantee so far (basic composition)
+            record["dp_epsilon"] = max((r.metrics.get("dp_epsilon", 0.0) for _, r in results), default=None)
+            record["dp_delta"] = max((r.metrics.get("dp_delta", 0.0) for _, r in results), default=None)
         with open(self.run_dir / LOG, "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
