@@ -139,7 +139,9 @@ def make_flower_client(site: SiteTrainer):
 def run_client(config: dict, fed: dict, site: str, data: dict, *, address: str | None = None,
                out: str | Path | None = None) -> Path:
     """Train at one site until the server finishes; returns the site's local run directory."""
-    import flwr as fl
+    from meddiff.tasks.federated.config import require_flwr
+
+    fl = require_flwr()
 
     from meddiff.data import build_dataset
 

@@ -82,6 +82,15 @@ def split_config(config: dict, source: str = "the config") -> tuple[dict, dict]:
     return training, fed
 
 
+def require_flwr():
+    """The flwr module, or a one-line error naming the extra to install."""
+    try:
+        import flwr
+    except ImportError:
+        raise MeddiffError("meddiff federated needs Flower: pip install 'meddiff[federated]' (flwr==1.42.0)") from None
+    return flwr
+
+
 def load_federated_config(path: str | Path) -> tuple[dict, dict]:
     """(training config, federated section) from FED.yaml; errors name the file."""
     return split_config(load_config(path), str(path))

@@ -147,7 +147,9 @@ class _ServerRun:
 
 def run_server(config: dict, fed: dict, run_dir: str | Path, *, address: str | None = None) -> dict:
     """Serve federated rounds until ``federated.rounds``; returns {"rounds_done", "resumed_from", "run_dir"}."""
-    import flwr as fl
+    from meddiff.tasks.federated.config import require_flwr
+
+    fl = require_flwr()
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

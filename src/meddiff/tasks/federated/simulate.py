@@ -70,6 +70,9 @@ def prepare_sites(config: dict, run_dir: Path, sites: int) -> dict[str, Path]:
 def simulate(config_path: str | Path, config: dict, fed: dict, sites: int, run_dir: str | Path, *,
              timeout_s: float | None = None) -> dict:
     """Run server + ``sites`` clients to the end; returns {"rounds": [round records], "run_dir", "wall_s"}."""
+    from meddiff.tasks.federated.config import require_flwr
+
+    require_flwr()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     specs = prepare_sites(config, run_dir, sites)
