@@ -14,7 +14,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_config_resolves(path):
-    config = resolve_config(load_config(path))
+    config = load_config(path)
+    if "federated" in config:  # a federated config is a training config plus its `federated:` section
+        from meddiff.tasks.federated.config import split_config
+
+        config, _ = split_config(config, str(path))
+    config = resolve_config(config)
     assert config["run"]["name"] and config["data"]["kind"]
 
 
