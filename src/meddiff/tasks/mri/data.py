@@ -98,7 +98,7 @@ def _axial_volume(path: Path) -> np.ndarray:
     """A T1 volume (x, y, z) in RAS, axial slices along z, scaled to [0, 1] by its 99.5th foreground percentile;
     a VoxelMorph-style .npz ('vol', no affine) is taken as it is stored."""
     if path.suffix == ".npz":
-        vol = np.load(path)["vol"].astype(np.float32)
+        vol = io.load_npz(path)["vol"].astype(np.float32)
     else:
         vol, meta = io.read_nifti(path)
         vol, _ = to_canonical(np.asarray(vol, dtype=np.float32)[None], meta)
