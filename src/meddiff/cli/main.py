@@ -13,7 +13,8 @@ from meddiff.errors import MeddiffError
 # Each module defines `register(subparsers)`; the sub-parser it adds sets `func(args) -> int`.
 COMMAND_MODULES = ("meddiff.cli.demo", "meddiff.cli.train", "meddiff.cli.sample", "meddiff.cli.checkpoints",
                    "meddiff.cli.data", "meddiff.cli.mask", "meddiff.cli.report", "meddiff.cli.evaluate",
-                   "meddiff.cli.reconstruct", "meddiff.cli.detect", "meddiff.cli.turing", "meddiff.cli.federated")
+                   "meddiff.cli.reconstruct", "meddiff.cli.detect", "meddiff.cli.turing", "meddiff.cli.federated",
+                   "meddiff.cli.simulate_kspace")
 
 
 def build_parser() -> argparse.ArgumentParser:
