@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from meddiff.files import write_png, write_text
+from meddiff.files import write_text
 
 
 def to_uint8(image: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
@@ -33,11 +33,6 @@ def labelled_row(panels: list[np.ndarray], labels: list[str], pad: int = 4) -> I
         draw.text((x, 2), label, fill="black")
         x += im.width + pad
     return canvas
-
-
-def save_png(image: Image.Image | np.ndarray, path: Path) -> Path:
-    """Write a PNG atomically: `meddiff.files.write_png` (kept under this name for existing callers)."""
-    return write_png(path, image)
 
 
 def _png_data_uri(path: Path) -> str:

@@ -20,7 +20,8 @@ from meddiff import __version__
 from meddiff.data.assets import asset_path
 from meddiff.diffusion import VPSDE, get_sampler, initial_noise, make_grid, network_evaluations, recommended_spacing
 from meddiff.diffusion.analytic import mixture_2d
-from meddiff.report import labelled_row, save_png, to_uint8, write_report
+from meddiff.files import write_png
+from meddiff.report import labelled_row, to_uint8, write_report
 
 DEMO_SAMPLERS = [("ddpm", 1000), ("ddim", 10), ("dpmpp_2m", 10), ("heun", 10), ("pc", 100)]
 
@@ -46,7 +47,7 @@ def sampler_section(out: Path, n: int, seed: int, log) -> dict:
         panels.append(_density_image(samples.numpy()))
         labels.append(f"{name} NFE {nfe}")
         log(f"  sampler {name:9s} NFE {nfe:5d}  mode-weight error {rows[-1]['mode_weight_error']:.4f}  {seconds:.1f}s")
-    figure = save_png(labelled_row(panels, labels), out / "samplers_mixture.png")
+    figure = write_png(out / "samplers_mixture.png", labelled_row(panels, labels))
     return {"title": "Samplers on a known distribution",
             "text": f"{n} samples from a 4-mode 2D Gaussian mixture (weights 0.4/0.3/0.2/0.1) drawn with the exact "
                     "denoiser under a VP SDE; mode-weight error is the total-variation distance between sampled and "
@@ -85,8 +86,9 @@ def synthesis_section(out: Path, n: int, seed: int, log) -> dict:
     pairs = np.concatenate([np.concatenate([np.pad(fakes[i], 1) for i in closest], axis=1),
                             np.concatenate([np.pad(train_images[nearest[i]], 1) for i in closest], axis=1)])
     panels = [_enlarge(np.concatenate(real_grid)), _enlarge(np.concatenate(fake_grid)), _enlarge(pairs)]
-    figure = save_png(labelled_row(panels, ["real (val): normal / pneumonia", "synthetic: normal / pneumonia",
-                                            "closest samples / their nearest training image"]), out / "synthesis.png")
+    captions = ["real (val): normal / pneumonia", "synthetic: normal / pneumonia",
+                "closest samples / their nearest training image"]
+    figure = write_png(out / "synthesis.png", labelled_row(panels, captions))
     table = headline_rows(result)
     return {"title": "Synthesis: shipped class-conditional chest X-ray model (pneumonia_cond)",
             "text": f"{n} samples (half per class) from the shipped 28x28 PneumoniaMNIST model with DPM-Solver++ "
@@ -123,7 +125,7 @@ def gallery_section(out: Path, seed: int, log, models=GALLERY_MODELS) -> dict:
         panels.append(fake)
         labels.append("synthetic")
         factor = max(1, round(512 / max(p.shape[0] for p in panels)))  # about 512 px tall
-        figures.append(save_png(labelled_row([_enlarge(p, factor) for p in panels], labels), out / f"gallery_{name}.png"))
+        figures.append(write_png(out / f"gallery_{name}.png", labelled_row([_enlarge(p, factor) for p in panels], labels)))
         rows.append({"model": name, "samples": num, "sampler": "dpmpp_2m 20", "seconds": run["seconds"]})
         log(f"  gallery: {num} samples of {name} in {run['seconds']:.1f}s")
     return {"title": "More shipped models: 2D brain MR slices and 3D adrenal shapes",

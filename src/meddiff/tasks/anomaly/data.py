@@ -154,7 +154,7 @@ def prepare_training_data(out_dir: str | Path, brats_case: str | Path, pneumonia
     Returns the counts. The split is by subject: this one BraTS case trains, other subjects test.
     """
     from meddiff.data import read_image, read_medmnist
-    from meddiff.data.io import write_png
+    from meddiff.files import write_png
     from meddiff.data.volumes import discover_subjects
 
     out = Path(out_dir)

@@ -28,7 +28,7 @@ def write_outputs(item: Input, result: Result, out_dir: Path) -> list[Path]:
     from PIL import Image
 
     from meddiff.data.io import atomic_path, write_nifti
-    from meddiff.report.html import save_png
+    from meddiff.files import write_png
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -45,7 +45,7 @@ def write_outputs(item: Input, result: Result, out_dir: Path) -> list[Path]:
         panel = _overlay(item.image[..., z], result.segmentation[..., z], result.anomaly[..., z])
     else:
         panel = _overlay(item.image, result.segmentation, result.anomaly)
-    written.append(save_png(Image.fromarray(np.ascontiguousarray(panel)), out_dir / f"{item.name}_overlay.png"))
+    written.append(write_png(out_dir / f"{item.name}_overlay.png", Image.fromarray(np.ascontiguousarray(panel))))
     return written
 
 

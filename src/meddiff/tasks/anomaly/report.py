@@ -27,7 +27,8 @@ def report_section(out_dir: str | Path, *, methods: Sequence[str] = ("intensity"
 
     from meddiff.data.assets import asset_path
     from meddiff.metrics.segmentation import auroc, best_dice
-    from meddiff.report.html import labelled_row, save_png, to_uint8
+    from meddiff.report.html import labelled_row, to_uint8
+    from meddiff.files import write_png
 
     path = Path(brats_slices) if brats_slices else asset_path("brats2020_slices/brats_slices.npz")
     subject = brats_npz_subjects(path)[0]
@@ -57,7 +58,7 @@ def report_section(out_dir: str | Path, *, methods: Sequence[str] = ("intensity"
     for r in rows:
         canvas.paste(r, (0, y))
         y += r.height
-    figure = save_png(canvas, out / "anomaly.png")
+    figure = write_png(out / "anomaly.png", canvas)
     tuned = MR_DEFAULTS["anoddpm"]
     text = (f"Unsupervised tumour detection on {where}, one slice; models are the shipped BraTS ones (48 x 48, "
             "trained on one subject), each method with its defaults. 'intensity' is the z-scored FLAIR baseline "

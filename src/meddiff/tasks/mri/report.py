@@ -34,7 +34,8 @@ def report_section(out_dir: str | Path, *, method: str = "ddnm", pattern: str = 
 
     from meddiff.data.assets import asset_path
     from meddiff.physics import make_mask
-    from meddiff.report import labelled_row, save_png, to_uint8
+    from meddiff.report import labelled_row, to_uint8
+    from meddiff.files import write_png
 
     check_choice("method", method, SOLVERS)
     out = Path(out_dir)
@@ -81,7 +82,7 @@ def report_section(out_dir: str | Path, *, method: str = "ddnm", pattern: str = 
     both = Image.new("RGB", (max(upper.width, lower.width), upper.height + lower.height), "white")
     both.paste(upper, (0, 0))
     both.paste(lower, (0, upper.height))
-    figure = save_png(both, out / "mri_diffusion.png")
+    figure = write_png(out / "mri_diffusion.png", both)
     by = {row["method"]: row for row in rows}
     ours, control, cs = by[method], by[f"{method} untrained"], by["cs-wavelet"]
     return {"title": f"MRI reconstruction with the brain diffusion prior ({pattern} {acceleration}x, {method})",

@@ -118,7 +118,8 @@ def _fmt_p(p: dict) -> str:
 
 
 def _figure(study: Path, rows: list[dict], folder: Path, name: str) -> Path | None:
-    from meddiff.report.html import labelled_row, save_png
+    from meddiff.report.html import labelled_row
+    from meddiff.files import write_png
 
     if not rows:
         return None
@@ -128,7 +129,7 @@ def _figure(study: Path, rows: list[dict], folder: Path, name: str) -> Path | No
         scale = max(1, 128 // max(image.size))
         panels.append(np.asarray(image.resize((image.width * scale, image.height * scale), Image.NEAREST)))
         labels.append(f"{row['fooled']}/{row['answers']} fooled")
-    return save_png(labelled_row(panels, labels), folder / name)
+    return write_png(folder / name, labelled_row(panels, labels))
 
 
 def format_summary(result: dict) -> str:
