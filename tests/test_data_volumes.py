@@ -120,3 +120,43 @@ def test_kspace_dataset_npy_h5_cfl(tmp_path):
     assert item[KSPACE_KEY].dtype == torch.complex64 and item[IMAGE_KEY].max() == pytest.approx(1.0)
     rss = np.load(asset_path("kspace_brain_8ch/rss_reference.npy"))
     np.testing.assert_allclose(((item[IMAGE_KEY][0] + 1) / 2 * item["scale"]).numpy(), rss, rtol=1e-3, atol=1e-3)
+
+
+def test_slices_per_slice_scale_and_pad(brats_two_styles, tmp_path):
+    """per_slice + mode "scale" gives each slice the MRI solvers' scale (its 99.5th percentile of bright pixels -> 1,
+    air -> -1) and pad_multiple pads whole slices with air instead of resizing (issue 21's prior data)."""
+    from meddiff.data import magnitude_scale
+    from meddiff.data.io import read_image
+    from meddiff.data.transforms import to_canonical
+
+    cfg = {"kind": "slices", "path": str(brats_two_styles), "contrasts": ["t1"], "val_fraction": 0,
+           "min_foreground": 0.1, "per_slice": True, "pad_multiple": 8,
+           "normalize": {"mode": "scale", "upper": 99.5, "clip": False}}
+    ds = build_dataset(cfg, "all")
+    assert ds.image_shape == (1, 80, 88)  # 76 x 88 axial slices padded to multiples of 8, not resized
+    subject, position = ds.index[len(ds.index) // 2]
+    index = int(ds._memory[subject]["index"][position])  # the axial slice number of the kept slice
+    raw, meta = read_image(ds.subjects[subject]["t1"], expect_ndim=3)
+    raw, _ = to_canonical(raw[None].astype(np.float32), meta)
+    sl = raw[0, :, :, index]
+    x = ds[len(ds.index) // 2][IMAGE_KEY][0]
+    assert torch.all(x[:2] == -1) and torch.all(x[-2:] == -1)  # 2 padded rows of air on each side
+    inner = x[2:-2]
+    expected = 2 * torch.from_numpy(sl) / magnitude_scale(sl) - 1
+    torch.testing.assert_close(inner, expected.float(), atol=1e-5, rtol=1e-5)
+    assert float(inner.max()) > 1.0  # not clipped: the brightest 0.5 % stay above 1
+    with pytest.raises(MeddiffError, match="power of 2"):
+        build_dataset({**cfg, "pad_multiple": 6}, "all")
+    with pytest.raises(MeddiffError, match="not both"):
+        build_dataset({**cfg, "size": 32}, "all")
+
+
+def test_magnitude_scale_is_the_solver_scale():
+    from meddiff.data import magnitude_scale
+
+    img = torch.zeros(50, 50)
+    img[10:40, 10:40] = torch.linspace(1, 100, 900).reshape(30, 30)
+    img[0, 0] = 0.5  # below 10 % of the max: not in the statistic
+    fg = img[img > 10.0].double()
+    assert magnitude_scale(img) == pytest.approx(float(torch.quantile(fg, 0.995)))
+    assert magnitude_scale(torch.zeros(4, 4)) == 1.0

@@ -54,6 +54,7 @@ from meddiff.data.transforms import (
     denormalize,
     extract_slices,
     fit_to_multiple,
+    magnitude_scale,
     normalize,
     resample_to_spacing,
     resize,

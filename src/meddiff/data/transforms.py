@@ -30,7 +30,8 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "lung": (-600.0, 1500.0),
     "bone": (400.0, 1800.0),
 }
-NORM_MODES = ("fixed", "window", "minmax", "percentile", "zscore", "none")
+NORM_MODES = ("fixed", "window", "minmax", "percentile", "scale", "zscore", "none")
+SCALE_THRESHOLD = 0.1  # mode "scale": its percentile is taken over pixels above this fraction of the image max
 OUTPUT_RANGES = {"[-1,1]": (-1.0, 1.0), "[0,1]": (0.0, 1.0)}
 
 
@@ -72,8 +73,10 @@ class NormConfig:
 
     fixed: [a_min, a_max] -> out range (e.g. 0..255 for uint8); window: CT window (preset or centre/width),
     clipped; minmax: per-image min/max; percentile: per-image [lower, upper] percentiles, clipped;
-    zscore: (x - mean) / std, unbounded. ``foreground`` computes statistics on voxels > background only
-    (MRI: ignore air).
+    scale: [0, the ``upper`` percentile of the pixels above SCALE_THRESHOLD x max] -> out range (a magnitude image
+    divided by its bright-tissue level, zero stays zero: the MRI solvers' scale, ``magnitude_scale``; clipped only
+    with ``clip``); zscore: (x - mean) / std, unbounded. ``foreground`` computes statistics on voxels > background
+    only (MRI: ignore air).
     """
 
     mode: str = "minmax"
@@ -115,6 +118,19 @@ class NormConfig:
         return asdict(self)
 
 
+def magnitude_scale(x, percentile: float = 99.5) -> float:
+    """The ``percentile`` of the pixels of a magnitude image above SCALE_THRESHOLD x its max (1.0 for an all-zero
+    image): one intensity scale for training slices (normalize mode "scale") and the MRI solvers' starting image."""
+    v = _as_tensor(x).detach().reshape(-1).double().abs()
+    top = float(v.max()) if v.numel() else 0.0
+    if top <= 0:
+        return 1.0
+    fg = v[v > SCALE_THRESHOLD * top]
+    if fg.numel() > 2**24:  # torch.quantile size limit
+        fg = fg[torch.linspace(0, fg.numel() - 1, 2**24).long()]
+    return float(torch.quantile(fg, percentile / 100.0)) or top
+
+
 def _stats_mask(x: torch.Tensor, cfg: NormConfig) -> torch.Tensor:
     if not cfg.foreground:
         return x.reshape(-1)
@@ -152,6 +168,8 @@ def normalize(x, cfg: NormConfig | dict | str | None = None):
         vals = _stats_mask(xt, cfg)
         if cfg.mode == "minmax":
             lo, hi, clip = float(vals.min()), float(vals.max()), cfg.clip
+        elif cfg.mode == "scale":
+            lo, hi, clip = 0.0, magnitude_scale(xt, cfg.upper), cfg.clip
         else:  # percentile
             q = torch.tensor([cfg.lower / 100.0, cfg.upper / 100.0], dtype=torch.float64)
             v = vals.double()

@@ -25,7 +25,8 @@ from meddiff.data.datasets import (
     register_dataset,
 )
 from meddiff.data.splits import SPLIT_CHOICES, load_or_make_split, select
-from meddiff.data.transforms import NormConfig, extract_slices, normalize, resample_to_spacing, resize, to_canonical
+from meddiff.data.transforms import (NormConfig, extract_slices, fit_to_multiple, foreground_fraction, normalize,
+                                     resample_to_spacing, resize, to_canonical)
 from meddiff.errors import MeddiffError, check_choice
 
 BRATS2020_CONTRASTS = ("t1", "t1ce", "t2", "flair")
@@ -192,24 +193,36 @@ class SliceDataset(_SubjectsMixin, _Base):
     """2D slices cut from NIfTI subject volumes along ``axis`` (after reorienting to RAS: 2 = axial), empty
     slices dropped (foreground fraction < ``min_foreground``), cached per subject under ``cache_dir`` so
     later runs (and an interrupted `meddiff data prepare`) reuse them. Items: {"image": (C, H, W) in [-1, 1],
-    "seg": (1, H, W) when seg}, or with ``target`` a paired item {"image": target, "cond_image": sources}."""
+    "seg": (1, H, W) when seg}, or with ``target`` a paired item {"image": target, "cond_image": sources}.
+    ``per_slice``: ``normalize`` each slice on its own (as a reconstruction sees one slice) instead of the volume;
+    ``pad_multiple``: pad whole slices with the background value to a multiple of this power of 2 (what a U-Net
+    with log2(pad_multiple) down-sampling levels needs) instead of resizing them."""
 
     def __init__(self, path, split: str = "train", contrasts: Sequence[str] | None = None, seg: bool = False,
                  axis: int = 2, min_foreground: float = 0.05, size: int | Sequence[int] | None = None,
                  normalize: dict | str | None = None, canonical: bool = True, spacing: Sequence[float] | None = None,
                  cache_dir: str | None = None, source: Sequence[str] | str | None = None, target: str | None = None,
                  val_fraction: float = 0.1, test_fraction: float = 0.0, split_file: str | None = None, seed: int = 0,
-                 augment: dict | None = None, progress: bool = False) -> None:
+                 augment: dict | None = None, progress: bool = False, per_slice: bool = False,
+                 pad_multiple: int | None = None) -> None:
         contrasts, self.source = _resolve_pair(contrasts, source, target)
         self.target = target
         self._init_subjects(path, contrasts, seg, split, val_fraction, test_fraction, split_file, seed)
         check_choice("axis", axis, (0, 1, 2, -1, -2, -3))
+        if pad_multiple is not None and (isinstance(pad_multiple, bool) or not isinstance(pad_multiple, int)
+                                         or pad_multiple < 1 or pad_multiple & (pad_multiple - 1)):
+            raise MeddiffError(f"pad_multiple={pad_multiple!r} must be a power of 2 (e.g. 8 for a U-Net with 4 levels)")
+        if pad_multiple is not None and size is not None:
+            raise MeddiffError("give size (resize slices) or pad_multiple (pad whole slices), not both")
+        self.per_slice, self.pad_multiple = bool(per_slice), pad_multiple
         self.axis, self.min_foreground = axis, float(min_foreground)
         self.norm, self.canonical, self.spacing = normalize, canonical, spacing
         self.size = _size_tuple(size, 2)
         self.settings = {"contrasts": self.contrasts, "seg": self.with_seg, "axis": axis,
                          "min_foreground": self.min_foreground, "size": self.size, "normalize": normalize,
                          "canonical": canonical, "spacing": spacing}
+        if per_slice or pad_multiple:  # new keys only when used: existing caches keep their names
+            self.settings.update({"per_slice": self.per_slice, "pad_multiple": pad_multiple})
         self._memory: dict[str, dict[str, np.ndarray]] = {}
         self.cache = None
         if cache_dir is not None:
@@ -252,10 +265,21 @@ class SliceDataset(_SubjectsMixin, _Base):
 
     def _cut(self, subject: str) -> int:
         vol, seg, stats = load_subject(self.subjects[subject], self.contrasts, with_seg=self.with_seg,
-                                       normalize_cfg=self.norm, canonical=self.canonical, spacing=self.spacing)
+                                       normalize_cfg="none" if self.per_slice else self.norm,
+                                       canonical=self.canonical, spacing=self.spacing)
         both = np.concatenate([vol, seg.astype(np.float32)], 0) if seg is not None else vol
-        # foreground judged on the raw-scale first contrast, mapped from [-1, 1]: background sits at -1
-        kept = extract_slices(both, self.axis, min_foreground=self.min_foreground, threshold=-0.95, channel_first=True)
+        cut = extract_slices(both, self.axis, channel_first=True)
+        norm_cfg = NormConfig.from_dict(self.norm if self.norm is not None else DEFAULT_MR_NORM)
+        kept = []
+        for i, sl in cut:
+            sl = np.array(sl, dtype=np.float32)
+            if self.per_slice:
+                for c in range(vol.shape[0]):
+                    sl[c] = normalize(sl[c], norm_cfg)[0]
+            # foreground judged on the first contrast in [-1, 1]: background sits at -1
+            if self.min_foreground > 0 and foreground_fraction(sl[0], -0.95) < self.min_foreground:
+                continue
+            kept.append((i, sl))
         images, segs, idx = [], [], []
         for i, sl in kept:
             t = torch.from_numpy(np.ascontiguousarray(sl))
@@ -263,6 +287,10 @@ class SliceDataset(_SubjectsMixin, _Base):
             if self.size is not None:
                 img = resize(img, self.size)
                 s = resize(s, self.size, mode="nearest") if s.numel() else s
+            if self.pad_multiple:
+                k = self.pad_multiple.bit_length() - 1
+                img = fit_to_multiple(img, k, "pad", value=-1.0)
+                s = fit_to_multiple(s, k, "pad", value=0.0) if s.numel() else s
             images.append(img.numpy())
             segs.append(s.numpy())
             idx.append(i)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from meddiff.data.transforms import magnitude_scale
 from meddiff.diffusion import get_sampler, initial_noise, make_grid, partial_grid
 from meddiff.diffusion.inverse import MeasurementReplacement, PosteriorGradient, Projection
 from meddiff.diffusion.timesteps import TimeGrid
@@ -111,8 +112,7 @@ def _start(problem: MRIProblem, init: str = "sense") -> tuple[Tensor, float, Ten
     check_choice("init", init, INITS)
     sense = (cg_sense if init == "sense" else cs_wavelet)(problem.op, problem.y)[0]
     mag = sense.abs()
-    fg = mag[mag > 0.1 * mag.max()]
-    scale = float(torch.quantile(fg.double(), SCALE_PERCENTILE / 100))
+    scale = magnitude_scale(mag, SCALE_PERCENTILE)  # the training slices' scale (normalize mode "scale")
     phase = torch.where(mag > 0, sense / mag.clamp_min(1e-30), low_resolution_phase(problem)).to(torch.complex64)
     return phase, scale, sense
 
