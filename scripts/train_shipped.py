@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--name", required=True, help="shipped name (folder under assets/checkpoints)")
     parser.add_argument("--description", required=True, help="one line for `meddiff checkpoints list`")
+    parser.add_argument("--trained-on", default="", help="one line naming the data and split, for `meddiff "
+                        "checkpoints list` (kept from the shipped card when left out)")
     parser.add_argument("--default-for", nargs="*", default=[],
                         help="commands that use this model when --checkpoint is left out (e.g. sample)")
     parser.add_argument("--steps", type=int, help="override run.steps")
@@ -73,8 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     previous = SHIPPED_DIR / args.name / "command.txt"
     if args.export_only and previous.is_file():  # re-exporting keeps the command that trained the model
         command = previous.read_text().strip()
+    trained_on = args.trained_on
+    if not trained_on and (SHIPPED_DIR / args.name / "meta.json").is_file():
+        import json
+
+        trained_on = json.loads((SHIPPED_DIR / args.name / "meta.json").read_text()).get("shipped", {}).get("trained_on", "")
     shipped = export_checkpoint(checkpoint, args.name, command=command, description=args.description,
-                                default_for=args.default_for)
+                                default_for=args.default_for, trained_on=trained_on)
     if args.real_examples:
         save_real_examples(config["data"], args.real_examples, shipped / "real_examples.png")
     print(f"shipped {checkpoint} -> {shipped} ({time.time() - started:.0f} s)")

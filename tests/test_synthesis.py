@@ -149,12 +149,14 @@ def test_shipped_checkpoint_export_list_resolve_and_load(runs, tmp_path, monkeyp
     monkeypatch.setattr(shipped_module, "SHIPPED_DIR", tmp_path / "shipped")
     checkpoint = list_checkpoints(runs["cond"] / "checkpoints")[-1]
     path = shipped_module.export_checkpoint(checkpoint, "tiny_cond", command="python train.py",
-                                            description="tiny test model", default_for=["sample"])
+                                            description="tiny test model", default_for=["sample"],
+                                            trained_on="8x8 toy images, seed 0")
     assert {p.name for p in path.iterdir()} >= {"ema.safetensors", "meta.json", "command.txt", "config.yaml",
                                                  "log.csv", "environment.json", "samples.png"}
     assert all(v.dtype == torch.float16 for v in load_file(path / "ema.safetensors").values())
     (card,) = shipped_module.list_shipped()
     assert card["name"] == "tiny_cond" and card["num_classes"] == 2 and card["default_for"] == ["sample"]
+    assert card["trained_on"] == "8x8 toy images, seed 0"
     assert shipped_module.default_checkpoint("sample") == path
     with pytest.raises(MeddiffError, match="no shipped checkpoint is the default for 'detect'"):
         shipped_module.default_checkpoint("detect")
@@ -164,7 +166,8 @@ def test_shipped_checkpoint_export_list_resolve_and_load(runs, tmp_path, monkeyp
         assert a.dtype == b.dtype
         torch.testing.assert_close(a, b, atol=2e-3, rtol=1e-3)  # fp16 storage
     assert main(["checkpoints", "list"]) == 0
-    assert "| tiny_cond | synthesis | 8x8 (1 ch) | 2 |" in capsys.readouterr().out
+    listing = capsys.readouterr().out
+    assert "| tiny_cond | synthesis | 8x8 (1 ch) | 2 |" in listing and "| 8x8 toy images, seed 0 |" in listing
     assert main(["sample", "--n", "2", "--steps", "2", "--out", str(tmp_path / "cli"), "--device", "cpu"]) == 0
     assert (tmp_path / "cli" / "samples.npy").is_file()
 
@@ -190,3 +193,9 @@ def test_shipped_brain_and_adrenal_models_sample_plausible_images(tmp_path):
     head = (slices > -0.8).mean(axis=(1, 2, 3))
     border = np.concatenate([slices[..., :3, :].reshape(4, -1), slices[..., -3:, :].reshape(4, -1)], axis=1)
     assert np.all((head > 0.2) & (head < 0.9)) and np.all(border.mean(axis=1) < -0.7)  # a head on a dark background (noise: ~0)
+
+
+def test_every_shipped_card_says_what_it_was_trained_on():
+    """`meddiff checkpoints list` names the data of every shipped model (issue 21)."""
+    cards = shipped_module.list_shipped()
+    assert cards and all(len(c["trained_on"]) > 10 for c in cards), [c["name"] for c in cards if not c["trained_on"]]

@@ -27,11 +27,11 @@ def run_list(args: argparse.Namespace) -> int:
     if not cards:
         print(f"no shipped checkpoints in {SHIPPED_DIR}")
         return 0
-    print("| name | task | image size | classes | parameters | MB | default for | description |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| name | task | image size | classes | parameters | MB | default for | trained on | description |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for c in cards:
         size = "x".join(str(s) for s in c["image_size"] or []) + f" ({c['channels']} ch)"
         params = f"{c['parameters'] / 1e6:.2f} M" if c["parameters"] else "?"
         print(f"| {c['name']} | {c['task']} | {size} | {c['num_classes'] or '-'} | {params} | {c['size_mb']} | "
-              f"{', '.join(c['default_for']) or '-'} | {c['description']} |")
+              f"{', '.join(c['default_for']) or '-'} | {c['trained_on'] or '?'} | {c['description']} |")
     return 0

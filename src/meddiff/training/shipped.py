@@ -32,7 +32,8 @@ def shipped_path(name: str) -> Path | None:
 
 
 def list_shipped() -> list[dict]:
-    """One card per shipped checkpoint: name, task, description, default_for, image size, classes, size in MB."""
+    """One card per shipped checkpoint: name, task, description, what it was trained on, default_for, image size,
+    classes, size in MB."""
     if not SHIPPED_DIR.is_dir():
         return []
     cards = []
@@ -46,6 +47,7 @@ def list_shipped() -> list[dict]:
             "name": path.name,
             "task": meta.get("task"),
             "description": card.get("description", ""),
+            "trained_on": card.get("trained_on", ""),
             "default_for": card.get("default_for", []),
             "image_size": meta.get("image_size"),
             "channels": meta.get("channels"),
@@ -68,12 +70,13 @@ def default_checkpoint(command: str) -> Path:
 
 
 def export_checkpoint(checkpoint: str | Path, name: str, *, command: str, description: str,
-                      default_for: list[str] = (), dtype: torch.dtype = torch.float16,
+                      default_for: list[str] = (), trained_on: str = "", dtype: torch.dtype = torch.float16,
                       extra_files: dict[str, Path] | None = None) -> Path:
     """Copy a trainer checkpoint's EMA weights (cast to ``dtype``) and provenance into ``SHIPPED_DIR/name``.
 
     The run directory (two levels above the checkpoint) supplies config.yaml, log.csv and environment.json.
-    Written to a temporary directory and renamed, so a shipped model is never half-written.
+    Written to a temporary directory and renamed, so a shipped model is never half-written. ``trained_on``: one line
+    naming the data (and split) for `meddiff checkpoints list`.
     """
     checkpoint = Path(checkpoint)
     run_dir = checkpoint.parent.parent
@@ -81,7 +84,8 @@ def export_checkpoint(checkpoint: str | Path, name: str, *, command: str, descri
     weights = load_file(checkpoint / "ema.safetensors")
     parameters = sum(v.numel() for v in weights.values() if v.is_floating_point())
     weights = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in weights.items()}
-    meta["shipped"] = {"name": name, "description": description, "default_for": list(default_for),
+    meta["shipped"] = {"name": name, "description": description, "trained_on": trained_on,
+                       "default_for": list(default_for),
                        "parameters": parameters, "weights_dtype": str(dtype).replace("torch.", "")}
     SHIPPED_DIR.mkdir(parents=True, exist_ok=True)
     final = SHIPPED_DIR / name
