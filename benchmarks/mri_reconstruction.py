@@ -14,6 +14,17 @@ data-consistency step every solver ends with.
     python benchmarks/mri_reconstruction.py --out mri_reconstruction.json
     python benchmarks/mri_reconstruction.py --tune ddnm --out tune.json   # grid (defaults included) on dev seed 100
     python benchmarks/mri_reconstruction.py --combine rss --out rss.json  # every output as RSS of DC coil images
+
+In-domain (``--domain ixi``, issue 21; benchmarks/mri_ixi.py): simulated 8-coil k-space of whole axial IXI T1
+test-subject slices (90 x 120, 2 mm; the true image is the reference), Gaussian / equispaced 4x and 8x, 8 % ACS;
+the classical baselines with the CS / TV weights tuned on val-subject slices, CS with the true coil maps, every
+diffusion solver and the controls. Rows are written as they finish and skipped on a re-run with the same --out
+(resume; split runs with --methods). The table pairs it with the out-of-domain ESPIRiT row of the same prior:
+
+    python benchmarks/mri_reconstruction.py --domain espirit --checkpoint CKPT --out mri_espirit.json
+    python benchmarks/mri_reconstruction.py --domain ixi --checkpoint CKPT --out mri_ixi.json --ood mri_espirit.json
+    python benchmarks/mri_reconstruction.py --domain ixi --subjects 1 --slices 2 --settings gaussian:4 --seeds 0 \
+        --diffusion-seeds 0 --out small.json                            # a small development run
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ import torch
 from meddiff.data.io import write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import mri_ixi  # noqa: E402
 from mri_baselines import ACS_FRACTION, FOREGROUND, SETTINGS, load_slice, scores  # noqa: E402
 
 from meddiff.physics import cs_wavelet, make_mask  # noqa: E402
@@ -194,8 +206,12 @@ def tune(kspace, ref, priors, method, settings, combine="sense") -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="JSON file to write")
-    parser.add_argument("--methods", nargs="+", default=list(mri.METHODS) + list(CONTROLS) + list(VARIANTS),
-                        choices=list(mri.METHODS) + list(CONTROLS) + list(VARIANTS))
+    parser.add_argument("--domain", choices=("espirit", "ixi"), default="espirit",
+                        help="espirit: the real 8-coil ESPIRiT slice (out of the prior's domain); ixi: simulated "
+                        "k-space of IXI T1 test-subject slices (benchmarks/mri_ixi.py)")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        choices=list(mri.METHODS) + list(CONTROLS) + list(VARIANTS) + [mri_ixi.TRUE_MAPS],
+                        help=f"default: every method and control ({mri_ixi.TRUE_MAPS} only with --domain ixi)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="mask seeds for every method")
     parser.add_argument("--diffusion-seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="mask seeds for the diffusion solvers (a subset of --seeds when time is short)")
@@ -208,11 +224,38 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--combine", choices=mri.COMBINES, default="sense",
                         help="output magnitude of every method (meddiff reconstruct --combine)")
+    ixi = parser.add_argument_group("--domain ixi")
+    ixi.add_argument("--subjects", type=int, default=3, help="first N test subjects (sorted)")
+    ixi.add_argument("--slices", type=int, default=5, help="axial slices per subject")
+    ixi.add_argument("--val-subjects", type=int, default=3, help="val subjects whose slices tune the CS / TV weights")
+    ixi.add_argument("--settings", nargs="+", default=[f"{p}:{a}" for p, a in mri_ixi.SETTINGS],
+                     help="pattern:acceleration masks")
+    ixi.add_argument("--noise-sd", type=float, default=mri_ixi.NOISE_SD, help="k-space noise sd / slice max")
+    ixi.add_argument("--steps", type=int, help="override every diffusion solver's steps (development runs)")
+    ixi.add_argument("--samples", type=int, help="override every diffusion solver's samples (development runs)")
+    ixi.add_argument("--no-tune", action="store_true", help="keep the physics default CS / TV weights")
+    ixi.add_argument("--solver-init-lambda", choices=("tuned", "default"), default="tuned",
+                     help="L1-wavelet weight of the CS image the diffusion solvers start from")
+    ixi.add_argument("--ood", help="JSON of a --domain espirit run of the same prior: its table is added to the .md")
     args = parser.parse_args(argv)
+    if args.methods is None:
+        args.methods = None if args.domain == "ixi" else list(mri.METHODS) + list(CONTROLS) + list(VARIANTS)
+    elif args.domain == "espirit" and mri_ixi.TRUE_MAPS in args.methods:
+        parser.error(f"{mri_ixi.TRUE_MAPS} needs the simulation's true maps: --domain ixi")
     torch.set_num_threads(args.threads)
-    kspace, ref = load_slice()
     prior = mri.load_prior(args.checkpoint)
     priors = {"shipped": prior, "untrained": mri.untrained_prior(prior, UNTRAINED_SEED)}
+    if args.domain == "ixi":
+        result = mri_ixi.run(args, priors, prior, run_one, VARIANTS)
+        text = mri_ixi.markdown(result)
+        if args.ood:
+            ood = json.loads(Path(args.ood).read_text())
+            text += (f"\nOut of domain: the real 8-coil ESPIRiT slice (230 x 180, 1 mm), prior {ood.get('prior')} "
+                     f"(step {ood.get('prior_meta_step')}):\n\n" + markdown(ood["summary"]) + "\n")
+        Path(args.out).with_suffix(".md").write_text(text)
+        print(text)
+        return 0
+    kspace, ref = load_slice()
     if args.tune:
         settings = [(s.split(":")[0], int(s.split(":")[1])) for s in args.tune_settings]
         result = tune(kspace.numpy(), ref, priors, args.tune, settings, args.combine)
