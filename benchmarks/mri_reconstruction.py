@@ -228,6 +228,7 @@ def main(argv=None) -> int:
     ixi.add_argument("--subjects", type=int, default=3, help="first N test subjects (sorted)")
     ixi.add_argument("--slices", type=int, default=5, help="axial slices per subject")
     ixi.add_argument("--val-subjects", type=int, default=3, help="val subjects whose slices tune the CS / TV weights")
+    ixi.add_argument("--val-slices", type=int, help="slices per val subject for the tuning (default: --slices)")
     ixi.add_argument("--settings", nargs="+", default=[f"{p}:{a}" for p, a in mri_ixi.SETTINGS],
                      help="pattern:acceleration masks")
     ixi.add_argument("--noise-sd", type=float, default=mri_ixi.NOISE_SD, help="k-space noise sd / slice max")
