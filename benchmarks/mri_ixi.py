@@ -251,7 +251,7 @@ def benchmark(cases, settings, methods, seeds, diffusion_seeds, priors, run_one,
 
 
 def summarise(rows: list[dict], methods, settings) -> list[dict]:
-    cs = {row_key(r)[:5]: r["psnr"] for r in rows if r["method"] == "cs-wavelet"}
+    cs = {row_key(r)[:5]: r for r in rows if r["method"] == "cs-wavelet"}
     out = []
     for (pattern, accel), method in itertools.product(settings, methods):
         sel = [r for r in rows if (r["pattern"], r["acceleration"], r["method"]) == (pattern, accel, method)]
@@ -260,12 +260,15 @@ def summarise(rows: list[dict], methods, settings) -> list[dict]:
         keys = ["psnr", "ssim", "nmse", "psnr_fg", "ssim_fg", "seconds", "nfe"]
         keys += ["std_error_corr"] if all("std_error_corr" in r for r in sel) else []
         agg = {k: (statistics.mean(r[k] for r in sel), statistics.pstdev(r[k] for r in sel)) for k in keys}
-        diff = [r["psnr"] - cs[row_key(r)[:5]] for r in sel if row_key(r)[:5] in cs]
+        pairs = [(r, cs[row_key(r)[:5]]) for r in sel if row_key(r)[:5] in cs]
+        diff = [r["psnr"] - c["psnr"] for r, c in pairs]
+        diff_fg = [r["psnr_fg"] - c["psnr_fg"] for r, c in pairs]
         out.append({"pattern": pattern, "acceleration": accel, "method": method, "n": len(sel),
                     "slices": len({(r["subject"], r["slice"]) for r in sel}),
                     "seeds": sorted({r["seed"] for r in sel}),
                     **{f"{k}_mean": v[0] for k, v in agg.items()}, **{f"{k}_std": v[1] for k, v in agg.items()},
-                    **({"vs_cs_mean": statistics.mean(diff), "vs_cs_std": statistics.pstdev(diff), "vs_cs_n": len(diff)}
+                    **({"vs_cs_mean": statistics.mean(diff), "vs_cs_std": statistics.pstdev(diff), "vs_cs_n": len(diff),
+                        "vs_cs_fg_mean": statistics.mean(diff_fg), "vs_cs_fg_std": statistics.pstdev(diff_fg)}
                        if diff else {})})
     return out
 
