@@ -23,6 +23,7 @@ to +0.16); 1D Gaussian and equispaced 4x/8x and 2D Poisson 8x with 8 % ACS
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -33,8 +34,16 @@ CALIBRATION_METHODS = ("espirit", "lowres")
 
 
 def acs_region(kspace: Tensor, acs: int | tuple[int, int]) -> Tensor:
-    """Centre (C, a_y, a_x) block of centred k-space (C, H, W)."""
-    ay, ax = (acs, acs) if isinstance(acs, int) else acs
+    """Centre (C, a_y, a_x) block of centred k-space (C, H, W): rows h // 2 - a_y // 2 ... + a_y, likewise columns.
+    acs: int (square) or (a_y, a_x), each side >= 2 and at most the k-space size."""
+    ok = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)  # noqa: E731
+    if ok(acs):
+        ay, ax = int(acs), int(acs)
+    elif isinstance(acs, (tuple, list)) and len(acs) == 2 and all(ok(v) for v in acs):
+        ay, ax = (int(v) for v in acs)
+    else:
+        raise MeddiffError(f"acs={acs!r} must be an int or a pair (a_y, a_x) of ints: the size of the fully sampled "
+                           "centre of k-space used for coil calibration")
     h, w = kspace.shape[-2:]
     if not (2 <= ay <= h and 2 <= ax <= w):
         raise MeddiffError(f"acs={acs!r} must be between 2 and the k-space size {(h, w)}")
@@ -42,13 +51,48 @@ def acs_region(kspace: Tensor, acs: int | tuple[int, int]) -> Tensor:
     return kspace[..., y0:y0 + ay, x0:x0 + ax]
 
 
+def calibration_block(mask: Tensor, max_size: int = 24) -> tuple[int, int]:
+    """Size (a_y, a_x) of the largest fully sampled block of a (H, W) 0/1 mask that ``acs_region`` would take
+    (rows h // 2 - a_y // 2 ... + a_y, likewise columns; odd sizes allowed, so 9 ACS lines give 9, not 8 as with
+    ``centre_block``), each side capped at ``max_size``; (0, 0) when the DC point is not sampled."""
+    m = mask.bool()
+    if m.ndim != 2:
+        raise MeddiffError(f"mask must be (H, W), got shape {tuple(m.shape)}")
+    h, w = m.shape
+    if not m[h // 2, w // 2]:
+        return 0, 0
+
+    def full(ay: int, ax: int) -> bool:
+        y0, x0 = h // 2 - ay // 2, w // 2 - ax // 2
+        return y0 >= 0 and x0 >= 0 and y0 + ay <= h and x0 + ax <= w and bool(m[y0:y0 + ay, x0:x0 + ax].all())
+
+    ay = next(a for a in range(min(h, max_size), 0, -1) if full(a, 1))
+    ax = next(a for a in range(min(w, max_size), 0, -1) if full(1, a))
+    while not full(ay, ax):  # shrink the longer side until the rectangle is fully sampled
+        if ay >= ax:
+            ay -= 1
+        else:
+            ax -= 1
+    return ay, ax
+
+
+def auto_kernel(acs: int | tuple[int, int]) -> tuple[int, int]:
+    """ESPIRiT kernel (k_y, k_x) for a calibration block (a_y, a_x): a // 2 per side, clipped to [3, 6]. A kernel
+    wider than half the block leaves too few shifts along that side: the eigenvalue-1 region then shrinks below the
+    object (90 x 120 IXI slices, 9 ACS lines, kernel 6: 6-12 % of the head cropped to zero maps, CS 20 dB)."""
+    ay, ax = (acs, acs) if isinstance(acs, int) else acs
+    return tuple(int(min(6, max(3, a // 2))) for a in (ay, ax))
+
+
 def estimate_sensitivity_maps(kspace: Tensor, *, acs: int | tuple[int, int] = 24, method: str = "espirit",
-                              kernel: int = 6, threshold: float = 0.02, crop: float | None = None,
-                              iters: int = 0) -> Tensor:
+                              kernel: int | tuple[int, int] | None = None, threshold: float = 0.02,
+                              crop: float | None = None, iters: int = 0) -> Tensor:
     """Coil maps (C, H, W) complex64 from multi-coil centred k-space (C, H, W) whose central ``acs`` block is
     fully sampled (the rest may be undersampled or zero). See the module docstring for the methods.
 
-    crop: support threshold (default 0.9 on the ESPIRiT eigenvalue, 0.05 of the RSS max for "lowres").
+    kernel: ESPIRiT kernel size, an int (square) or (k_y, k_x); default ``auto_kernel(acs)`` (6 x 6 for blocks of
+    12 and more, smaller for small calibration regions). crop: support threshold (default 0.9 on the ESPIRiT
+    eigenvalue, 0.05 of the RSS max for "lowres").
     """
     check_choice("method", method, CALIBRATION_METHODS)
     check_complex("kspace", kspace)
@@ -59,7 +103,19 @@ def estimate_sensitivity_maps(kspace: Tensor, *, acs: int | tuple[int, int] = 24
         raise MeddiffError(f"the central acs={acs!r} block of kspace is not fully sampled; lower acs or sample the centre")
     if method == "lowres":
         return _lowres_maps(calib, tuple(kspace.shape[-2:]), 0.05 if crop is None else crop)
+    kernel = auto_kernel(tuple(calib.shape[-2:])) if kernel is None else _check_kernel(kernel)
     return _espirit_maps(calib, tuple(kspace.shape[-2:]), kernel, threshold, 0.9 if crop is None else crop)
+
+
+def _check_kernel(kernel) -> tuple[int, int]:
+    ks = (kernel, kernel) if isinstance(kernel, (int, np.integer)) and not isinstance(kernel, bool) else kernel
+    try:
+        ky, kx = ks
+    except (TypeError, ValueError):
+        raise MeddiffError(f"kernel={kernel!r} must be an int or a pair (k_y, k_x) of ints >= 1") from None
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in (ky, kx)):
+        raise MeddiffError(f"kernel={kernel!r} must be an int or a pair (k_y, k_x) of ints >= 1")
+    return int(ky), int(kx)
 
 
 def _pad_centre(block: Tensor, shape: tuple[int, int]) -> Tensor:
@@ -80,23 +136,25 @@ def _lowres_maps(calib: Tensor, shape: tuple[int, int], crop: float) -> Tensor:
     return torch.where(support, images / norm.clamp_min(1e-12), torch.zeros_like(images)).to(torch.complex64)
 
 
-def _espirit_maps(calib: Tensor, shape: tuple[int, int], k: int, threshold: float, crop: float) -> Tensor:
+def _espirit_maps(calib: Tensor, shape: tuple[int, int], kernel: tuple[int, int], threshold: float,
+                  crop: float) -> Tensor:
     c, ay, ax = calib.shape
-    if k > min(ay, ax):
-        raise MeddiffError(f"kernel={k} is larger than the ACS block {(ay, ax)}")
-    # Calibration matrix: one row per k x k patch position, columns (coil, ky, kx).
-    patches = calib.unfold(1, k, 1).unfold(2, k, 1)  # [C, ay-k+1, ax-k+1, k, k]
-    mat = patches.permute(1, 2, 0, 3, 4).reshape(-1, c * k * k).to(torch.complex128)
+    ky, kx = kernel
+    if ky > ay or kx > ax:
+        raise MeddiffError(f"kernel={kernel} is larger than the ACS block {(ay, ax)}; pass a smaller kernel")
+    # Calibration matrix: one row per ky x kx patch position, columns (coil, ky, kx).
+    patches = calib.unfold(1, ky, 1).unfold(2, kx, 1)  # [C, ay-ky+1, ax-kx+1, ky, kx]
+    mat = patches.permute(1, 2, 0, 3, 4).reshape(-1, c * ky * kx).to(torch.complex128)
     # Right singular vectors of the calibration matrix = eigenvectors of mat^H mat (much faster than an SVD).
     evals, evecs = torch.linalg.eigh(mat.conj().T @ mat)  # ascending, s^2
     sing = evals.clamp_min(0).sqrt()
-    kernels = evecs[:, sing > threshold * sing.max()].T.conj().reshape(-1, c, k, k)  # [K, C, k, k] rows of V_par^H
+    kernels = evecs[:, sing > threshold * sing.max()].T.conj().reshape(-1, c, ky, kx)  # [K, C, ky, kx] rows of V_par^H
     h, w = shape
     gram = torch.zeros(h * w, c, c, dtype=torch.complex64, device=calib.device)
     for chunk in kernels.to(torch.complex64).split(16):  # image-space kernels K_i(r); G(r) = sum_i K_i K_i^H
         img = ifft2c(_pad_centre(chunk, shape)).reshape(len(chunk), c, h * w).permute(2, 1, 0)  # [HW,C,K]
         gram += img @ img.conj().transpose(1, 2)
-    gram = gram.reshape(h, w, c, c) * (h * w / k**2)
+    gram = gram.reshape(h, w, c, c) * (h * w / (ky * kx))
     eigval, eigvec = torch.linalg.eigh(gram)  # ascending
     maps = eigvec[..., -1]  # [H,W,C], unit norm per pixel
     maps = maps * torch.exp(-1j * torch.angle(maps[..., :1]))  # phase relative to coil 0

@@ -12,6 +12,7 @@ from torch import Tensor
 from meddiff.errors import MeddiffError, check_choice
 from meddiff.physics import (MultiCoilMRI, SingleCoilMRI, centre_block, cg_sense, cs_tv, cs_wavelet,
                              estimate_sensitivity_maps, ifft2c, rss, zero_filled_rss)
+from meddiff.physics.coils import calibration_block
 from meddiff.tasks.mri.data import check_inputs
 
 BASELINES = ("zero-filled", "sense", "cs-wavelet", "cs-tv")
@@ -39,12 +40,12 @@ def make_problem(kspace, mask, *, maps: Tensor | None = None, calibrate: bool = 
     if k.ndim == 2 or (maps is None and not calibrate):
         return MRIProblem(SingleCoilMRI(m), y, m, None, 0.0)
     if maps is None:
-        acs = centre_block(m)
+        acs = calibration_block(m)
         if min(acs) < 6:
             raise MeddiffError(f"mask: the fully sampled centre is only {acs} (needs at least 6 x 6 for coil "
                                "calibration); sample a larger calibration region")
-        # ESPIRiT needs a calibration region well above its 6 x 6 kernel; small ones use low-resolution maps
-        maps = estimate_sensitivity_maps(k * m, acs=acs, method="espirit" if min(acs) >= 12 else "lowres")
+        # ESPIRiT with its kernel adapted to the block (auto_kernel: 4 x 6 for 9 ACS lines); benchmarks/coil_maps.py
+        maps = estimate_sensitivity_maps(k * m, acs=acs)
         if not bool((maps.abs() > 0).any()):
             raise MeddiffError("kspace: coil calibration from the sampled centre gave empty sensitivity maps; "
                                "check that the k-space is centred (DC in the middle) and the mask samples the centre")
