@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from meddiff.diffusion import ModelDenoiser, make_schedule
@@ -11,12 +12,58 @@ from meddiff.errors import MeddiffError
 
 @dataclass
 class Prior:
-    """A one-channel unconditional diffusion prior: its x0-denoiser, schedule and padding multiple."""
+    """A one-channel unconditional diffusion prior: its x0-denoiser, schedule and padding multiple. ``fixed_size``
+    (H, W): the only input size the network runs at (None: fully convolutional, any multiple of ``multiple``)."""
 
     denoiser: ModelDenoiser
     schedule: object
     multiple: int
     meta: dict
+    fixed_size: tuple[int, int] | None = None
+    _runs_at: set = field(default_factory=set, repr=False, compare=False)  # padded sizes already checked
+
+    def describe(self) -> str:
+        size = self.meta.get("image_size")
+        trained = f"trained at {'x'.join(map(str, size))}" if size else "trained size unknown"
+        runs = (f"runs only at {self.fixed_size[0]}x{self.fixed_size[1]}" if self.fixed_size is not None
+                else f"pads to a multiple of {self.multiple}")
+        return f"prior ({trained}, {runs})"
+
+    def padded_size(self, shape: tuple[int, int]) -> tuple[int, int]:
+        """The network input size for a k-space of ``shape`` (H, W): padded with air to a multiple of ``multiple``
+        (or to ``fixed_size``), checked once per size by one network evaluation. Raises ``MeddiffError`` naming the
+        k-space size and the prior's size when they cannot be matched."""
+        import torch
+
+        h, w = (int(s) for s in shape)
+        mult = self.multiple
+        if isinstance(mult, bool) or not isinstance(mult, int) or mult < 1:
+            raise MeddiffError(f"{self.describe()}: padding multiple {mult!r} is not a positive integer; cannot pad "
+                               f"the {h}x{w} k-space")
+        if self.fixed_size is not None:
+            fh, fw = (int(s) for s in self.fixed_size)
+            if h > fh or w > fw:
+                raise MeddiffError(f"k-space size {h}x{w} does not fit the {self.describe()}: it can pad a smaller "
+                                   f"k-space to {fh}x{fw} but not crop a larger one; use a prior that runs at "
+                                   f"{h}x{w} or larger (a fully convolutional one)")
+            padded = (fh, fw)
+        else:
+            padded = (math.ceil(h / mult) * mult, math.ceil(w / mult) * mult)
+        if padded not in self._runs_at:
+            x = torch.zeros((1, 1) + padded)
+            t = torch.full((1,), 0.5 * float(self.schedule.t_max))
+            try:
+                with torch.no_grad():
+                    out = self.denoiser(x, t)
+            except (RuntimeError, ValueError) as error:
+                detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+                raise MeddiffError(f"k-space size {h}x{w} (padded to {padded[0]}x{padded[1]}) cannot be matched to "
+                                   f"the {self.describe()}: the network fails at that size ({detail})") from None
+            if tuple(out.shape) != tuple(x.shape):
+                raise MeddiffError(f"k-space size {h}x{w} (padded to {padded[0]}x{padded[1]}) cannot be matched to "
+                                   f"the {self.describe()}: the network returns shape {tuple(out.shape)[-2:]}")
+            self._runs_at.add(padded)
+        return padded
 
 
 def load_prior(checkpoint: str | Path | None = None) -> Prior:
@@ -60,4 +107,4 @@ def untrained_prior(prior: Prior, seed: int = 0) -> Prior:
     for p in net.parameters():
         p.requires_grad_(False)
     return Prior(ModelDenoiser(net, prior.schedule, prior.meta["prediction"]), prior.schedule, prior.multiple,
-                 {**prior.meta, "untrained": True, "init_seed": seed})
+                 {**prior.meta, "untrained": True, "init_seed": seed}, prior.fixed_size)
