@@ -7,7 +7,7 @@ import argparse
 
 
 def register(subparsers) -> None:
-    from meddiff.tasks.mri import COMBINES, METHODS
+    from meddiff.tasks.mri import COMBINES, METHODS, SOLVER_DEFAULTS
 
     parser = subparsers.add_parser(
         "reconstruct", help="reconstruct undersampled MRI k-space (baselines or diffusion solvers)",
@@ -17,7 +17,8 @@ def register(subparsers) -> None:
                     "or .png. Diffusion methods use --checkpoint or the shipped brain prior and refine the "
                     "L1-wavelet CS image; none beats CS by more than about 0.1 dB with the shipped prior; at its "
                     "defaults dps scores about the same with an untrained network: a CS refinement "
-                    "(benchmarks/README.md).",
+                    "(benchmarks/README.md). mc-ddpm (after MC-DDPM, Xie & Li 2022) keeps the measured k-space "
+                    "lines and diffuses only the unmeasured ones; its --std-out is the spread of the samples.",
     )
     parser.add_argument("--kspace", required=True, help="centred k-space file")
     parser.add_argument("--mask", required=True, help="sampling mask .npy, 1 = measured")
@@ -25,8 +26,10 @@ def register(subparsers) -> None:
     parser.add_argument("--samples", type=int, help="posterior samples K (diffusion methods; default per method)")
     parser.add_argument("--steps", type=int, help="sampler steps (diffusion methods; default per method)")
     parser.add_argument("--start", type=float, help="diffusion methods: fraction of the diffusion time the noised CS "
-                        "image starts from (default per method: ddnm 0.03; 0.01 makes ddnm a CS refinement that "
-                        "scores 0-0.6 dB higher but barely uses the prior, benchmarks/README.md)")
+                        "image starts from (default per method: ddnm 0.03, mc-ddpm "
+                        f"{SOLVER_DEFAULTS['mc-ddpm']['start']:g}; 0.01 makes ddnm a CS "
+                        "refinement that scores 0-0.6 dB higher but barely uses the prior, benchmarks/README.md; "
+                        "larger starts spread the samples more, benchmarks/mri_uncertainty.py)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--checkpoint", help="prior checkpoint: directory, run directory or shipped name "
                                              "(default: the shipped prior for reconstruct)")

@@ -1,13 +1,15 @@
 """MRI reconstruction: centred k-space + sampling mask -> magnitude image on the RSS scale (and a per-pixel std).
 
-Methods: the classical baselines of ``meddiff.physics`` (zero-filled RSS, CG-SENSE, L1-wavelet and TV CS) and four
+Methods: the classical baselines of ``meddiff.physics`` (zero-filled RSS, CG-SENSE, L1-wavelet and TV CS) and five
 diffusion solvers that run a brain prior through the generic hooks of ``meddiff.diffusion.inverse``:
 - "pc": predictor-corrector (reverse diffusion + Langevin) with noised-measurement replacement after every step
   (Song et al. 2022, score-MRI style);
 - "dps": DDIM (eta = 1) with the DPS measurement-gradient step (Chung et al. 2023);
 - "ddnm": DDIM (eta = 0.85) with the DDNM null-space projection of every x0 prediction (Wang et al. 2023);
 - "coarse-to-fine": K fast ancestral samples with noised-measurement replacement, averaged, then a short
-  deterministic DDNM refinement (DDIM eta = 0) of the re-noised mean (after DiffuseRecon, Peng et al. 2022).
+  deterministic DDNM refinement (DDIM eta = 0) of the re-noised mean (after DiffuseRecon, Peng et al. 2022);
+- "mc-ddpm": DDPM on the unmeasured k-space only, the measured lines kept equal to the data in every state (after
+  MC-DDPM, Xie & Li 2022, with the unconditional prior in place of their conditional network; ``mcddpm``).
 Every solver may start from noise (start = 1) or from an initial image (CG-SENSE or CS, ``init``) noised to
 start x T ("come closer, diffuse faster", Chung et al. 2022); the defaults (``SOLVER_DEFAULTS``) do the latter.
 With today's prior none of them beats CS by more than about 0.1 dB; ``untrained_prior`` is the control that shows
@@ -35,7 +37,8 @@ How the prior meets the k-space (documented choices, measured in benchmarks/READ
   foreground by ~0.1 dB (benchmarks/README.md): compare methods under one combination.
 
 Modules: ``data`` (k-space / mask readers, prior training patches), ``problem`` (operator, coil maps, baselines,
-output combination), ``prior`` (the diffusion prior), ``solvers`` (the diffusion solvers and ``reconstruct``),
+output combination), ``prior`` (the diffusion prior; a k-space size it cannot run at is a ``MeddiffError`` naming
+both sizes), ``mcddpm`` (the MC-DDPM sampler), ``solvers`` (the diffusion solvers and ``reconstruct``),
 ``evaluation`` (std-error calibration), ``report`` (the demo section).
 """
 
