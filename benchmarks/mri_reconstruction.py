@@ -251,6 +251,8 @@ def main(argv=None) -> int:
         text = mri_ixi.markdown(result)
         if args.ood:
             ood = json.loads(Path(args.ood).read_text())
+            if ood.get("prior") != result["prior"]:
+                text += f"\nWARNING: the out-of-domain run used another prior ({ood.get('prior')}).\n"
             text += (f"\nOut of domain: the real 8-coil ESPIRiT slice (230 x 180, 1 mm), prior {ood.get('prior')} "
                      f"(step {ood.get('prior_meta_step')}):\n\n" + markdown(ood["summary"]) + "\n")
         Path(args.out).with_suffix(".md").write_text(text)
