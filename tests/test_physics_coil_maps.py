@@ -67,13 +67,14 @@ def test_small_calibration_region_maps_match_truth(head):
     maps = estimate_sensitivity_maps(y, acs=acs)  # default: adapted kernel
     # Equal to the true maps up to one phase per pixel (common to all coils): |<S_est, S_true>| ~ 1 on the head.
     agreement = (maps.conj() * true).sum(0).abs()[fg]
-    assert float(agreement.min()) > 0.98 and float(agreement.mean()) > 0.999, agreement.min()
+    assert float(agreement.min()) > 0.98 and float(agreement.mean()) > 0.999, float(agreement.min())
     assert torch.equal(make_problem(kspace, mask).maps, maps), "make_problem calibrates the same way"
     scores = {}
     for name, m in (("true", true), ("estimated", maps)):
         op = MultiCoilMRI(m, mask)
         scores[name] = (_fg_psnr(cs_wavelet(op, y[None])[0].abs(), img), _fg_psnr(cg_sense(op, y[None])[0].abs(), img))
-    # measured: CS / CG-SENSE foreground PSNR with the estimated maps minus with the true maps, in dB: see below
+    # measured (foreground PSNR, CS / CG-SENSE): true maps 26.29 / 25.94 dB, estimated 26.48 / 25.98 dB,
+    # old 6 x 6 kernel 5.06 / 6.33 dB (17 % of the head without maps); agreement min 0.997, mean 0.9999
     assert all(s > t - 1.0 for s, t in zip(scores["estimated"], scores["true"])), scores
 
 
