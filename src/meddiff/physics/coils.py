@@ -29,10 +29,11 @@ noise 0.005, 1D Gaussian / equispaced 4x and 8x): with the old 6 x 6 maps CS sco
 9-10 ACS lines and 18.0-19.4 dB at 12 lines, vs 20.1-26.7 dB with the true maps; with ``auto_kernel`` maps CS
 scores +0.06 to +0.42 dB relative to the true maps (mean per setting, 9-16 lines; worst single slice -0.74 dB) and
 CG-SENSE -0.06 to +0.69 dB (worst slice -0.79 dB); the previous low-resolution fallback of ``make_problem`` below
-12 lines lost 0.0-0.8 dB (``python benchmarks/coil_maps.py --out coil_maps.json``, 160 s on one thread). Joint estimation of maps and image
-(JSENSE, Ying & Sheng, MRM 57:1196, 2007; ENLIVE, Holme et al., Sci. Rep. 9:3034, 2019) was therefore not needed
-here. On the real 8-coil slice the maps of ``make_problem`` change by the odd block size only (18 x 24 rows, was
-16 x 24): CS and CG-SENSE foreground PSNR -0.09 to +0.02 dB (mask seed 0, the 5 settings above).
+12 lines lost 0.0-0.8 dB (``python benchmarks/coil_maps.py --out coil_maps.json``, 160 s on one thread). Joint
+estimation of maps and image (JSENSE, Ying & Sheng, MRM 57:1196, 2007; ENLIVE, Holme et al., Sci. Rep. 9:3034,
+2019) was therefore not needed here. On the real 8-coil slice the maps of ``make_problem`` change only by the odd
+block size (18 x 24, was 16 x 24): CS and CG-SENSE foreground PSNR -0.09 to +0.02 dB (mask seed 0, the 5 settings
+above).
 """
 
 from __future__ import annotations
