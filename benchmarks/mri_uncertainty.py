@@ -5,8 +5,9 @@ the test subjects are never read), 2 mm RAS 90 x 120, simulated as 8-coil k-spac
 birdcage maps, smooth phase, k-space noise ``--noise`` x image max), undersampled along the first axis (gaussian 4x,
 equispaced 8x, 8 % ACS, mask seed 100 + slice index: development masks). Reference: the RSS of the fully sampled
 noisy k-space (as benchmarks/mri_reconstruction.py). Per solver setting: PSNR (whole image and foreground = RSS > 0.1
-max), Pearson correlation of the std map with |error| over the foreground (target >= 0.5), seconds per slice and
-network evaluations; a calibration plot (``mri.calibration_plot``, RMS error per std decile) per setting, pooled over
+max), Pearson correlation of the std map with |error| over the foreground (target >= 0.5; "bound": the most any std
+map reaches if the error is Gaussian given its std, ``gaussian_bound``; "4x4": the same correlation of RMS values
+over 4 x 4 pixel tiles, ``block_pearson``), seconds per slice and network evaluations; a calibration plot (``mri.calibration_plot``, RMS error per std decile) per setting, pooled over
 all slices.
 
     OMP_NUM_THREADS=1 python benchmarks/mri_uncertainty.py --out runs/mri_uncertainty
@@ -50,17 +51,15 @@ SETTINGS = {
     "zero-filled": ("zero-filled", {}),
     "cs-wavelet": ("cs-wavelet", {}),
     "ddnm": ("ddnm", {}),
-    "ddnm-s0.1": ("ddnm", {"start": 0.1, "steps": 8}),
     "ddnm-s0.2": ("ddnm", {"start": 0.2, "steps": 10}),
     "ddnm-s0.3": ("ddnm", {"start": 0.3, "steps": 12}),
     "mc-ddpm": ("mc-ddpm", {}),
     "mc-ddpm-s0.05": ("mc-ddpm", {"start": 0.05, "steps": 6}),
-    "mc-ddpm-s0.1": ("mc-ddpm", {"start": 0.1, "steps": 8}),
     "mc-ddpm-s0.3": ("mc-ddpm", {"start": 0.3, "steps": 12}),
-    "mc-ddpm-s0.5": ("mc-ddpm", {"start": 0.5, "steps": 16}),
     "mc-ddpm-s1": ("mc-ddpm", {"start": 1.0, "steps": 25}),
 }
 PEARSON_TARGET = 0.5
+BLOCK = 4  # tiles of 4 x 4 pixels (8 mm) for the regional correlation
 
 
 def val_slices(subjects: int, per_subject: int) -> list[tuple[str, int, np.ndarray]]:
@@ -85,6 +84,28 @@ def pearson(std: np.ndarray, error: np.ndarray) -> float:
     return float(np.corrcoef(std, error)[0, 1]) if std.std() > 0 and error.std() > 0 else float("nan")
 
 
+def gaussian_bound(error: np.ndarray) -> float:
+    """The highest Pearson(std, |error|) any std map can reach if the error is Gaussian given its std, e = sigma z:
+    from the coefficient of variation r of |e|, the CV of sigma is c = sqrt((2/pi)(1 + r^2) - 1) and the best
+    correlation (sigma itself) is c / r. A nearly white error field (r near sqrt(pi/2 - 1) = 0.76) leaves little
+    to predict, whatever the sampler."""
+    r = float(error.std() / error.mean())
+    c2 = (2 / np.pi) * (1 + r * r) - 1
+    return float(np.sqrt(max(c2, 0.0)) / r)
+
+
+def block_pearson(std: np.ndarray, error: np.ndarray, fg: np.ndarray, block: int = BLOCK) -> float:
+    """Pearson of the RMS std and the RMS |error| over ``block`` x ``block`` pixel tiles at least half foreground:
+    does the map find the regions with large errors (the per-pixel error is close to white noise)."""
+    h, w = (s // block * block for s in std.shape)
+
+    def tiles(a):
+        return a[:h, :w].reshape(h // block, block, w // block, block).mean((1, 3))
+
+    keep = tiles(fg.astype(np.float64)) >= 0.5
+    return pearson(np.sqrt(tiles(std.astype(np.float64) ** 2))[keep], np.sqrt(tiles(error.astype(np.float64) ** 2))[keep])
+
+
 def run(prior, slices, settings, noise: float, samples: int | None, log=print) -> dict:
     rows, pooled = [], {name: ([], []) for name in settings}
     for index, (subject, z, image) in enumerate(slices):
@@ -104,16 +125,20 @@ def run(prior, slices, settings, noise: float, samples: int | None, log=print) -
                 row = {"setting": name, "method": method, "subject": subject, "z": z, "mask": f"{pattern}{accel}",
                        "psnr": float(psnr(x, ref, top)), "psnr_fg": float(psnr(x, ref, top, mask=fg)),
                        "seconds": result.seconds, "nfe": result.nfe}
+                full_err = np.abs(result.image - ref.numpy())
+                err = full_err[fg.numpy()]
+                row["pearson_bound"] = gaussian_bound(err)
                 if result.std is not None and float(result.std.max()) > 0:
-                    err = np.abs(result.image - ref.numpy())[fg.numpy()]
                     s = result.std[fg.numpy()]
                     row["pearson"] = pearson(s, err)
+                    row["pearson_block"] = block_pearson(result.std, full_err, fg.numpy())
                     row["mean_std_fg"] = float(s.mean())
                     pooled[name][0].append(s)
                     pooled[name][1].append(err)
                 rows.append(row)
                 log(f"{subject} z={z} {pattern}{accel} {name}: PSNR {row['psnr']:.2f} fg {row['psnr_fg']:.2f} "
-                    f"pearson {row.get('pearson', float('nan')):.3f} {row['seconds']:.1f} s")
+                    f"pearson {row.get('pearson', float('nan')):.3f} (bound {row['pearson_bound']:.3f}, "
+                    f"{BLOCK}x{BLOCK} tiles {row.get('pearson_block', float('nan')):.3f}) {row['seconds']:.1f} s")
     return {"rows": rows, "pooled": pooled}
 
 
@@ -124,7 +149,7 @@ def summarise(rows, settings) -> list[dict]:
         if not mine:
             continue
         entry = {"setting": name, "method": mine[0]["method"], "params": SETTINGS[name][1], "n": len(mine)}
-        for key in ("psnr", "psnr_fg", "pearson", "seconds", "nfe", "mean_std_fg"):
+        for key in ("psnr", "psnr_fg", "pearson", "pearson_bound", "pearson_block", "seconds", "nfe", "mean_std_fg"):
             values = [r[key] for r in mine if key in r and np.isfinite(r[key])]
             if values:
                 entry[key] = statistics.mean(values)
@@ -141,14 +166,14 @@ def summarise(rows, settings) -> list[dict]:
 
 def markdown(summary, masks) -> str:
     cols = ["PSNR dB", "fg PSNR dB"] + [f"fg PSNR {m}" for m in masks] + ["Pearson", "min"] + \
-        [f"Pearson {m}" for m in masks] + ["s/slice", "NFE"]
+        [f"Pearson {m}" for m in masks] + ["bound", f"Pearson {BLOCK}x{BLOCK}", "s/slice", "NFE"]
     lines = ["| setting | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
     for e in summary:
         def f(key, fmt="{:.2f}"):
             return fmt.format(e[key]) if key in e else "-"
         cells = [f("psnr"), f("psnr_fg")] + [f(f"psnr_fg_{m}") for m in masks] + \
             [f("pearson", "{:.3f}"), f("pearson_min", "{:.3f}")] + [f(f"pearson_{m}", "{:.3f}") for m in masks] + \
-            [f("seconds", "{:.1f}"), f("nfe", "{:.0f}")]
+            [f("pearson_bound", "{:.3f}"), f("pearson_block", "{:.3f}"), f("seconds", "{:.1f}"), f("nfe", "{:.0f}")]
         lines.append(f"| {e['setting']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -47,7 +47,7 @@ SOLVER_DEFAULTS: dict[str, dict] = {
     "ddnm": {"steps": 4, "samples": 4, "eta": 0.85, "start": 0.03, "init": "cs-wavelet"},
     "coarse-to-fine": {"steps": 3, "samples": 4, "start": 0.02, "init": "cs-wavelet", "refine_steps": 2,
                        "refine_start": 0.01},
-    "mc-ddpm": {"steps": 10, "samples": 4, "start": 0.2, "init": "cs-wavelet"},
+    "mc-ddpm": {"steps": 8, "samples": 4, "start": 0.1, "init": "cs-wavelet"},
 }
 SCALE_PERCENTILE = 99.5
 
