@@ -243,6 +243,8 @@ def main(argv=None) -> int:
         args.methods = None if args.domain == "ixi" else list(mri.METHODS) + list(CONTROLS) + list(VARIANTS)
     elif args.domain == "espirit" and mri_ixi.TRUE_MAPS in args.methods:
         parser.error(f"{mri_ixi.TRUE_MAPS} needs the simulation's true maps: --domain ixi")
+    if args.domain == "ixi" and (args.tune or args.merge):
+        parser.error("--tune / --merge are --domain espirit options (ixi resumes into --out instead of merging)")
     torch.set_num_threads(args.threads)
     prior = mri.load_prior(args.checkpoint)
     priors = {"shipped": prior, "untrained": mri.untrained_prior(prior, UNTRAINED_SEED)}
