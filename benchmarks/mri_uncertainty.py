@@ -7,8 +7,8 @@ equispaced 8x, 8 % ACS, mask seed 100 + slice index: development masks). Referen
 noisy k-space (as benchmarks/mri_reconstruction.py). Per solver setting: PSNR (whole image and foreground = RSS > 0.1
 max), Pearson correlation of the std map with |error| over the foreground (target >= 0.5; "bound": the most any std
 map reaches if the error is Gaussian given its std, ``gaussian_bound``; "4x4": the same correlation of RMS values
-over 4 x 4 pixel tiles, ``block_pearson``), seconds per slice and network evaluations; a calibration plot (``mri.calibration_plot``, RMS error per std decile) per setting, pooled over
-all slices.
+over 4 x 4 pixel tiles, ``block_pearson``), seconds per slice and network evaluations; a calibration plot
+(``mri.calibration_plot``, RMS error per std decile) per setting, pooled over all slices.
 
     OMP_NUM_THREADS=1 python benchmarks/mri_uncertainty.py --out runs/mri_uncertainty
     OMP_NUM_THREADS=1 python benchmarks/mri_uncertainty.py --settings ddnm mc-ddpm --subjects 1 --slices 1 --out /tmp/u
@@ -111,7 +111,8 @@ def block_pearson(std: np.ndarray, error: np.ndarray, fg: np.ndarray, block: int
         return a[:h, :w].reshape(h // block, block, w // block, block).mean((1, 3))
 
     keep = tiles(fg.astype(np.float64)) >= 0.5
-    return pearson(np.sqrt(tiles(std.astype(np.float64) ** 2))[keep], np.sqrt(tiles(error.astype(np.float64) ** 2))[keep])
+    rms_std = np.sqrt(tiles(std.astype(np.float64) ** 2))
+    return pearson(rms_std[keep], np.sqrt(tiles(error.astype(np.float64) ** 2))[keep])
 
 
 def run(prior, slices, settings, noise: float, samples: int | None, log=print) -> dict:

@@ -50,7 +50,8 @@ if the error is Gaussian given its std, even the exact std map would correlate o
 Over 4 x 4 pixel tiles (8 mm) the mc-ddpm std finds the regions with large errors better (0.34 mean, up to 0.57);
 the calibration plot (RMS error per std decile) rises monotonically, with the std about 3x too small. Reproduce:
 
-    OMP_NUM_THREADS=1 python benchmarks/mri_uncertainty.py --checkpoint runs/shipped/brain_t1_ixi/checkpoints/step_00000200 \
+    OMP_NUM_THREADS=1 python benchmarks/mri_uncertainty.py \
+        --checkpoint runs/shipped/brain_t1_ixi/checkpoints/step_00000200 \
         --settings zero-filled cs-wavelet ddnm ddnm-s0.2 mc-ddpm mc-ddpm-s0.05 mc-ddpm-s0.3 mc-ddpm-s1 --out OUT
 """
 
