@@ -154,8 +154,8 @@ def solve(method: str, problem: MRIProblem, prior: Prior, *, steps: int | None =
         raise MeddiffError(f"--steps {n_steps!r} must be a positive integer")
     if not isinstance(k, int) or k < 1:
         raise MeddiffError(f"--samples {k!r} must be a positive integer")
-    phase, scale, sense = _start(problem, settings["init"])
     padded = prior.padded_size(tuple(problem.mask.shape))  # MeddiffError naming both sizes when they cannot meet
+    phase, scale, sense = _start(problem, settings["init"])
     model = RealImageModel(problem, phase, scale, padded)
     schedule, denoiser = prior.schedule, prior.denoiser
     generator = torch.Generator().manual_seed(seed)
