@@ -249,7 +249,7 @@ def test_solvers_run_on_odd_shapes_and_give_images_and_std(method):
     assert result.std.shape == (30, 21) and np.isfinite(result.std).all() and np.isfinite(result.image).all()
     assert result.settings["padded"] == [30, 22]
     refine = result.settings.get("refine_steps", 0)
-    assert result.nfe == {"pc": 6, "dps": 3, "ddnm": 3, "coarse-to-fine": 3 + refine}[method]
+    assert result.nfe == {"pc": 6, "dps": 3, "ddnm": 3, "coarse-to-fine": 3 + refine, "mc-ddpm": 3}[method]
     again = mri.reconstruct(k, mask, method, prior=prior, maps=maps, steps=3, samples=2, seed=0)
     np.testing.assert_array_equal(result.image, again.image)  # seeded
 
