@@ -144,7 +144,7 @@ def read_input(path: str | Path, what: str = "--input") -> tuple[np.ndarray, obj
 def restore_file(input_path: str | Path, out: str | Path, task: str, method: str, *, mask_path=None,
                  std_out: str | Path | None = None, **kwargs) -> tuple[Restoration, list[Path]]:
     """Read ``input_path``, ``restore``, write the image (and the std map) atomically as .npy or NIfTI with the input's
-    affine (in-plane spacing divided by the scale for super-resolution)."""
+    affine (in-plane spacing divided by the scale for super-resolution). A 0/255 8-bit mask (a PNG) reads as 0/1."""
     from meddiff.data.io import write_image
 
     check_method(task, method)
@@ -156,6 +156,8 @@ def restore_file(input_path: str | Path, out: str | Path, task: str, method: str
                                f"{method!r} gives a single image")
     image, meta = read_input(input_path)
     mask = None if mask_path is None else read_input(mask_path, "--mask")[0]
+    if mask is not None and mask.dtype == np.uint8 and np.isin(mask, (0, 255)).all():
+        mask = mask // 255  # an 8-bit image (PNG) drawn black = known, white = missing
     result = restore(image, task, method, mask=mask, **kwargs)
     if task == "super-resolution" and meta.affine is not None:
         meta = meta.replace(affine=scaled_affine(meta.affine, kwargs["scale"]))
