@@ -73,8 +73,8 @@ def load_slices(subjects: list[str], per_subject: int) -> list[dict]:
             top, left = (image.shape[0] - CROP[0]) // 2, (image.shape[1] - CROP[1]) // 2
             image = image[top:top + CROP[0], left:left + CROP[1]]
             brain = brain[top:top + CROP[0], left:left + CROP[1]]
-            out.append({"subject": subject, "slice": int(z), "image": (image / magnitude_scale(image)).astype(np.float32),
-                        "brain": brain})
+            image = (image / magnitude_scale(image)).astype(np.float32)
+            out.append({"subject": subject, "slice": int(z), "image": image, "brain": brain})
     return out
 
 
@@ -162,8 +162,9 @@ def summary(result: dict) -> str:
                      f"{statistics.mean(r['seconds'] for r in rows):.1f} | {rows[0]['nfe']} x {rows[0]['samples']} |")
     tuning = result.get("tuning", {})
     if tuning:
-        lines += ["", "TV weights tuned on val slices: " + ", ".join(f"{s} {t['tv_lam']:g}" + (" (grid edge)" if
-                  t["at_grid_edge"] else "") for s, t in tuning.items())]
+        lines += ["", "TV weights (tuned on val slices unless marked default): " + ", ".join(
+            f"{s} {t['tv_lam']:g}" + (" (default)" if t.get("untuned") else " (grid edge)" if t["at_grid_edge"] else "")
+            for s, t in tuning.items())]
     return "\n".join(lines) + "\n"
 
 
