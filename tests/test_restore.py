@@ -187,6 +187,13 @@ def test_volume_runs_slice_by_slice():
     out = R.restore(vol, "super-resolution", "bicubic", scale=2)
     assert out.image.shape == (16, 16, 2)
     np.testing.assert_allclose(out.image[..., 1], 2 * out.image[..., 0], rtol=1e-5, atol=1e-6)
+    hole = R.box_mask((8, 8), 0.2).numpy()
+    same = R.restore(vol, "inpaint", "biharmonic", mask=hole).image  # one (H, W) mask for every slice
+    per_slice = R.restore(vol, "inpaint", "biharmonic", mask=np.stack([hole, hole], -1)).image
+    np.testing.assert_array_equal(same, per_slice)
+    np.testing.assert_allclose(same[~hole], vol[~hole], atol=1e-6)
+    with pytest.raises(MeddiffError, match="--mask has shape"):
+        R.restore(vol, "inpaint", "biharmonic", mask=np.stack([hole] * 3, -1))
 
 
 def test_shipped_prior_on_a_tiny_image():
