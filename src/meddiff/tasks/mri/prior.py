@@ -29,22 +29,22 @@ class Prior:
                 else f"pads to a multiple of {self.multiple}")
         return f"prior ({trained}, {runs})"
 
-    def padded_size(self, shape: tuple[int, int]) -> tuple[int, int]:
-        """The network input size for a k-space of ``shape`` (H, W): padded with air to a multiple of ``multiple``
-        (or to ``fixed_size``), checked once per size by one network evaluation. Raises ``MeddiffError`` naming the
-        k-space size and the prior's size when they cannot be matched."""
+    def padded_size(self, shape: tuple[int, int], what: str = "k-space") -> tuple[int, int]:
+        """The network input size for ``what`` (a k-space, an image) of ``shape`` (H, W): padded with air to a
+        multiple of ``multiple`` (or to ``fixed_size``), checked once per size by one network evaluation. Raises
+        ``MeddiffError`` naming that size and the prior's size when they cannot be matched."""
         import torch
 
         h, w = (int(s) for s in shape)
         mult = self.multiple
         if isinstance(mult, bool) or not isinstance(mult, int) or mult < 1:
             raise MeddiffError(f"{self.describe()}: padding multiple {mult!r} is not a positive integer; cannot pad "
-                               f"the {h}x{w} k-space")
+                               f"the {h}x{w} {what}")
         if self.fixed_size is not None:
             fh, fw = (int(s) for s in self.fixed_size)
             if h > fh or w > fw:
-                raise MeddiffError(f"k-space size {h}x{w} does not fit the {self.describe()}: it can pad a smaller "
-                                   f"k-space to {fh}x{fw} but not crop a larger one; use a prior that runs at "
+                raise MeddiffError(f"{what} size {h}x{w} does not fit the {self.describe()}: it can pad a smaller "
+                                   f"{what} to {fh}x{fw} but not crop a larger one; use a prior that runs at "
                                    f"{h}x{w} or larger (a fully convolutional one)")
             padded = (fh, fw)
         else:
@@ -57,10 +57,10 @@ class Prior:
                     out = self.denoiser(x, t)
             except (RuntimeError, ValueError) as error:
                 detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-                raise MeddiffError(f"k-space size {h}x{w} (padded to {padded[0]}x{padded[1]}) cannot be matched to "
+                raise MeddiffError(f"{what} size {h}x{w} (padded to {padded[0]}x{padded[1]}) cannot be matched to "
                                    f"the {self.describe()}: the network fails at that size ({detail})") from None
             if tuple(out.shape) != tuple(x.shape):
-                raise MeddiffError(f"k-space size {h}x{w} (padded to {padded[0]}x{padded[1]}) cannot be matched to "
+                raise MeddiffError(f"{what} size {h}x{w} (padded to {padded[0]}x{padded[1]}) cannot be matched to "
                                    f"the {self.describe()}: the network returns shape {tuple(out.shape)[-2:]}")
             self._runs_at.add(padded)
         return padded

@@ -89,14 +89,6 @@ class ModelSpace:
         return v
 
 
-def padded_size(prior: Prior, shape: tuple[int, int]) -> tuple[int, int]:
-    """``prior.padded_size`` with the wording of images, not k-space."""
-    try:
-        return prior.padded_size(shape)
-    except MeddiffError as error:
-        raise MeddiffError(str(error).replace("k-space", "image")) from None
-
-
 def _grid(schedule, steps: int, start: float) -> TimeGrid:
     if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 < start <= 1:
         raise MeddiffError(f"start={start!r} must be in (0, 1] (fraction of the diffusion time to start from)")
@@ -185,7 +177,7 @@ def solve(method: str, problem: Problem, prior: Prior, *, steps: int | None = No
         raise MeddiffError(f"--steps {n_steps!r} must be a positive integer")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise MeddiffError(f"--samples {k!r} must be a positive integer")
-    padded = padded_size(prior, problem.shape)
+    padded = prior.padded_size(problem.shape, what="image")
     y_seen = denoising_input(problem) if problem.task == "denoise" else problem.y
     known = y_seen if problem.known is None else y_seen[problem.known]
     scale = magnitude_scale(known)
