@@ -1,0 +1,188 @@
+"""Diffusion solvers for CT through the generic hooks of ``meddiff.diffusion.inverse`` and ``reconstruct``, the one
+entry point for every CT method.
+
+The prior's variable is v = HU / 1000 (the HU window [-1000, 1000] mapped to [-1, 1], not clipped: bone above
+1000 HU is v > 1); a CT prior must be trained on slices normalised that way (``CT_WINDOW``). In water units the
+image is x = v + 1, so the sinogram of v is b = y - A 1 and the measurement constraint of a state with signal
+scale alpha is A v = alpha b (``CTImageModel``):
+- "ddnm": DDIM (eta) with the DDNM projection of every x0 prediction, v - A^+(A v - b) (Wang et al. 2023, eq. 13),
+  A^+ by ``cg_iters`` CG iterations on the normal equations A^T A z = A^T r from z = 0 (the minimum-norm solution
+  when converged; with few views A^T A is ill-conditioned, so the projection, and hence the consistency of the
+  output, is approximate: tests/test_physics_ct.py measures it);
+- "dps": DDIM (eta = 1) with the DPS gradient step on ||A v0_hat - b|| (Chung et al. 2023, Alg. 1);
+- "pc": predictor-corrector with noised-measurement replacement after each step (Song et al. 2022, eq. 9-10),
+  the same CG projection.
+Every x0 prediction is first clamped to ``V_RANGE`` (air to 3071 HU: attenuation >= 0). The image is padded with air (v = -alpha) to the prior's multiple and cropped back. ``start`` < 1 noises an
+initial image (``init``: fbp, sirt or tv) to that fraction of the diffusion time ("come closer, diffuse faster",
+Chung et al. 2022). ``SOLVER_DEFAULTS`` are not tuned: meddiff ships no CT prior yet (issue 23).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from meddiff.diffusion import ClipDenoised, HookChain, get_sampler, initial_noise, make_grid, partial_grid
+from meddiff.diffusion.inverse import MeasurementReplacement, PosteriorGradient, Projection
+from meddiff.errors import MeddiffError, check_choice
+from meddiff.tasks.ct.baselines import BASELINES, baseline
+from meddiff.tasks.ct.problem import CTProblem, make_problem
+
+SOLVERS = ("dps", "ddnm", "pc")
+METHODS = BASELINES + SOLVERS
+INITS = BASELINES
+CT_WINDOW = (-1000.0, 1000.0)  # HU mapped to [-1, 1] for the prior: v = HU / 1000
+V_RANGE = (-1.0, 3.071)  # x0 predictions clamped to air .. 3071 HU (mu >= 0; the largest stored CT value)
+SOLVER_DEFAULTS: dict[str, dict] = {  # untuned (no CT prior yet)
+    "ddnm": {"steps": 50, "samples": 1, "eta": 0.85, "start": 1.0, "init": "fbp", "cg_iters": 30},
+    "dps": {"steps": 50, "samples": 1, "zeta": 1.0, "start": 1.0, "init": "fbp"},
+    "pc": {"steps": 50, "samples": 1, "snr": 0.05, "start": 1.0, "init": "fbp", "cg_iters": 30},
+}
+
+
+@dataclass
+class Reconstruction:
+    """image float32 HU (S, H, W); std (S, H, W) over the samples or None; network evaluations; seconds; settings."""
+
+    image: np.ndarray
+    std: np.ndarray | None = None
+    nfe: int = 0
+    seconds: float = 0.0
+    settings: dict = field(default_factory=dict)
+
+
+class CTImageModel:
+    """One slice seen from the prior's variable v (B, 1, Hp, Wp): v = HU / 1000 on the centred crop (H, W), air
+    (v = -alpha) in the padding; data A v_crop = alpha b with b = y - A 1 (water units)."""
+
+    def __init__(self, problem: CTProblem, index: int, padded: tuple[int, int], cg_iters: int = 30) -> None:
+        self.op = problem.op
+        h, w = problem.size
+        self.padded, self.cg_iters = padded, cg_iters
+        top, left = (padded[0] - h) // 2, (padded[1] - w) // 2
+        self.crop = (slice(top, top + h), slice(left, left + w))
+        y = problem.y[index]
+        self.b = y - self.op.A(torch.ones(problem.size, dtype=y.dtype))  # [V,D]
+
+    def inside(self, v: Tensor) -> Tensor:
+        return v[:, 0][(slice(None),) + self.crop]  # [B,H,W]
+
+    def embed(self, v_crop: Tensor, alpha: float = 1.0) -> Tensor:
+        out = torch.full((v_crop.shape[0], 1) + self.padded, -alpha, dtype=v_crop.dtype, device=v_crop.device)
+        out[:, 0][(slice(None),) + self.crop] = v_crop
+        return out
+
+    def project(self, v: Tensor, alpha: float) -> Tensor:
+        """v - A^+(A v - alpha b) on the crop (CG, ``cg_iters``), air in the padding."""
+        vc = self.inside(v)
+        r = self.op.A(vc) - alpha * self.b
+        return self.embed(vc - self.op.A_dagger(r, maxiter=self.cg_iters, tol=1e-6), alpha)
+
+    def residual(self, v: Tensor) -> Tensor:
+        """A v_crop - b (differentiable), for DPS."""
+        return self.op.A(self.inside(v)) - self.b
+
+    def to_hu(self, v: Tensor) -> Tensor:
+        return 1000.0 * self.inside(v)
+
+
+def _grid(schedule, steps: int, start: float):
+    if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 < start <= 1:
+        raise MeddiffError(f"start={start!r} must be in (0, 1] (fraction of the diffusion time to start from)")
+    if start == 1:
+        return make_grid(schedule, steps)
+    if start * schedule.t_max <= schedule.t_min:
+        raise MeddiffError(f"start={start!r} is below the schedule's first time; use a larger fraction")
+    return partial_grid(schedule, start * schedule.t_max, steps)
+
+
+def _settings(method: str, steps, samples, params: dict) -> dict:
+    check_choice("method", method, SOLVERS)
+    settings = {**SOLVER_DEFAULTS[method], **{k: v for k, v in params.items() if v is not None}}
+    unknown = sorted(set(settings) - set(SOLVER_DEFAULTS[method]))
+    if unknown:
+        raise MeddiffError(f"method {method!r}: unknown parameter(s) {unknown}; allowed: "
+                           f"{sorted(SOLVER_DEFAULTS[method])}")
+    for name, value in (("steps", steps), ("samples", samples)):
+        if value is not None:
+            settings[name] = value
+        if isinstance(settings[name], bool) or not isinstance(settings[name], int) or settings[name] < 1:
+            raise MeddiffError(f"--{name} {settings[name]!r} must be a positive integer")
+    check_choice("init", settings["init"], INITS)
+    return settings
+
+
+def solve(method: str, problem: CTProblem, prior, *, index: int = 0, steps: int | None = None,
+          samples: int | None = None, seed: int = 0, **params) -> tuple[Tensor, int, dict]:
+    """Run a diffusion solver on slice ``index``: (HU samples (K, H, W), network evaluations, settings)."""
+    settings = _settings(method, steps, samples, params)
+    padded = prior.padded_size(problem.size)
+    model = CTImageModel(problem, index, padded, settings.get("cg_iters", 30))
+    schedule, denoiser = prior.schedule, prior.denoiser
+    generator = torch.Generator().manual_seed(seed)
+    grid = _grid(schedule, settings["steps"], settings["start"])
+    with torch.no_grad():
+        x = initial_noise(grid, (settings["samples"], 1) + padded, generator=generator)
+        if settings["start"] < 1:
+            sub = CTProblem(problem.op, problem.y[index:index + 1], problem.angles, problem.pixel_size,
+                            problem.mu_water)
+            v0 = model.embed(baseline(settings["init"], sub) / 1000.0)
+            x = float(grid.alphas[0]) * v0 + x * (float(grid.sigmas[0]) / grid.prior_std())
+        clip = ClipDenoised(*V_RANGE)
+        if method == "ddnm":
+            out = get_sampler("ddim")(denoiser, x, grid, hook=HookChain([clip, Projection(model.project)]),
+                                      generator=generator, eta=settings["eta"])
+            nfe = grid.steps
+        elif method == "dps":
+            hook = HookChain([PosteriorGradient(model.residual, settings["zeta"]), clip])
+            hook.needs_grad = True  # the chain's first hook differentiates through the denoiser
+            out = get_sampler("ddim")(denoiser, x, grid, hook=hook, generator=generator, eta=1.0)
+            nfe = grid.steps
+        else:
+            hook = HookChain([clip, MeasurementReplacement(model.project, schedule, noise=True, generator=generator)])
+            out = get_sampler("pc")(denoiser, x, grid, hook=hook, generator=generator, snr=settings["snr"])
+            nfe = 2 * grid.steps
+    settings["padded"] = list(padded)
+    return model.to_hu(out), nfe, settings
+
+
+def load_ct_prior(checkpoint, method: str):
+    """The prior of a diffusion method; meddiff ships no CT prior yet, so ``checkpoint`` is required."""
+    if checkpoint is None:
+        raise MeddiffError(f"--checkpoint is required for --method {method}: meddiff ships no CT prior yet; give a "
+                           "one-channel prior trained on CT slices as HU / 1000 (window [-1000, 1000] -> [-1, 1])")
+    from meddiff.tasks.mri.prior import load_prior  # generic one-channel prior loader (lives in tasks/mri for now)
+
+    return load_prior(checkpoint)
+
+
+def reconstruct(sinogram, angles, method: str = "fbp", *, size: tuple[int, int] | None = None,
+                pixel_size: float | None = None, dose: float | None = None, checkpoint: str | Path | None = None,
+                prior=None, steps: int | None = None, samples: int | None = None, seed: int = 0,
+                **params) -> Reconstruction:
+    """Sinogram (V, D) or (S, V, D) of post-log line integrals (photon counts with ``dose`` = I0), angles (V,)
+    radians -> ``Reconstruction`` with float32 HU images (S, H, W) (the caller squeezes S = 1)."""
+    check_choice("method", method, METHODS)
+    problem = make_problem(sinogram, angles, size=size, pixel_size=pixel_size, dose=dose)
+    start = time.perf_counter()
+    if method in BASELINES:
+        if steps is not None or samples is not None:
+            raise MeddiffError(f"method {method!r} takes no --steps/--samples (diffusion methods: {', '.join(SOLVERS)})")
+        image = baseline(method, problem, **params)
+        return Reconstruction(image.numpy().astype(np.float32), None, 0, time.perf_counter() - start,
+                              {"method": method, **{k: v for k, v in params.items() if v is not None}})
+    prior = prior if prior is not None else load_ct_prior(checkpoint, method)
+    images, stds, nfe, settings = [], [], 0, {}
+    for index in range(len(problem.y)):
+        hu, n, settings = solve(method, problem, prior, index=index, steps=steps, samples=samples, seed=seed,
+                                **params)
+        images.append(hu.mean(0))
+        stds.append(hu.std(0, unbiased=False) if len(hu) > 1 else torch.zeros_like(hu[0]))
+        nfe += n
+    return Reconstruction(torch.stack(images).numpy().astype(np.float32), torch.stack(stds).numpy().astype(np.float32),
+                          nfe, time.perf_counter() - start, {"method": method, **settings})
