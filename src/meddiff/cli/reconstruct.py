@@ -1,5 +1,7 @@
 """`meddiff reconstruct --kspace K --mask M --method METHOD --out IMG.npy [--std-out STD.npy]`: reconstruct an
-undersampled MR slice with a classical baseline or a diffusion solver (default prior: the shipped brain prior)."""
+undersampled MR slice with a classical baseline or a diffusion solver (default prior: the shipped brain prior).
+`meddiff reconstruct --modality ct --sinogram S.npy --angles A.npy --method METHOD [--size H W] --out IMG.npy`:
+a CT slice (or a stack of sinograms) in HU (``meddiff.tasks.ct``)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import argparse
 
 
 def register(subparsers) -> None:
+    from meddiff.tasks.ct import METHODS as CT_METHODS
     from meddiff.tasks.mri import COMBINES, METHODS, SOLVER_DEFAULTS
 
     parser = subparsers.add_parser(
@@ -20,9 +23,24 @@ def register(subparsers) -> None:
                     "(benchmarks/README.md). mc-ddpm (after MC-DDPM, Xie & Li 2022) keeps the measured k-space "
                     "lines and diffuses only the unmeasured ones; its --std-out is the spread of the samples.",
     )
-    parser.add_argument("--kspace", required=True, help="centred k-space file")
-    parser.add_argument("--mask", required=True, help="sampling mask .npy, 1 = measured")
-    parser.add_argument("--method", required=True, choices=METHODS, help="reconstruction method")
+    parser.add_argument("--modality", choices=("mri", "ct"), default="mri", help="mri (default) or ct")
+    parser.add_argument("--kspace", help="MRI: centred k-space file (required for mri)")
+    parser.add_argument("--mask", help="MRI: sampling mask .npy, 1 = measured (required for mri)")
+    parser.add_argument("--method", required=True, choices=METHODS + tuple(m for m in CT_METHODS if m not in METHODS),
+                        help=f"reconstruction method (mri: {', '.join(METHODS)}; ct: {', '.join(CT_METHODS)})")
+    ct = parser.add_argument_group("CT (--modality ct)")
+    ct.add_argument("--sinogram", help="post-log sinogram .npy (views, detectors) or (slices, views, detectors); a "
+                                       "SINO.json sidecar from simulate-ct beside it gives the pixel size")
+    ct.add_argument("--angles", help="view angles .npy (views,), radians")
+    ct.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                    help="output grid (default: the square floor(detectors / sqrt 2) the detector covers)")
+    ct.add_argument("--pixel-size", type=float, dest="pixel_size",
+                    help="pixel (= detector) spacing in mm (default: the sidecar's, else 1.0)")
+    ct.add_argument("--dose", type=float, help="the sinogram holds raw photon counts at incident flux I0 = DOSE "
+                                               "(log-transformed here, counts clamped to >= 1)")
+    ct.add_argument("--filter", choices=("ramp", "shepp-logan", "hann"), help="fbp filter (default: ramp)")
+    ct.add_argument("--lam", type=float, help="tv weight (default: meddiff.physics.ct.DEFAULTS)")
+    ct.add_argument("--iters", type=int, help="sirt/tv iterations (default: 100 / 200)")
     parser.add_argument("--samples", type=int, help="posterior samples K (diffusion methods; default per method)")
     parser.add_argument("--steps", type=int, help="sampler steps (diffusion methods; default per method)")
     parser.add_argument("--start", type=float, help="diffusion methods: fraction of the diffusion time the noised CS "
@@ -42,10 +60,24 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+_CT_ONLY = ("sinogram", "angles", "size", "pixel_size", "dose", "filter", "lam", "iters")
+
+
 def run(args: argparse.Namespace) -> int:
     from meddiff.data.io import write_image
     from meddiff.errors import MeddiffError
-    from meddiff.tasks.mri import BASELINES, SOLVERS, load_kspace, load_mask, reconstruct
+    from meddiff.tasks.mri import BASELINES, METHODS, SOLVERS, load_kspace, load_mask, reconstruct
+
+    if args.modality == "ct":
+        return run_ct(args)
+    for name in _CT_ONLY:
+        if getattr(args, name) is not None:
+            raise MeddiffError(f"--{name.replace('_', '-')} is a CT option; add --modality ct")
+    for name in ("kspace", "mask"):
+        if getattr(args, name) is None:
+            raise MeddiffError(f"--{name} is required for --modality mri")
+    if args.method not in METHODS:
+        raise MeddiffError(f"--method {args.method} is a CT method; for MRI choose one of: {', '.join(METHODS)}")
 
     if args.std_out and args.method in BASELINES:
         raise MeddiffError(f"--std-out needs a diffusion method ({', '.join(SOLVERS)}); {args.method!r} "
@@ -64,5 +96,46 @@ def run(args: argparse.Namespace) -> int:
         line += f", {result.nfe} network evaluations x {result.settings['samples']} samples"
     if args.std_out:
         line += f"; std -> {write_image(args.std_out, result.std)}"
+    print(line)
+    return 0
+
+
+def run_ct(args: argparse.Namespace) -> int:
+    from meddiff.data.io import write_image
+    from meddiff.errors import MeddiffError
+    from meddiff.tasks.ct import BASELINES, METHODS, SOLVERS, load_array, read_sidecar, reconstruct
+
+    for name in ("kspace", "mask", "slice_index"):
+        if getattr(args, name) is not None:
+            raise MeddiffError(f"--{name.replace('_index', '')} is an MRI option; drop it for --modality ct")
+    if args.combine != "sense":
+        raise MeddiffError("--combine is an MRI option; drop it for --modality ct")
+    for name in ("sinogram", "angles"):
+        if getattr(args, name) is None:
+            raise MeddiffError(f"--{name} is required for --modality ct")
+    if args.method not in METHODS:
+        raise MeddiffError(f"--method {args.method} is an MRI method; for CT choose one of: {', '.join(METHODS)}")
+    if args.std_out and args.method in BASELINES:
+        raise MeddiffError(f"--std-out needs a diffusion method ({', '.join(SOLVERS)}); {args.method!r} gives a "
+                           "single image")
+    sinogram = load_array(args.sinogram, "--sinogram")
+    angles = load_array(args.angles, "--angles")
+    pixel = args.pixel_size if args.pixel_size is not None else read_sidecar(args.sinogram).get("pixel_size_mm")
+    params = {"filter": args.filter, "lam": args.lam, "iters": args.iters, "start": args.start}
+    allowed = {"fbp": {"filter"}, "sirt": {"iters"}, "tv": {"lam", "iters"}}.get(args.method, {"start"})
+    for name, value in params.items():
+        if value is not None and name not in allowed:
+            raise MeddiffError(f"--{name} does not apply to --method {args.method}")
+    result = reconstruct(sinogram, angles, args.method, size=args.size, pixel_size=pixel, dose=args.dose,
+                         checkpoint=args.checkpoint, steps=args.steps, samples=args.samples, seed=args.seed,
+                         **{k: v for k, v in params.items() if v is not None})
+    image = result.image[0] if sinogram.ndim == 2 else result.image
+    path = write_image(args.out, image)
+    line = f"wrote {path}: {args.method} HU {'x'.join(map(str, image.shape))} in {result.seconds:.1f} s"
+    if result.nfe:
+        line += f", {result.nfe} network evaluations x {result.settings['samples']} samples"
+    if args.std_out:
+        std = result.std[0] if sinogram.ndim == 2 else result.std
+        line += f"; std -> {write_image(args.std_out, std)}"
     print(line)
     return 0

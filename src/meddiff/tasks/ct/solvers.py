@@ -121,7 +121,7 @@ def solve(method: str, problem: CTProblem, prior, *, index: int = 0, steps: int 
           samples: int | None = None, seed: int = 0, **params) -> tuple[Tensor, int, dict]:
     """Run a diffusion solver on slice ``index``: (HU samples (K, H, W), network evaluations, settings)."""
     settings = _settings(method, steps, samples, params)
-    padded = prior.padded_size(problem.size)
+    padded = prior.padded_size(problem.size, "CT image")
     model = CTImageModel(problem, index, padded, settings.get("cg_iters", 30))
     schedule, denoiser = prior.schedule, prior.denoiser
     generator = torch.Generator().manual_seed(seed)
