@@ -234,3 +234,24 @@ def test_bad_inputs_name_the_argument():
         FanBeamCT(16, view_angles(4), source_distance=5, detector_distance=20)
     with pytest.raises(MeddiffError, match="angles"):
         ParallelBeamCT(16, [0.0, float("nan")])
+
+
+def test_docstring_example_runs():
+    import doctest
+
+    import meddiff.physics.ct as module
+
+    result = doctest.testmod(module, verbose=False)
+    assert result.attempted >= 5 and result.failed == 0
+
+
+def test_iterative_baselines_reconstruct_fan_beam_data():
+    """The baselines take any projector: fan-beam SIRT / OS-SART and TV recover a block phantom (measured mean
+    absolute error 0.0075 / 0.0074 / 6e-5)."""
+    op = FanBeamCT(32, view_angles(40, 360), source_distance=50, detector_distance=100)
+    x = torch.zeros(1, 32, 32)
+    x[0, 10:20, 8:24] = 1
+    y = op.A(x)
+    assert float((sirt(op, y, iters=100) - x).abs().mean()) < 0.015
+    assert float((sirt(op, y, iters=20, subsets=5) - x).abs().mean()) < 0.015
+    assert float((tv(op, y) - x).abs().mean()) < 0.002

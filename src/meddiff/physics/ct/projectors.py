@@ -252,3 +252,8 @@ class FanBeamCT(_CTProjector):
         dirs = target - source
         dirs = dirs / torch.linalg.vector_norm(dirs, dim=-1, keepdim=True)
         return source.expand(-1, self.n_detectors, -1).reshape(-1, 2), dirs.reshape(-1, 2)
+
+    def subset(self, views) -> "FanBeamCT":
+        """The operator for the views ``views`` (indices) only (for ordered-subset methods)."""
+        return FanBeamCT(self.image_size, self.angles[views], self.source_distance, self.detector_distance,
+                         self.n_detectors, self.detector_spacing)
