@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python scripts/train_shipped.py --config configs/pneumonia_cond.yaml \
         --name pneumonia_cond --description "..." --default-for sample
 
+A config whose data names a ``split_file`` ships it as split.json (train / val / test subjects).
 The run itself goes to runs/shipped/<name>/ (resumable with --resume after an interruption); the shipped
 folder gets the EMA weights (fp16), meta.json, the resolved config, the training log, the environment and
 this exact command, so anyone can retrain the model and compare the logs.
@@ -80,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         import json
 
         trained_on = json.loads((SHIPPED_DIR / args.name / "meta.json").read_text()).get("shipped", {}).get("trained_on", "")
+    split_file = (config.get("data") or {}).get("split_file")  # the subject split travels with the model
+    extra = {"split.json": Path(split_file)} if split_file and Path(split_file).is_file() else None
     shipped = export_checkpoint(checkpoint, args.name, command=command, description=args.description,
-                                default_for=args.default_for, trained_on=trained_on)
+                                default_for=args.default_for, trained_on=trained_on, extra_files=extra)
     if args.real_examples:
         save_real_examples(config["data"], args.real_examples, shipped / "real_examples.png")
     print(f"shipped {checkpoint} -> {shipped} ({time.time() - started:.0f} s)")
