@@ -133,7 +133,7 @@ def test_fbp_of_full_view_phantom():
 
 def test_sirt_and_tv_beat_fbp_at_sparse_views():
     """30 noisy views (sigma 0.05 pixel lengths): SIRT beats FBP by > 2 dB, TV (default weight) by > 10 dB
-    (measured FBP 21.7, SIRT 24.1, OS-SART 24.4, TV 45.1 dB); OS-SART with 10 subsets matches SIRT in a tenth of the passes."""
+    (measured FBP 21.7, SIRT 24.1, OS-SART 24.4, TV 37.1 dB); OS-SART with 10 subsets matches SIRT in a tenth of the passes."""
     x = phantom(64)
     angles = view_angles(30)
     op = ParallelBeamCT(64, angles)
@@ -247,7 +247,7 @@ def test_docstring_example_runs():
 
 def test_iterative_baselines_reconstruct_fan_beam_data():
     """The baselines take any projector: fan-beam SIRT / OS-SART and TV recover a block phantom (measured mean
-    absolute error 0.0075 / 0.0074 / 6e-5)."""
+    absolute error 0.0075 / 0.0074 / 3e-4)."""
     op = FanBeamCT(32, view_angles(40, 360), source_distance=50, detector_distance=100)
     x = torch.zeros(1, 32, 32)
     x[0, 10:20, 8:24] = 1
