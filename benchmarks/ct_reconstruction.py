@@ -108,7 +108,8 @@ def run_setting(name: str, hu: torch.Tensor, pixel: float, seeds: list[int], sir
     build = time.perf_counter() - t
     rows = []
     for k in range(len(hu)):
-        sino, _ = simulate_sinogram(hu[k], op, pixel_size=pixel, i0=i0, generator=torch.Generator().manual_seed(seeds[k]))
+        generator = torch.Generator().manual_seed(seeds[k])  # the slice index: same noise for every method
+        sino, _ = simulate_sinogram(hu[k], op, pixel_size=pixel, i0=i0, generator=generator)
         y = sino / (MU_WATER * pixel)  # water units
         mask = body_mask(hu[k])
         for method, (x, seconds) in reconstructions(op, y, angles, size, sirt_iters, tv_lams).items():
@@ -156,21 +157,22 @@ def main(argv=None) -> int:
             r["method"] = {f"sirt-{best_sirt}": "sirt", f"tv-{best_tv:g}": "tv"}.get(r["method"], r["method"])
         results["test_rows"] += rows
         for method in ("fbp", "fbp-hann", "sirt", "tv"):
-            print(f"  {method:9s} PSNR {mean_by(rows, 'psnr', method):6.2f} dB  SSIM {mean_by(rows, 'ssim', method):.4f}"
-                  f"  {mean_by(rows, 'seconds', method):6.2f} s/slice", flush=True)
+            print(f"  {method:9s} PSNR {mean_by(rows, 'psnr', method):6.2f} dB  SSIM "
+                  f"{mean_by(rows, 'ssim', method):.4f}  {mean_by(rows, 'seconds', method):6.2f} s/slice", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(results, out)
-    lines = [f"CT baselines, chest CT test block slices {test_idx} ({args.size}x{args.size}, {pixel:.3f} mm), PSNR/SSIM "
-             "in HU within the body mask, window [-1000, 1000]; weights tuned on dev slices "
-             f"{dev_idx}.", "", "| setting | method | PSNR (dB) | SSIM | s/slice | tuned |", "|---|---|---|---|---|---|"]
+    lines = [f"CT baselines, chest CT test block slices {test_idx} ({args.size}x{args.size}, {pixel:.3f} mm), "
+             "PSNR/SSIM in HU within the body mask, window [-1000, 1000]; weights tuned on dev slices "
+             f"{dev_idx}.", "", "| setting | method | PSNR (dB) | SSIM | s/slice | tuned |",
+             "|---|---|---|---|---|---|"]
     for name in args.settings:
         rows = [r for r in results["test_rows"] if r["setting"] == name]
         tuned = results["tuned"][name]
         for method in ("fbp", "fbp-hann", "sirt", "tv"):
             note = {"sirt": f"{tuned['sirt_iters']} iterations", "tv": f"lam {tuned['tv_lam']:g}"}.get(method, "")
-            lines.append(f"| {name} | {method} | {mean_by(rows, 'psnr', method):.2f} | {mean_by(rows, 'ssim', method):.4f}"
-                         f" | {mean_by(rows, 'seconds', method):.2f} | {note} |")
+            lines.append(f"| {name} | {method} | {mean_by(rows, 'psnr', method):.2f} | "
+                         f"{mean_by(rows, 'ssim', method):.4f} | {mean_by(rows, 'seconds', method):.2f} | {note} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0

@@ -133,6 +133,8 @@ def test_failures_are_one_line_errors_naming_the_argument(files, capsys, tmp_pat
     np.save(tmp_path / "neg.npy", -np.ones_like(sino))
     np.save(tmp_path / "neg_a.npy", np.load(root / "s_a.npy"))
     np.save(tmp_path / "odd.npy", (np.ones((50, 30)) * 5000).astype(np.float32))
+    ct_args = ["reconstruct", "--modality", "ct", "--method", "fbp", "--out", str(tmp_path / "x.npy")]
+    sim_args = ["simulate-ct", "--image", str(root / "hu.npy")]
     cases = [
         (lambda: _rec(tmp_path, "short", "fbp", "x.npy"), "--angles: 58 angles but the sinogram has 60 views"),
         (lambda: _rec(tmp_path, "nan", "fbp", "x.npy"), "--sinogram: 1 NaN/Inf"),
@@ -141,17 +143,15 @@ def test_failures_are_one_line_errors_naming_the_argument(files, capsys, tmp_pat
         (lambda: _rec(root, "s", "ddnm", "x.npy"), "--checkpoint is required for --method ddnm"),
         (lambda: _rec(root, "s", "sense", "x.npy"), "--method sense is an MRI method"),
         (lambda: _rec(root, "s", "fbp", "x.npy", "--lam", "0.1"), "--lam does not apply to --method fbp"),
-        (lambda: _rec(root, "s", "fbp", "x.npy", "--std-out", str(tmp_path / "std.npy")), "--std-out needs a diffusion"),
-        (lambda: main(["reconstruct", "--modality", "ct", "--angles", str(root / "s_a.npy"), "--method", "fbp", "--out",
-               str(tmp_path / "x.npy")]), "--sinogram is required for --modality ct"),
-        (lambda: main(["reconstruct", "--sinogram", str(root / "s.npy"), "--kspace", "k.npy", "--mask", "m.npy", "--method",
-               "sense", "--out", str(tmp_path / "x.npy")]), "--sinogram is a CT option"),
-        (lambda: main(["simulate-ct", "--image", str(root / "hu.npy"), "--views", "0", "--out", str(tmp_path / "x.npy")]),
-         "--views 0 must be >= 1"),
-        (lambda: main(["simulate-ct", "--image", str(root / "hu.npy"), "--views", "10", "--out", str(tmp_path / "x.png")]),
-         "--out"),
-        (lambda: main(["simulate-ct", "--image", str(root / "hu.npy"), "--views", "10", "--counts-out", "c.npy", "--out",
-               str(tmp_path / "x.npy")]), "--counts-out needs --dose"),
+        (lambda: _rec(root, "s", "fbp", "x.npy", "--std-out", str(tmp_path / "std.npy")),
+         "--std-out needs a diffusion"),
+        (lambda: main([*ct_args, "--angles", str(root / "s_a.npy")]), "--sinogram is required for --modality ct"),
+        (lambda: main(["reconstruct", "--sinogram", str(root / "s.npy"), "--kspace", "k.npy", "--mask", "m.npy",
+                       "--method", "sense", "--out", str(tmp_path / "x.npy")]), "--sinogram is a CT option"),
+        (lambda: main([*sim_args, "--views", "0", "--out", str(tmp_path / "x.npy")]), "--views 0 must be >= 1"),
+        (lambda: main([*sim_args, "--views", "10", "--out", str(tmp_path / "x.png")]), "--out"),
+        (lambda: main([*sim_args, "--views", "10", "--counts-out", "c.npy", "--out", str(tmp_path / "x.npy")]),
+         "--counts-out needs --dose"),
     ]
     for call, message in cases:
         code = call()

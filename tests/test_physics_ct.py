@@ -133,7 +133,8 @@ def test_fbp_of_full_view_phantom():
 
 def test_sirt_and_tv_beat_fbp_at_sparse_views():
     """30 noisy views (sigma 0.05 pixel lengths): SIRT beats FBP by > 2 dB, TV (default weight) by > 10 dB
-    (measured FBP 21.7, SIRT 24.1, OS-SART 24.4, TV 37.1 dB); OS-SART with 10 subsets matches SIRT in a tenth of the passes."""
+    (measured FBP 21.7, SIRT 24.1, OS-SART 24.4, TV 37.1 dB); OS-SART with 10 subsets matches SIRT in a tenth of
+    the passes."""
     x = phantom(64)
     angles = view_angles(30)
     op = ParallelBeamCT(64, angles)

@@ -12,7 +12,8 @@ scale alpha is A v = alpha b (``CTImageModel``):
 - "dps": DDIM (eta = 1) with the DPS gradient step on ||A v0_hat - b|| (Chung et al. 2023, Alg. 1);
 - "pc": predictor-corrector with noised-measurement replacement after each step (Song et al. 2022, eq. 9-10),
   the same CG projection.
-Every x0 prediction is first clamped to ``V_RANGE`` (air to 3071 HU: attenuation >= 0). The image is padded with air (v = -alpha) to the prior's multiple and cropped back. ``start`` < 1 noises an
+Every x0 prediction is first clamped to ``V_RANGE`` (air to 3071 HU: attenuation >= 0). The image is padded with
+air (v = -alpha) to the prior's multiple and cropped back. ``start`` < 1 noises an
 initial image (``init``: fbp, sirt or tv) to that fraction of the diffusion time ("come closer, diffuse faster",
 Chung et al. 2022). ``SOLVER_DEFAULTS`` are not tuned: meddiff ships no CT prior yet (issue 23).
 """
@@ -172,7 +173,8 @@ def reconstruct(sinogram, angles, method: str = "fbp", *, size: tuple[int, int] 
     start = time.perf_counter()
     if method in BASELINES:
         if steps is not None or samples is not None:
-            raise MeddiffError(f"method {method!r} takes no --steps/--samples (diffusion methods: {', '.join(SOLVERS)})")
+            raise MeddiffError(f"method {method!r} takes no --steps/--samples (diffusion methods: "
+                               f"{', '.join(SOLVERS)})")
         image = baseline(method, problem, **params)
         return Reconstruction(image.numpy().astype(np.float32), None, 0, time.perf_counter() - start,
                               {"method": method, **{k: v for k, v in params.items() if v is not None}})
