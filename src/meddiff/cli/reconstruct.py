@@ -39,7 +39,8 @@ def register(subparsers) -> None:
     ct.add_argument("--dose", type=float, help="the sinogram holds raw photon counts at incident flux I0 = DOSE "
                                                "(log-transformed here, counts clamped to >= 1)")
     ct.add_argument("--filter", choices=("ramp", "shepp-logan", "hann"), help="fbp filter (default: ramp)")
-    ct.add_argument("--lam", type=float, help="tv weight (default: meddiff.physics.ct.DEFAULTS)")
+    ct.add_argument("--lam", type=float, help="tv weight (default 3e-4, meddiff.physics.ct.DEFAULTS; "
+                                              "benchmarks/ct_reconstruction.py tunes it per setting)")
     ct.add_argument("--iters", type=int, help="sirt/tv iterations (default: 100 / 200)")
     parser.add_argument("--samples", type=int, help="posterior samples K (diffusion methods; default per method)")
     parser.add_argument("--steps", type=int, help="sampler steps (diffusion methods; default per method)")
