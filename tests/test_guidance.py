@@ -121,6 +121,23 @@ def test_hook_chain_applies_hooks_in_order():
     torch.testing.assert_close(HookChain([Add(1.0), Add(0.0)]).denoised(x, x0, t), (x0 * 2 + 1) * 2)
 
 
+def test_hook_chain_needs_grad_when_any_of_its_hooks_does():
+    """A chain with a DPS hook asks the sampler for a differentiable prediction (no hand-set flag): DDIM runs the
+    chain, and the DPS hook sees x0_hat differentiable in x_t (it raises otherwise)."""
+    from meddiff.diffusion import ClipDenoised
+    from meddiff.diffusion.inverse import PosteriorGradient
+
+    dps = PosteriorGradient(lambda x0: x0[:, :1] - 0.5, 1.0)
+    assert not HookChain([]).needs_grad and not HookChain([ClipDenoised(-3.0, 3.0)]).needs_grad
+    assert HookChain([ClipDenoised(-3.0, 3.0), dps]).needs_grad and HookChain([dps, Hook()]).needs_grad
+    grid = make_grid(SCHEDULE, 5)
+    g = torch.Generator().manual_seed(0)
+    x = initial_noise(grid, (8, 2), generator=g, dtype=torch.float64)
+    out = get_sampler("ddim")(MIXTURE.denoiser(SCHEDULE), x, grid, hook=HookChain([dps, ClipDenoised(-3.0, 3.0)]),
+                              generator=g, eta=1.0)
+    assert out.shape == (8, 2) and torch.isfinite(out).all() and dps.residual_norms is not None
+
+
 def test_guidance_rejects_negative_scale():
     with pytest.raises(MeddiffError, match="scale"):
         ClassifierFreeGuidance(MIXTURE.denoiser(SCHEDULE), -1.0)

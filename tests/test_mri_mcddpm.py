@@ -20,7 +20,8 @@ from meddiff.tasks import mri
 from meddiff.tasks.mri import mcddpm, solvers
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_mri_solvers import aligned_problem, make_project, phantom, tiny_prior  # noqa: E402
+from helpers import tiny_prior  # noqa: E402
+from test_mri_solvers import aligned_problem, make_project, phantom  # noqa: E402
 
 
 def test_linear_toy_keeps_the_measurement_in_every_state_and_samples_the_exact_posterior():

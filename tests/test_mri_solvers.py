@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from meddiff.diffusion import VPSDE, Hook, get_sampler, initial_noise, make_grid, make_schedule
+from meddiff.diffusion import VPSDE, Hook, get_sampler, initial_noise, make_grid
 from meddiff.diffusion.analytic import GaussianMixture
 from meddiff.diffusion.inverse import MeasurementReplacement, PosteriorGradient, Projection
-from meddiff.diffusion.parametrization import ModelDenoiser
 from meddiff.errors import MeddiffError
-from meddiff.nets import build_unet
 from meddiff.physics import fft2c, ifft2c, make_mask, rss
 from meddiff.tasks import mri
+
+from helpers import tiny_prior
 
 SCHEDULE = VPSDE()
 
@@ -160,18 +160,6 @@ def phantom(h=32, w=24, coils=4, seed=0):
     maps = (maps / rss(maps)).to(torch.complex64)
     noise = 0.05 * torch.complex(torch.randn(coils, h, w, generator=g), torch.randn(coils, h, w, generator=g))
     return fft2c(maps * image) + noise, image, maps
-
-
-def tiny_prior(seed=0):
-    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
-        torch.manual_seed(seed)
-        net = build_unet({"channels": [8, 8], "attention_levels": [False, False], "num_res_blocks": 1,
-                          "norm_num_groups": 4})
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    schedule = make_schedule({"kind": "discrete", "beta_schedule": "linear", "num_train_steps": 1000})
-    return mri.Prior(ModelDenoiser(net, schedule, "eps"), schedule, 2, {"channels": 1})
 
 
 def test_zero_filled_and_sense_are_on_the_rss_scale():

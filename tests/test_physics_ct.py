@@ -10,26 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from meddiff.diffusion import ModelDenoiser, make_schedule
 from meddiff.errors import MeddiffError
-from meddiff.nets import build_unet
 from meddiff.physics.ct import (ANGLE_SETS, FanBeamCT, ParallelBeamCT, angle_set, counts_to_line_integrals, fbp,
                                 hu_to_mu, implied_size, mu_to_hu, simulate_sinogram, sirt, tv, view_angles)
 from meddiff.tasks import ct
-from meddiff.tasks.mri.prior import Prior
 
-
-def tiny_prior(seed: int = 0) -> Prior:
-    """An untrained two-level UNet as an eps-prior (seeded weights, the caller's RNG untouched)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = build_unet({"channels": [8, 8], "attention_levels": [False, False], "num_res_blocks": 1,
-                          "norm_num_groups": 4})
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    schedule = make_schedule({"kind": "discrete", "beta_schedule": "linear", "num_train_steps": 1000})
-    return Prior(ModelDenoiser(net, schedule, "eps"), schedule, 2, {"channels": 1})
+from helpers import tiny_prior
 
 
 def _gen(seed: int = 0) -> torch.Generator:

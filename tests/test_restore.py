@@ -5,24 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from meddiff.diffusion import ModelDenoiser, make_schedule
 from meddiff.errors import MeddiffError
-from meddiff.nets import build_unet
 from meddiff.physics import Downsampling, Inpainting
-from meddiff.tasks import mri
 from meddiff.tasks import restore as R
 
-
-def tiny_prior(seed=0):
-    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
-        torch.manual_seed(seed)
-        net = build_unet({"channels": [8, 8], "attention_levels": [False, False], "num_res_blocks": 1,
-                          "norm_num_groups": 4})
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    schedule = make_schedule({"kind": "discrete", "beta_schedule": "linear", "num_train_steps": 1000})
-    return mri.Prior(ModelDenoiser(net, schedule, "eps"), schedule, 2, {"channels": 1})
+from helpers import tiny_prior
 
 
 def phantom(h=32, w=32):

@@ -31,7 +31,7 @@ from meddiff.diffusion.schedules import (
     VPSDE,
     make_schedule,
 )
-from meddiff.diffusion.timesteps import TimeGrid, make_grid, partial_grid
+from meddiff.diffusion.timesteps import TimeGrid, make_grid, partial_grid, start_grid
 
 __all__ = [
     "BETA_SCHEDULES", "CLEAN_TIME", "PREDICTIONS", "SAMPLERS",
@@ -39,5 +39,5 @@ __all__ = [
     "HookChain", "ModelDenoiser", "NoiseSchedule", "TimeGrid", "VESDE", "VPSDE",
     "add_noise", "diffusion_loss", "from_x0", "get_sampler", "initial_noise", "invert_ddim", "make_grid", "partial_grid", "make_schedule",
     "min_snr_weight", "network_evaluations", "recommended_spacing", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m", "sample_euler",
-    "sample_heun", "sample_pc", "to_x0",
+    "sample_heun", "sample_pc", "start_grid", "to_x0",
 ]

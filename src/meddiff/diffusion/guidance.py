@@ -93,6 +93,11 @@ class HookChain(Hook):
     def __init__(self, hooks: Sequence[Hook]) -> None:
         self.hooks = list(hooks)
 
+    @property
+    def needs_grad(self) -> bool:
+        """True when any hook of the chain differentiates through the denoiser (e.g. DPS's ``PosteriorGradient``)."""
+        return any(getattr(hook, "needs_grad", False) for hook in self.hooks)
+
     def denoised(self, x: Tensor, x0: Tensor, t: Tensor) -> Tensor:
         for hook in self.hooks:
             x0 = hook.denoised(x, x0, t)

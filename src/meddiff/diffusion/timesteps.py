@@ -126,3 +126,15 @@ def partial_grid(schedule: NoiseSchedule, start: float, steps: int) -> TimeGrid:
     if schedule.is_discrete:
         times = times.round().unique().flip(0)
     return TimeGrid.from_times(schedule, times)
+
+
+def start_grid(schedule: NoiseSchedule, steps: int, start: float) -> TimeGrid:
+    """``steps`` times from ``start`` x t_max down to t_min (``partial_grid``); start = 1: the full ``make_grid``."""
+    if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 < start <= 1:
+        raise MeddiffError(f"start={start!r} must be in (0, 1] (fraction of the diffusion time to start from)")
+    if start == 1:
+        return make_grid(schedule, steps)
+    if start * schedule.t_max <= schedule.t_min:
+        raise MeddiffError(f"start={start!r} is below the schedule's first time ({schedule.t_min:g} of "
+                           f"{schedule.t_max:g}); use a larger fraction")
+    return partial_grid(schedule, start * schedule.t_max, steps)

@@ -21,18 +21,18 @@ Chung et al. 2022). ``SOLVER_DEFAULTS`` are not tuned: meddiff ships no CT prior
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from meddiff.diffusion import ClipDenoised, HookChain, get_sampler, initial_noise, make_grid, partial_grid
+from meddiff.diffusion import ClipDenoised, HookChain, get_sampler, initial_noise, start_grid
 from meddiff.diffusion.inverse import MeasurementReplacement, PosteriorGradient, Projection
 from meddiff.errors import MeddiffError, check_choice
 from meddiff.tasks.ct.baselines import BASELINES, baseline
 from meddiff.tasks.ct.problem import CTProblem, make_problem
+from meddiff.tasks.prior import Reconstruction, load_prior
 
 SOLVERS = ("dps", "ddnm", "pc")
 METHODS = BASELINES + SOLVERS
@@ -44,17 +44,6 @@ SOLVER_DEFAULTS: dict[str, dict] = {  # untuned (no CT prior yet)
     "dps": {"steps": 50, "samples": 1, "zeta": 1.0, "start": 1.0, "init": "fbp"},
     "pc": {"steps": 50, "samples": 1, "snr": 0.05, "start": 1.0, "init": "fbp", "cg_iters": 30},
 }
-
-
-@dataclass
-class Reconstruction:
-    """image float32 HU (S, H, W); std (S, H, W) over the samples or None; network evaluations; seconds; settings."""
-
-    image: np.ndarray
-    std: np.ndarray | None = None
-    nfe: int = 0
-    seconds: float = 0.0
-    settings: dict = field(default_factory=dict)
 
 
 class CTImageModel:
@@ -92,16 +81,6 @@ class CTImageModel:
         return 1000.0 * self.inside(v)
 
 
-def _grid(schedule, steps: int, start: float):
-    if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 < start <= 1:
-        raise MeddiffError(f"start={start!r} must be in (0, 1] (fraction of the diffusion time to start from)")
-    if start == 1:
-        return make_grid(schedule, steps)
-    if start * schedule.t_max <= schedule.t_min:
-        raise MeddiffError(f"start={start!r} is below the schedule's first time; use a larger fraction")
-    return partial_grid(schedule, start * schedule.t_max, steps)
-
-
 def _settings(method: str, steps, samples, params: dict) -> dict:
     check_choice("method", method, SOLVERS)
     settings = {**SOLVER_DEFAULTS[method], **{k: v for k, v in params.items() if v is not None}}
@@ -126,7 +105,7 @@ def solve(method: str, problem: CTProblem, prior, *, index: int = 0, steps: int 
     model = CTImageModel(problem, index, padded, settings.get("cg_iters", 30))
     schedule, denoiser = prior.schedule, prior.denoiser
     generator = torch.Generator().manual_seed(seed)
-    grid = _grid(schedule, settings["steps"], settings["start"])
+    grid = start_grid(schedule, settings["steps"], settings["start"])
     with torch.no_grad():
         x = initial_noise(grid, (settings["samples"], 1) + padded, generator=generator)
         if settings["start"] < 1:
@@ -141,7 +120,6 @@ def solve(method: str, problem: CTProblem, prior, *, index: int = 0, steps: int 
             nfe = grid.steps
         elif method == "dps":
             hook = HookChain([PosteriorGradient(model.residual, settings["zeta"]), clip])
-            hook.needs_grad = True  # the chain's first hook differentiates through the denoiser
             out = get_sampler("ddim")(denoiser, x, grid, hook=hook, generator=generator, eta=1.0)
             nfe = grid.steps
         else:
@@ -157,8 +135,6 @@ def load_ct_prior(checkpoint, method: str):
     if checkpoint is None:
         raise MeddiffError(f"--checkpoint is required for --method {method}: meddiff ships no CT prior yet; give a "
                            "one-channel prior trained on CT slices as HU / 1000 (window [-1000, 1000] -> [-1, 1])")
-    from meddiff.tasks.mri.prior import load_prior  # generic one-channel prior loader (lives in tasks/mri for now)
-
     return load_prior(checkpoint)
 
 

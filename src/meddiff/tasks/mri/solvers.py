@@ -5,7 +5,6 @@ See the package docstring for the choices and benchmarks/README.md for their mea
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +12,12 @@ import torch
 from torch import Tensor
 
 from meddiff.data.transforms import magnitude_scale
-from meddiff.diffusion import get_sampler, initial_noise, make_grid, partial_grid
+from meddiff.diffusion import get_sampler, initial_noise, start_grid
 from meddiff.diffusion.inverse import MeasurementReplacement, PosteriorGradient, Projection
-from meddiff.diffusion.timesteps import TimeGrid
 from meddiff.errors import MeddiffError, check_choice
 from meddiff.physics import cg_sense, cs_wavelet
 from meddiff.tasks.mri.mcddpm import sample_mcddpm
-from meddiff.tasks.mri.prior import Prior, load_prior
+from meddiff.tasks.prior import Prior, Reconstruction, load_prior
 from meddiff.tasks.mri.problem import (BASELINES, COMBINES, MRIProblem, baseline, combine_coils, low_resolution_phase,
                                        make_problem)
 
@@ -56,17 +54,6 @@ SOLVER_DEFAULTS: dict[str, dict] = {
     "mc-ddpm": {"steps": 8, "samples": 4, "start": 0.1, "init": "cs-wavelet"},
 }
 SCALE_PERCENTILE = 99.5
-
-
-@dataclass
-class Reconstruction:
-    """image (H, W) float32 on the RSS scale; std (H, W) or None; network evaluations; seconds; settings used."""
-
-    image: np.ndarray
-    std: np.ndarray | None = None
-    nfe: int = 0
-    seconds: float = 0.0
-    settings: dict = field(default_factory=dict)
 
 
 class RealImageModel:
@@ -124,18 +111,6 @@ def _start(problem: MRIProblem, init: str = "sense") -> tuple[Tensor, float, Ten
     return phase, scale, sense
 
 
-def _grid(schedule, steps: int, start: float) -> TimeGrid:
-    """``steps`` times from start x t_max down to t_min (``partial_grid``); start = 1: the full ``make_grid``."""
-    if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 < start <= 1:
-        raise MeddiffError(f"start={start!r} must be in (0, 1] (fraction of the diffusion time to start from)")
-    if start == 1:
-        return make_grid(schedule, steps)
-    if start * schedule.t_max <= schedule.t_min:
-        raise MeddiffError(f"start={start!r} is below the schedule's first time ({schedule.t_min:g} of "
-                           f"{schedule.t_max:g}); use a larger fraction")
-    return partial_grid(schedule, start * schedule.t_max, steps)
-
-
 def solve(method: str, problem: MRIProblem, prior: Prior, *, steps: int | None = None, samples: int | None = None,
           seed: int = 0, combine: str = "sense", **params) -> tuple[Tensor, Tensor, int, dict]:
     """Run a diffusion solver: (magnitudes (K, H, W) of the K samples, image (H, W), network evaluations, settings)."""
@@ -154,7 +129,7 @@ def solve(method: str, problem: MRIProblem, prior: Prior, *, steps: int | None =
         raise MeddiffError(f"--steps {n_steps!r} must be a positive integer")
     if not isinstance(k, int) or k < 1:
         raise MeddiffError(f"--samples {k!r} must be a positive integer")
-    padded = prior.padded_size(tuple(problem.mask.shape))  # MeddiffError naming both sizes when they cannot meet
+    padded = prior.padded_size(tuple(problem.mask.shape), "k-space")  # MeddiffError naming both sizes if no match
     phase, scale, sense = _start(problem, settings["init"])
     model = RealImageModel(problem, phase, scale, padded)
     schedule, denoiser = prior.schedule, prior.denoiser
@@ -162,7 +137,7 @@ def solve(method: str, problem: MRIProblem, prior: Prior, *, steps: int | None =
     shape = (k, 1) + padded
     with torch.no_grad():
         start = settings["start"]
-        grid = _grid(schedule, n_steps, start)
+        grid = start_grid(schedule, n_steps, start)
         x = initial_noise(grid, shape, generator=generator)
         if start < 1:  # come closer, diffuse faster (Chung et al. 2022): noise the initial image to the start
             v = torch.full((1, 1) + padded, -1.0)
@@ -173,7 +148,7 @@ def solve(method: str, problem: MRIProblem, prior: Prior, *, steps: int | None =
             coarse = get_sampler("ddpm")(denoiser, x, grid, hook=hook, generator=generator)
             mags = model.finish(coarse, combine)
             mean_v = coarse.mean(0, keepdim=True)
-            refine = _grid(schedule, settings["refine_steps"], settings["refine_start"])
+            refine = start_grid(schedule, settings["refine_steps"], settings["refine_start"])
             a0, s0 = float(refine.alphas[0]), float(refine.sigmas[0])
             x = a0 * mean_v + s0 * torch.randn(mean_v.shape, generator=generator)
             final = get_sampler("ddim")(denoiser, x, refine, hook=Projection(model.project), generator=generator,

@@ -8,7 +8,7 @@ denoising through ``meddiff.diffusion``'s samplers and inverse-problem hooks), `
 whole image, a brain mask and the hole), ``pipeline`` (``restore`` and ``restore_file``, behind ``meddiff restore``).
 
 The prior: ``--checkpoint`` or the shipped default for ``restore``, falling back to the one for ``reconstruct``
-(``default_prior``); it is loaded by ``meddiff.tasks.mri.load_prior`` (an unconditional one-channel image prior).
+(``default_prior``); it is loaded by ``meddiff.tasks.prior.load_prior`` (an unconditional one-channel image prior).
 Its images are whole axial slices scaled by ``meddiff.data.magnitude_scale`` (99.5th percentile of the pixels above
 10 % of the max -> 1, zero -> -1 in model space); restoration inputs are scaled the same way (``methods``).
 Planned (issue 22, later increment): SR3 and CDM (conditional networks trained on pairs) and a supervised UNet.

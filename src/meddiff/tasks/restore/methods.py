@@ -1,4 +1,4 @@
-"""Zero-shot diffusion restoration: an unconditional one-channel prior (``meddiff.tasks.mri.Prior``) run through the
+"""Zero-shot diffusion restoration: an unconditional one-channel prior (``meddiff.tasks.prior.Prior``) run through the
 samplers and inverse-problem hooks of ``meddiff.diffusion``.
 
 - "ddnm" (super-resolution, inpainting): DDIM (eta) with the DDNM range/null-space projection of every x0
@@ -30,11 +30,11 @@ import torch
 from torch import Tensor
 
 from meddiff.data.transforms import magnitude_scale
-from meddiff.diffusion import get_sampler, initial_noise, make_grid, partial_grid
+from meddiff.diffusion import get_sampler, initial_noise, start_grid
 from meddiff.diffusion.inverse import MeasurementReplacement, PosteriorGradient, Projection
 from meddiff.diffusion.timesteps import TimeGrid
 from meddiff.errors import MeddiffError, check_choice
-from meddiff.tasks.mri.prior import Prior
+from meddiff.tasks.prior import Prior
 from meddiff.tasks.restore.baselines import denoising_input, start_image
 from meddiff.tasks.restore.problems import Problem
 
@@ -87,16 +87,6 @@ class ModelSpace:
         v = torch.full((1, 1) + self.padded, -1.0)
         v[self.crop] = (2.0 / self.scale) * x - 1
         return v
-
-
-def _grid(schedule, steps: int, start: float) -> TimeGrid:
-    if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 < start <= 1:
-        raise MeddiffError(f"start={start!r} must be in (0, 1] (fraction of the diffusion time to start from)")
-    if start == 1:
-        return make_grid(schedule, steps)
-    if start * schedule.t_max <= schedule.t_min:
-        raise MeddiffError(f"start={start!r} is below the schedule's first time; use a larger fraction")
-    return partial_grid(schedule, start * schedule.t_max, steps)
 
 
 def repaint_schedule(steps: int, jump: int, resample: int) -> list[int]:
@@ -201,7 +191,7 @@ def solve(method: str, problem: Problem, prior: Prior, *, steps: int | None = No
             nfe = grid.steps
             settings.update({"t_start": t_star, "sigma_model": sigma_v})
         else:
-            grid = _grid(schedule, n_steps, settings.get("start", 1.0))
+            grid = start_grid(schedule, n_steps, settings.get("start", 1.0))
             x = initial_noise(grid, shape, generator=generator)
             if settings.get("start", 1.0) < 1:  # noise the classical start image to the grid's first time
                 v = space.from_image(start_image(problem))

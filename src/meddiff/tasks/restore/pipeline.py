@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from meddiff.errors import MeddiffError, check_choice
-from meddiff.tasks.mri.prior import Prior, load_prior
+from meddiff.tasks.prior import Prior, load_prior
+from meddiff.tasks.prior import default_prior as shared_default_prior
 from meddiff.tasks.restore.baselines import BASELINES, baseline
 from meddiff.tasks.restore.methods import ZERO_SHOT, solve
 from meddiff.tasks.restore.problems import TASKS, check_mask, make_problem
@@ -35,18 +36,13 @@ class Restoration:
 
 def default_prior() -> Path:
     """The shipped default for ``restore``, falling back to the one for ``reconstruct`` (one line in a shipped
-    card's ``default_for`` switches it)."""
-    from meddiff.training.shipped import default_checkpoint
-
-    try:
-        return default_checkpoint("restore")
-    except MeddiffError:
-        return default_checkpoint("reconstruct")
+    card's ``default_for`` switches it; ``meddiff.tasks.prior.default_prior``)."""
+    return shared_default_prior("restore")
 
 
 def restore_prior(checkpoint: str | Path | None = None) -> Prior:
     """The prior of ``--checkpoint`` (path, run directory or shipped name) or ``default_prior()``."""
-    return load_prior(default_prior() if checkpoint is None else checkpoint)
+    return load_prior(checkpoint, command="restore")
 
 
 def check_method(task: str, method: str) -> None:
