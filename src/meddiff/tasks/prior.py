@@ -1,7 +1,7 @@
 """The diffusion prior of the zero-shot solvers (MRI reconstruction, CT reconstruction, restoration): a one-channel
 unconditional image model as an x0-denoiser (``Prior``), loaded from a checkpoint or a command's shipped default
-(``load_prior``), the same network untrained as the control (``untrained_prior``) and the solvers' result
-(``Reconstruction``)."""
+(``load_prior``), the same network untrained as the control (``untrained_prior``), the solvers' settings
+(``solver_settings``) and result (``Reconstruction``)."""
 
 from __future__ import annotations
 
@@ -126,6 +126,24 @@ def untrained_prior(prior: Prior, seed: int = 0) -> Prior:
         p.requires_grad_(False)
     return Prior(ModelDenoiser(net, prior.schedule, prior.meta["prediction"]), prior.schedule, prior.multiple,
                  {**prior.meta, "untrained": True, "init_seed": seed}, prior.fixed_size)
+
+
+def solver_settings(defaults: dict[str, dict], method: str, steps: int | None, samples: int | None, params: dict,
+                    label: str | None = None) -> dict:
+    """``defaults[method]`` updated by ``params`` (None values keep the default), ``steps`` and ``samples``; unknown
+    parameters and step / sample counts that are not positive integers raise ``MeddiffError`` (``label``, default
+    "method 'name'", names the method there)."""
+    label = f"method {method!r}" if label is None else label
+    settings = {**defaults[method], **{k: v for k, v in params.items() if v is not None}}
+    unknown = sorted(set(settings) - set(defaults[method]))
+    if unknown:
+        raise MeddiffError(f"{label}: unknown parameter(s) {unknown}; allowed: {sorted(defaults[method])}")
+    for name, value in (("steps", steps), ("samples", samples)):
+        if value is not None:
+            settings[name] = value
+        if isinstance(settings[name], bool) or not isinstance(settings[name], int) or settings[name] < 1:
+            raise MeddiffError(f"--{name} {settings[name]!r} must be a positive integer")
+    return settings
 
 
 @dataclass

@@ -32,7 +32,7 @@ from meddiff.diffusion.inverse import MeasurementReplacement, PosteriorGradient,
 from meddiff.errors import MeddiffError, check_choice
 from meddiff.tasks.ct.baselines import BASELINES, baseline
 from meddiff.tasks.ct.problem import CTProblem, make_problem
-from meddiff.tasks.prior import Reconstruction, load_prior
+from meddiff.tasks.prior import Reconstruction, load_prior, solver_settings
 
 SOLVERS = ("dps", "ddnm", "pc")
 METHODS = BASELINES + SOLVERS
@@ -83,16 +83,7 @@ class CTImageModel:
 
 def _settings(method: str, steps, samples, params: dict) -> dict:
     check_choice("method", method, SOLVERS)
-    settings = {**SOLVER_DEFAULTS[method], **{k: v for k, v in params.items() if v is not None}}
-    unknown = sorted(set(settings) - set(SOLVER_DEFAULTS[method]))
-    if unknown:
-        raise MeddiffError(f"method {method!r}: unknown parameter(s) {unknown}; allowed: "
-                           f"{sorted(SOLVER_DEFAULTS[method])}")
-    for name, value in (("steps", steps), ("samples", samples)):
-        if value is not None:
-            settings[name] = value
-        if isinstance(settings[name], bool) or not isinstance(settings[name], int) or settings[name] < 1:
-            raise MeddiffError(f"--{name} {settings[name]!r} must be a positive integer")
+    settings = solver_settings(SOLVER_DEFAULTS, method, steps, samples, params)
     check_choice("init", settings["init"], INITS)
     return settings
 

@@ -17,7 +17,7 @@ from meddiff.diffusion.inverse import MeasurementReplacement, PosteriorGradient,
 from meddiff.errors import MeddiffError, check_choice
 from meddiff.physics import cg_sense, cs_wavelet
 from meddiff.tasks.mri.mcddpm import sample_mcddpm
-from meddiff.tasks.prior import Prior, Reconstruction, load_prior
+from meddiff.tasks.prior import Prior, Reconstruction, load_prior, solver_settings
 from meddiff.tasks.mri.problem import (BASELINES, COMBINES, MRIProblem, baseline, combine_coils, low_resolution_phase,
                                        make_problem)
 
@@ -115,20 +115,8 @@ def solve(method: str, problem: MRIProblem, prior: Prior, *, steps: int | None =
           seed: int = 0, combine: str = "sense", **params) -> tuple[Tensor, Tensor, int, dict]:
     """Run a diffusion solver: (magnitudes (K, H, W) of the K samples, image (H, W), network evaluations, settings)."""
     check_choice("method", method, SOLVERS)
-    settings = {**SOLVER_DEFAULTS[method], **{k: v for k, v in params.items() if v is not None}}
-    unknown = sorted(set(settings) - set(SOLVER_DEFAULTS[method]))
-    if unknown:
-        raise MeddiffError(f"method {method!r}: unknown parameter(s) {unknown}; "
-                           f"allowed: {sorted(SOLVER_DEFAULTS[method])}")
-    if steps is not None:
-        settings["steps"] = steps
-    if samples is not None:
-        settings["samples"] = samples
+    settings = solver_settings(SOLVER_DEFAULTS, method, steps, samples, params)
     n_steps, k = settings["steps"], settings["samples"]
-    if not isinstance(n_steps, int) or n_steps < 1:
-        raise MeddiffError(f"--steps {n_steps!r} must be a positive integer")
-    if not isinstance(k, int) or k < 1:
-        raise MeddiffError(f"--samples {k!r} must be a positive integer")
     padded = prior.padded_size(tuple(problem.mask.shape), "k-space")  # MeddiffError naming both sizes if no match
     phase, scale, sense = _start(problem, settings["init"])
     model = RealImageModel(problem, phase, scale, padded)

@@ -34,7 +34,7 @@ from meddiff.diffusion import get_sampler, initial_noise, start_grid
 from meddiff.diffusion.inverse import MeasurementReplacement, PosteriorGradient, Projection
 from meddiff.diffusion.timesteps import TimeGrid
 from meddiff.errors import MeddiffError, check_choice
-from meddiff.tasks.prior import Prior
+from meddiff.tasks.prior import Prior, solver_settings
 from meddiff.tasks.restore.baselines import denoising_input, start_image
 from meddiff.tasks.restore.problems import Problem
 
@@ -153,20 +153,8 @@ def solve(method: str, problem: Problem, prior: Prior, *, steps: int | None = No
           seed: int = 0, **params) -> tuple[Tensor, int, dict]:
     """Run a zero-shot solver -> (images (K, H, W) in the input's units, network evaluations, settings)."""
     check_choice(f"--method (for --task {problem.task})", method, ZERO_SHOT[problem.task])
-    settings = {**SOLVER_DEFAULTS[method], **{k: v for k, v in params.items() if v is not None}}
-    unknown = sorted(set(settings) - set(SOLVER_DEFAULTS[method]))
-    if unknown:
-        raise MeddiffError(f"--method {method}: unknown parameter(s) {unknown}; allowed: "
-                           f"{sorted(SOLVER_DEFAULTS[method])}")
-    if steps is not None:
-        settings["steps"] = steps
-    if samples is not None:
-        settings["samples"] = samples
+    settings = solver_settings(SOLVER_DEFAULTS, method, steps, samples, params, label=f"--method {method}")
     n_steps, k = settings["steps"], settings["samples"]
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
-        raise MeddiffError(f"--steps {n_steps!r} must be a positive integer")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise MeddiffError(f"--samples {k!r} must be a positive integer")
     padded = prior.padded_size(problem.shape, what="image")
     y_seen = denoising_input(problem) if problem.task == "denoise" else problem.y
     known = y_seen if problem.known is None else y_seen[problem.known]
