@@ -32,13 +32,21 @@ def evenly(n_total: int, n: int) -> list[int]:
 
 
 def elapsed_at(run_dir: Path, step: int) -> float | None:
-    """Training seconds at ``step`` from log.csv (the last logged row at or before it)."""
+    """Training seconds at ``step`` from log.csv (the last logged row at or before it, over all sittings)."""
     log = run_dir / "log.csv"
     if not log.is_file():
         return None
     rows = [line.split(",") for line in log.read_text().split()[1:]]
-    done = [float(r[5]) for r in rows if len(r) > 5 and int(r[0]) <= step]
-    return done[-1] if done else None
+    total, offset, last = None, 0.0, 0.0
+    for r in rows:  # a resumed sitting restarts elapsed_s at 0: add the earlier sittings' time
+        if len(r) <= 5 or int(r[0]) > step:
+            continue
+        elapsed = float(r[5])
+        if elapsed < last:
+            offset += last
+        last = elapsed
+        total = offset + elapsed
+    return total
 
 
 @torch.no_grad()
@@ -106,6 +114,8 @@ def main(argv=None) -> int:
     for step in wanted:
         row = result["rows"].get(str(step), {})
         need_fid = step in args.fid_at and "fid" not in row
+        if "heldout_loss" in row:
+            row["train_seconds"] = elapsed_at(run_dir, step) if step else 0.0
         if "heldout_loss" in row and not need_fid:
             continue
         start = time.perf_counter()
