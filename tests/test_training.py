@@ -352,3 +352,29 @@ def test_the_cuda_defaults_run_on_cpu_when_forced(tmp_path, monkeypatch, variant
         with pytest.raises(KeyboardInterrupt):
             killed.fit(on_step=kill_after_5)
         assert Trainer(config, TinyDataset(), run_dir=tmp_path / "killed").fit(resume=True) == losses[4:]
+
+
+def test_resume_with_other_steps_follows_the_new_learning_rate_schedule(tmp_path):
+    """run.steps may change on resume (extend or shorten a run): the cosine schedule then ends at the new total
+    (LambdaLR's saved state used to bring back the old total, so a shortened run never annealed)."""
+    from meddiff.training.trainer import lr_factor
+
+    config = tiny_config()
+    config["schedule"] = {"kind": "cosine", "warmup_steps": 1, "min_lr_ratio": 0.1}
+    first = Trainer(config, TinyDataset(), run_dir=tmp_path / "run")
+
+    def stop_after_4(step, loss):  # step 4 is checkpointed
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(on_step=stop_after_4)
+    longer = tiny_config(steps=12)
+    longer["schedule"] = dict(config["schedule"])
+    resumed = Trainer(longer, TinyDataset(), run_dir=tmp_path / "run")
+    seen = []
+    resumed.fit(resume=True, on_step=lambda step, loss: seen.append((step, resumed.optimizer.param_groups[0]["lr"])))
+    base = config["optimiser"]["lr"]
+    for step, lr in seen:  # the rate set after step k (0-based index k: the next step) under the 12-step schedule
+        assert lr == pytest.approx(base * lr_factor(step, 1, 12, "cosine", 0.1)), (step, lr)
+    assert seen[-1][0] == 12

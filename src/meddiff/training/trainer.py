@@ -299,6 +299,18 @@ class Trainer:
         state = load_state(checkpoint)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        # the schedule's length follows this run's run.steps (a resume may extend or shorten a run; LambdaLR's state
+        # would otherwise bring back the total it started with and, e.g., never anneal a shortened run)
+        schedule_fn = self.scheduler.lr_lambdas[0]
+        total = int(self.config["run"]["steps"])
+        if schedule_fn.total != total:
+            if self.is_main:
+                print(f"resume: run.steps {schedule_fn.total} -> {total}; the learning-rate schedule now ends at step "
+                      f"{total}", flush=True)
+            schedule_fn.total = total
+            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):  # next step's rate
+                group["lr"] = base * schedule_fn(self.scheduler.last_epoch)
+            self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         if self.device.type == "cuda" and state.get("cuda_rng") is not None:
