@@ -309,8 +309,9 @@ def test_report_section_on_the_embedded_k_space(tmp_path):
 
 
 def test_the_trained_prior_matters_at_the_ddnm_defaults():
-    """On the development mask (seed 100, gaussian 4x; never a test seed) of the embedded 8-coil slice, DDNM at its
-    default start must owe at least 0.5 dB (foreground and whole image) to the trained prior: the same network
+    """On the development mask (seed 100, gaussian 4x; never a test seed) of the embedded 8-coil slice (~1 mm),
+    DDNM at its default start with the ~1 mm prior brain_mri_prior (named: the default prior is now the 2 mm
+    in-domain brain_t1_ixi) must owe at least 0.5 dB (foreground and whole image) to the trained prior: the same network
     untrained scores lower. Guards against defaults that only refine the CS image (DDNM from 1 % of T: +0.2 dB)."""
     from meddiff.data.assets import asset_path
     from meddiff.metrics.image import psnr
@@ -319,7 +320,7 @@ def test_the_trained_prior_matters_at_the_ddnm_defaults():
     kspace, reference = np.load(folder / "kspace.npy"), torch.from_numpy(np.load(folder / "rss_reference.npy"))
     mask = make_mask(tuple(kspace.shape[-2:]), 4, "gaussian", acs_fraction=0.08, seed=100, axis=-2)
     problem = mri.make_problem(kspace, mask)
-    shipped = mri.load_prior()
+    shipped = mri.load_prior("brain_mri_prior")
     top = float(reference.max())
     fg = reference > 0.1 * top
     scores = {}
