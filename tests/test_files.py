@@ -101,3 +101,17 @@ def test_callers_use_the_one_helper(tmp_path, monkeypatch):
         save_checkpoint(tmp_path / "ck", 2, net, net, {"step": torch.tensor(2)}, {"task": "t"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "grid.png", "mask.npy"]
     assert [p.name for p in (tmp_path / "ck").iterdir()] == ["step_00000001"]
+
+
+def test_write_npy_is_atomic_and_refuses_other_suffixes(tmp_path):
+    import numpy as np
+    import pytest
+
+    from meddiff.errors import MeddiffError
+    from meddiff.files import write_npy
+
+    path = write_npy(tmp_path / "a.npy", np.arange(4, dtype=np.float32), "--out")
+    assert np.array_equal(np.load(path), np.arange(4)) and [p.name for p in tmp_path.iterdir()] == ["a.npy"]
+    with pytest.raises(MeddiffError, match="--out .*b.nii' must end in .npy"):
+        write_npy(tmp_path / "b.nii", np.zeros(2), "--out")
+    assert not (tmp_path / "b.nii").exists()

@@ -106,6 +106,22 @@ def write_text(path: PathLike, text: str) -> Path:
     return path
 
 
+def write_npy(path: PathLike, array, argument: str = "path") -> Path:
+    """Write ``array`` as .npy atomically (no pickles); ``argument`` names the option in the error when the path does
+    not end in .npy. Returns the path."""
+    import numpy as np
+
+    from meddiff.errors import MeddiffError
+
+    path = Path(path)
+    if path.suffix.lower() != ".npy":
+        raise MeddiffError(f"{argument} {str(path)!r} must end in .npy")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.asarray(array), allow_pickle=False)
+    return path
+
+
 def write_png(path: PathLike, array, *, vmin: float | None = None, vmax: float | None = None) -> Path:
     """Write an image as PNG atomically; returns the path.
 

@@ -27,29 +27,13 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _save(array, path: str, argument: str):
-    from pathlib import Path
-
-    import numpy as np
-
-    from meddiff.errors import MeddiffError
-    from meddiff.files import atomic_path
-
-    path = Path(path)
-    if path.suffix.lower() != ".npy":
-        raise MeddiffError(f"{argument}={str(path)!r} must end in .npy")
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, array, allow_pickle=False)
-    return path
-
-
 def run(args: argparse.Namespace) -> int:
     import math
 
     import numpy as np
 
     from meddiff.data import read_image
+    from meddiff.files import write_npy
     from meddiff.errors import MeddiffError
     from meddiff.physics.simulate import simulate_kspace
 
@@ -73,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
         image = np.take(image, args.slice_index, axis=args.axis)
     image = np.asarray(image, dtype=np.float32)
     kspace, maps = simulate_kspace(image, args.coils, args.noise, seed=args.seed, phase=not args.no_phase)
-    out = _save(kspace.numpy(), args.out, "--out")
+    out = write_npy(args.out, kspace.numpy(), "--out")
     print(f"wrote {out}: k-space complex64 {tuple(kspace.shape)}, noise {args.noise:g} x image max, seed {args.seed}")
     if args.maps_out:
-        print(f"wrote {_save(maps.numpy(), args.maps_out, '--maps-out')}: coil maps complex64 {tuple(maps.shape)}")
+        print(f"wrote {write_npy(args.maps_out, maps.numpy(), '--maps-out')}: coil maps complex64 {tuple(maps.shape)}")
     return 0

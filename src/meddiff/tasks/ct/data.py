@@ -113,12 +113,7 @@ def read_sidecar(sinogram_path) -> dict:
 
 
 def save_npy(array: np.ndarray, path, argument: str) -> Path:
-    from meddiff.files import atomic_path
+    """``meddiff.files.write_npy`` (atomic, .npy only), argument order of the CT CLI."""
+    from meddiff.files import write_npy
 
-    path = Path(path)
-    if path.suffix.lower() != ".npy":
-        raise MeddiffError(f"{argument} {str(path)!r} must end in .npy")
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, array, allow_pickle=False)
-    return path
+    return write_npy(path, array, argument)
