@@ -378,3 +378,25 @@ def test_resume_with_other_steps_follows_the_new_learning_rate_schedule(tmp_path
     for step, lr in seen:  # the rate set after step k (0-based index k: the next step) under the 12-step schedule
         assert lr == pytest.approx(base * lr_factor(step, 1, 12, "cosine", 0.1)), (step, lr)
     assert seen[-1][0] == 12
+
+
+def test_init_from_starts_network_and_ema_from_the_checkpoint_ema_and_refuses_another_network(tmp_path):
+    """run.init_from: step 0 holds the source checkpoint's EMA weights (network and EMA), the optimiser and the
+    schedule start fresh; a checkpoint of another layout is refused naming the differing keys."""
+    from meddiff.training.checkpoint import load_checkpoint
+
+    Trainer(tiny_config(steps=2), TinyDataset(), run_dir=tmp_path / "first").fit()
+    source, _ = load_checkpoint(tmp_path / "first")
+    warm = Trainer(tiny_config(steps=2, init_from=str(tmp_path / "first")), TinyDataset(), run_dir=tmp_path / "warm")
+    cold = Trainer(tiny_config(steps=2), TinyDataset(), run_dir=tmp_path / "cold")
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(warm.net.state_dict()[name], tensor), name
+        assert torch.equal(warm.ema.module.state_dict()[name], tensor), name
+    assert any(not torch.equal(cold.net.state_dict()[k], v) for k, v in source.state_dict().items())
+    assert warm.step == 0 and not warm.optimizer.state
+    other = tiny_config(steps=2, init_from=str(tmp_path / "first"))
+    other["model"]["channels"] = [8, 8]
+    with pytest.raises(MeddiffError, match="init_from.*channels"):
+        Trainer(other, TinyDataset(), run_dir=tmp_path / "other")
+    with pytest.raises(MeddiffError, match="no checkpoint found"):
+        Trainer(tiny_config(init_from=str(tmp_path / "missing")), TinyDataset(), run_dir=tmp_path / "m")

@@ -65,6 +65,8 @@ SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
         "sample_steps": 50,
         "tensorboard": False,      # also write the step scalars to <run>/tensorboard (needs the tensorboard package)
         "progress": True,
+        "init_from": None,         # warm start: a checkpoint (path or shipped name) whose EMA weights start the
+                                   # network and its EMA at step 0; optimiser, schedule and step start fresh
     },
 }
 
@@ -137,6 +139,8 @@ def resolve_config(config: dict) -> dict:
         raise MeddiffError(f"optimiser.lr={optimiser['lr']} must be positive")
     if optimiser["grad_clip"] is not None and optimiser["grad_clip"] <= 0:
         raise MeddiffError(f"optimiser.grad_clip={optimiser['grad_clip']} must be positive or null (no clipping)")
+    if run["init_from"] is not None and not isinstance(run["init_from"], str):
+        raise MeddiffError(f"run.init_from={run['init_from']!r} must be a checkpoint path or shipped name")
     if run["name"] is None:
         raise MeddiffError("run.name is not set; add `run: {name: ...}` to the config (the run goes to runs/<name>/)")
     # the time embedding expects timesteps of order 1000: continuous schedules (t in [0, 1]) are scaled

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 import meddiff
@@ -34,7 +35,8 @@ from meddiff.diffusion.parametrization import broadcast_to
 from meddiff.errors import MeddiffError
 from meddiff.files import atomic_path, write_text
 from meddiff.nets import CLASS_LABELS, COND_IMAGE, build_network
-from meddiff.training.checkpoint import list_checkpoints, load_state, load_weights, save_checkpoint
+from meddiff.training.checkpoint import (list_checkpoints, load_state, load_weights, read_meta, resolve_checkpoint,
+                                       save_checkpoint)
 from meddiff.training.config import dump_yaml, resolve_config
 from meddiff.training.ema import EMA
 from meddiff.training.images import save_image_grid
@@ -185,6 +187,8 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # initialisation from run.seed, identical on every process,
             torch.manual_seed(run["seed"])       # without touching the caller's global RNG
             self.net = build_network(config["model"]).to(self.device)
+        if run["init_from"]:
+            self._warm_start(run["init_from"])
         cuda = self.device.type == "cuda"
         self.channels_last = cuda if run["channels_last"] == "auto" else bool(run["channels_last"])
         if self.channels_last:
@@ -216,6 +220,17 @@ class Trainer:
         self._versions = versions()
 
     # -- configuration -------------------------------------------------------------------------------
+
+    def _warm_start(self, source: str) -> None:
+        """Start from the EMA weights of checkpoint ``source`` (fine-tuning or a new schedule after a finished run)."""
+        checkpoint = resolve_checkpoint(source)
+        network = read_meta(checkpoint).get("network")
+        if network is not None and network != self.config["model"]:
+            keys = sorted(k for k in set(network) | set(self.config["model"]) if network.get(k) != self.config["model"].get(k))
+            raise MeddiffError(f"run.init_from={source}: its network differs from this config's model in {', '.join(keys)}; "
+                               "use the same model section as the checkpoint's config.yaml")
+        weights = load_file(checkpoint / "ema.safetensors")
+        self.net.load_state_dict({k: v.float() for k, v in weights.items()})
 
     def _complete_model_config(self, config: dict, dataset: Dataset) -> dict:
         """Fill channels, dimensions, image size, classes and conditioning channels from the dataset."""
