@@ -1,0 +1,314 @@
+"""Progressive distillation of a trained meddiff checkpoint into a 1-4 step DDIM sampler (Salimans & Ho 2022).
+
+Rounds halve the step count (start_steps -> start_steps/2 -> ... -> steps). In each round the student starts from
+the teacher's (EMA) weights and learns to make one DDIM step of its grid equal two DDIM steps of the teacher on the
+teacher's grid (`meddiff.diffusion.distill.two_step_target`); the round's EMA student is the next round's teacher.
+Grids are "trailing" grids over the discrete schedule (t_i = round(T - i T/N) - 1), which nest exactly: the N/2-step
+grid is every other time of the N-step grid, and every grid starts at T - 1.
+
+Each round is an ordinary `Trainer` run (checkpoints, EMA, JSONL/CSV log, exact --resume, progress bar) whose loss is
+the distillation loss; the run directory holds ``distill.yaml`` (the settings), ``steps_<N>/`` per round and, when
+done, ``student/``: a checkpoint whose meta.json records ``sampling`` (sampler "ddim", steps, the grid's times,
+the guidance scale the teacher was distilled at), which `meddiff sample` uses by default.
+Class-conditional teachers are distilled at one classifier-free guidance scale (Ho & Salimans 2022), so the student
+needs one network evaluation per step; the CFG-scale-as-input variant of Meng et al. 2023 is not implemented.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from meddiff.diffusion import ClassifierFreeGuidance, ClipDenoised, ModelDenoiser, TimeGrid, make_grid, make_schedule
+from meddiff.diffusion.distill import WEIGHTINGS, distillation_loss, two_step_target
+from meddiff.diffusion.samplers import initial_noise, sample_ddim
+from meddiff.errors import MeddiffError, check_choice
+from meddiff.files import atomic_path, write_text
+from meddiff.nets import CLASS_LABELS
+from meddiff.training.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint
+from meddiff.training.trainer import IMAGE, LABEL, Trainer
+
+METHODS = ("progressive",)
+SUPPORTED_PREDICTIONS = ("eps", "x0", "v")
+GRID_SPACING = "trailing"  # nests under halving (see the module docstring)
+STUDENT_DIR = "student"
+
+DISTILL_DEFAULTS: dict = {
+    "method": "progressive",
+    "steps": 4,                 # the final student's sampling steps
+    "start_steps": 64,          # the teacher's DDIM steps in the first round
+    "iterations": 400,          # optimiser steps per round
+    "batch_size": 32,
+    "lr": 1e-4,                 # AdamW, linear decay to 0 within each round (after warmup_steps)
+    "warmup_steps": 10,
+    "ema_decay": 0.995,
+    "weighting": "truncated_snr",
+    "guidance_scale": None,     # class-conditional teachers: CFG scale distilled into the student (None: 1.0)
+    "clip_denoised": None,      # clamp the teacher's x0 estimates to [-1, 1] (None: unless the data was z-scored)
+    "seed": 0,
+    "data": None,               # None: the teacher's training data (its meta.json), else a dataset config
+    "checkpoint_every": 100,
+    "log_every": 10,
+    "sample_every": 0,
+    "progress": True,
+}
+
+
+def plan_rounds(start_steps: int, steps: int) -> list[int]:
+    """Student step counts of the rounds: start_steps/2, start_steps/4, ..., steps (each round halves)."""
+    for name, value in (("--steps", steps), ("--start-steps", start_steps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise MeddiffError(f"{name} {value!r} must be a positive integer")
+    ratio, rest = divmod(start_steps, steps)
+    if steps >= start_steps or rest or ratio & (ratio - 1):
+        raise MeddiffError(f"--steps {steps} must be start_steps / 2^k for the teacher's {start_steps}-step grid "
+                           f"(each round halves the steps): choose one of "
+                           f"{', '.join(str(start_steps >> k) for k in range(1, start_steps.bit_length()))} "
+                           "or change --start-steps")
+    rounds, n = [], start_steps
+    while n > steps:
+        n //= 2
+        rounds.append(n)
+    return rounds
+
+
+def distill_grid(schedule, steps: int) -> TimeGrid:
+    """The ``steps``-step trailing grid the student of that many steps samples on (times (steps + 1,))."""
+    return make_grid(schedule, steps, GRID_SPACING)
+
+
+def check_teacher(teacher: str | Path) -> tuple[Path, dict]:
+    """(checkpoint directory, meta) of a teacher that progressive distillation supports, else a one-line error."""
+    try:
+        path = resolve_checkpoint(teacher)
+    except MeddiffError as error:
+        raise MeddiffError(f"--teacher {teacher}: {error}") from None
+    meta = json.loads((path / "meta.json").read_text())
+    if meta.get("task") != "synthesis" or "network" not in meta:
+        raise MeddiffError(f"--teacher {teacher}: is a {meta.get('task')!r} checkpoint; distillation needs a synthesis "
+                           "(denoising) model written by meddiff train")
+    prediction = meta.get("prediction")
+    if prediction not in SUPPORTED_PREDICTIONS:
+        raise MeddiffError(f"--teacher {teacher}: prediction {prediction!r} is not supported by progressive "
+                           f"distillation; supported: {', '.join(SUPPORTED_PREDICTIONS)} (retrain with one of them)")
+    kind = (meta.get("schedule") or {}).get("kind", "discrete")
+    if kind != "discrete":
+        raise MeddiffError(f"--teacher {teacher}: schedule kind {kind!r} is not supported; progressive distillation "
+                           "here runs on discrete (DDPM) schedules only")
+    return path, meta
+
+
+def load_distill_settings(path: str | Path) -> dict:
+    """Distillation settings from a YAML mapping (keys of DISTILL_DEFAULTS and ``teacher``); errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise MeddiffError(f"--config {path}: file not found")
+    try:
+        settings = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise MeddiffError(f"--config {path} is not valid YAML: {error}") from None
+    if not isinstance(settings, dict):
+        raise MeddiffError(f"--config {path} must hold a mapping of distillation settings")
+    return settings
+
+
+def resolve_distill_config(settings: dict) -> dict:
+    """DISTILL_DEFAULTS filled in and checked; ``teacher`` is required. Unknown keys are an error."""
+    unknown = sorted(set(settings) - set(DISTILL_DEFAULTS) - {"teacher"})
+    if unknown:
+        raise MeddiffError(f"unknown distillation setting(s) {unknown}; allowed: teacher, {', '.join(DISTILL_DEFAULTS)}")
+    if not settings.get("teacher"):
+        raise MeddiffError("no teacher given: pass --teacher CHECKPOINT (a run dir, checkpoint dir or shipped name)")
+    config = {"teacher": str(settings["teacher"]), **copy.deepcopy(DISTILL_DEFAULTS),
+              **{k: v for k, v in settings.items() if k != "teacher" and v is not None}}
+    check_choice("--method", config["method"], METHODS)
+    check_choice("weighting", config["weighting"], WEIGHTINGS)
+    plan_rounds(config["start_steps"], config["steps"])
+    for key in ("iterations", "batch_size", "checkpoint_every", "log_every"):
+        if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 1:
+            raise MeddiffError(f"{key}={config[key]!r} must be a positive integer")
+    if config["lr"] <= 0:
+        raise MeddiffError(f"lr={config['lr']} must be positive")
+    if config["guidance_scale"] is not None and config["guidance_scale"] < 0:
+        raise MeddiffError(f"--guidance-scale {config['guidance_scale']} must be >= 0")
+    return config
+
+
+class GuidedDenoiser:
+    """x0 estimate of a class-conditional model under classifier-free guidance at ``scale`` (one callable)."""
+
+    def __init__(self, denoiser: ModelDenoiser, scale: float) -> None:
+        self.denoiser, self.guidance = denoiser, ClassifierFreeGuidance(denoiser, scale)
+
+    def __call__(self, x: Tensor, t: Tensor, **cond) -> Tensor:
+        return self.guidance.denoised(x, self.denoiser(x, t, **cond), t)
+
+
+class DistillTrainer(Trainer):
+    """One progressive-distillation round: the Trainer's loop with the loss of Salimans & Ho 2022, Alg. 2.
+
+    ``teacher`` is the teacher network (eval mode, frozen) and ``teacher_meta`` its meta; the student (this trainer's
+    network) starts from run.init_from. A training draw is a student step index i (B,) in 0..N-1 and noise; the
+    student is trained at t_i of its N-step grid with the teacher's 2N-step grid times 2i+1 and 2i+2 as t', t''.
+    """
+
+    def __init__(self, config: dict, teacher: torch.nn.Module, teacher_meta: dict, student_steps: int, *,
+                 guidance_scale: float = 1.0, weighting: str = "truncated_snr", clip_denoised: bool = True,
+                 sampling: dict | None = None, dataset: Dataset | None = None, run_dir: str | Path | None = None
+                 ) -> None:
+        super().__init__(config, dataset, run_dir=run_dir)
+        self.student_steps, self.weighting, self.guidance_scale = student_steps, weighting, guidance_scale
+        self.student_grid = distill_grid(self.schedule, student_steps)
+        self.teacher_grid = distill_grid(self.schedule, 2 * student_steps)
+        if not torch.equal(self.teacher_grid.times[::2], self.student_grid.times):
+            raise AssertionError("trailing grids must nest")  # guaranteed by construction (module docstring)
+        teacher = teacher.to(self.device).eval().requires_grad_(False)
+        denoiser = ModelDenoiser(teacher, self.schedule, teacher_meta["prediction"])
+        self.teacher = GuidedDenoiser(denoiser, guidance_scale) if guidance_scale != 1.0 else denoiser
+        self.clip = (-1.0, 1.0) if clip_denoised else None
+        self.sampling = sampling or {}
+
+    def _draws(self, batch: int) -> tuple[Tensor, Tensor, None]:
+        """(student step indices (B,) int64, noise (B, C, *spatial), None): all from the run's generator."""
+        model = self.config["model"]
+        index = torch.randint(0, self.student_steps, (batch,), generator=self.generator)
+        noise = torch.randn((batch, model["in_channels"], *model["image_size"]), generator=self.generator)
+        return index, noise, None
+
+    def _micro_loss(self, batch: dict, index: Tensor, noise: Tensor, drop: None) -> Tensor:
+        x0 = batch[IMAGE].to(self.device, non_blocking=True)
+        noise = noise.to(self.device, non_blocking=True)
+        times = self.teacher_grid.times
+        t, t_mid, t_next = times[2 * index], times[2 * index + 1], times[2 * index + 2]
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        shape = (-1,) + (1,) * (x0.ndim - 1)
+        x_t = (alpha.reshape(shape).to(x0) * x0 + sigma.reshape(shape).to(x0) * noise)
+        cond = {CLASS_LABELS: batch[LABEL].to(self.device).long()} if self.config["model"].get("num_classes") else {}
+        t_dev = t.float().to(self.device)
+        with torch.no_grad():
+            x_tilde = two_step_target(self.teacher, x_t, t_dev, t_mid.float().to(self.device),
+                                      t_next.float().to(self.device), self.schedule, cond=cond, clip=self.clip)
+        return distillation_loss(self.train_model, x_t, t_dev, x_tilde, self.schedule,
+                                 self.config["diffusion"]["prediction"], weighting=self.weighting, cond=cond)
+
+    def meta(self) -> dict:
+        times = [float(v) for v in self.student_grid.times[:-1]]
+        return {**super().meta(), "sampling": {
+            **self.sampling, "sampler": "ddim", "steps": self.student_steps, "spacing": GRID_SPACING, "times": times,
+            "guidance_scale": self.guidance_scale}}
+
+    @torch.no_grad()
+    def sample(self, num: int | None = None, seed: int | None = None) -> Tensor:
+        """EMA student samples on its own grid (DDIM, x0 clamped to [-1, 1]); class labels cycle."""
+        run, model = self.config["run"], self.config["model"]
+        num = num or run["num_samples"]
+        generator = torch.Generator().manual_seed(run["seed"] if seed is None else seed)
+        x = initial_noise(self.student_grid, (num, model["in_channels"], *model["image_size"]), generator=generator,
+                          device=self.device)
+        cond = {CLASS_LABELS: torch.arange(num, device=self.device) % model["num_classes"]} \
+            if model.get("num_classes") else {}
+        denoiser = ModelDenoiser(self.ema.module, self.schedule, self.config["diffusion"]["prediction"])
+        return sample_ddim(denoiser, x, self.student_grid, cond=cond, hook=ClipDenoised(-1.0, 1.0)).float()
+
+
+def round_config(settings: dict, teacher_meta: dict, init_from: str, name: str, out_dir: Path) -> dict:
+    """The Trainer config of one round: the teacher's network, schedule, parametrisation and data."""
+    return {
+        "task": "synthesis",
+        "model": copy.deepcopy(teacher_meta["network"]),
+        "diffusion": {"schedule": teacher_meta["schedule"], "prediction": teacher_meta["prediction"]},
+        "data": settings["data"] or teacher_meta.get("data"),
+        "optimiser": {"lr": settings["lr"], "grad_clip": 1.0},
+        "schedule": {"kind": "linear", "warmup_steps": settings["warmup_steps"], "min_lr_ratio": 0.0},
+        "run": {"name": name, "out_dir": str(out_dir), "steps": settings["iterations"],
+                "batch_size": settings["batch_size"], "seed": settings["seed"], "ema_decay": settings["ema_decay"],
+                "checkpoint_every": settings["checkpoint_every"], "keep_checkpoints": 1,
+                "log_every": settings["log_every"], "sample_every": settings["sample_every"],
+                "progress": settings["progress"], "init_from": init_from, "device": "auto"},
+    }
+
+
+def _round_done(round_dir: Path, iterations: int) -> Path | None:
+    found = list_checkpoints(round_dir / "checkpoints")
+    if found and json.loads((found[-1] / "meta.json").read_text()).get("step") == iterations:
+        return found[-1]
+    return None
+
+
+def distill(settings: dict, out_dir: str | Path, *, resume: bool = False, dataset: Dataset | None = None,
+            on_round=None) -> Path:
+    """Run every round of progressive distillation into ``out_dir``; returns the final student checkpoint
+    (``out_dir/student``). ``resume`` continues an interrupted run (finished rounds are kept, the current one resumes
+    from its last checkpoint); the settings must equal the saved ``distill.yaml``. ``on_round(steps, checkpoint)`` is
+    called after each round."""
+    settings = resolve_distill_config(settings)
+    teacher_path, teacher_meta = check_teacher(settings["teacher"])
+    out_dir = Path(out_dir)
+    saved = out_dir / "distill.yaml"
+    if saved.is_file():
+        if not resume:
+            raise MeddiffError(f"{out_dir} already holds a distillation run; pass --resume to continue it or choose "
+                               "another --out")
+        previous = yaml.safe_load(saved.read_text())
+        ignored = {"progress", "checkpoint_every", "log_every", "sample_every"}
+        changed = sorted(k for k in set(previous) | set(settings)
+                         if k not in ignored and previous.get(k) != settings.get(k))
+        if changed:
+            raise MeddiffError(f"--resume with settings that differ from {saved} in {', '.join(changed)}; use the "
+                               "original ones or another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(saved, yaml.safe_dump(settings, sort_keys=False))
+    schedule = make_schedule(teacher_meta["schedule"])
+    if teacher_meta.get("num_classes"):
+        scale = settings["guidance_scale"] if settings["guidance_scale"] is not None else 1.0
+    elif settings["guidance_scale"] not in (None, 1.0):
+        raise MeddiffError("--guidance-scale needs a class-conditional teacher (this one is unconditional)")
+    else:
+        scale = 1.0
+    if settings["start_steps"] > schedule.num_train_steps:
+        raise MeddiffError(f"--start-steps {settings['start_steps']} exceeds the teacher's "
+                           f"{schedule.num_train_steps} training steps")
+    bounded = (teacher_meta.get("normalisation") or {}).get("mode") != "zscore"
+    clip = bounded if settings["clip_denoised"] is None else bool(settings["clip_denoised"])
+    teacher_source = str(teacher_path)
+    for steps in plan_rounds(settings["start_steps"], settings["steps"]):
+        name = f"steps_{steps:03d}"
+        done = _round_done(out_dir / name, settings["iterations"])
+        if done is None:
+            teacher, meta = load_checkpoint(teacher_source)
+            sampling = {"method": settings["method"], "teacher": settings["teacher"],
+                        "teacher_steps": 2 * steps, "start_steps": settings["start_steps"],
+                        "distilled_from": str(teacher_path), "iterations_per_round": settings["iterations"],
+                        "weighting": settings["weighting"], "clip_denoised": clip}
+            trainer = DistillTrainer(round_config(settings, teacher_meta, teacher_source, name, out_dir), teacher, meta,
+                                     steps, guidance_scale=scale, weighting=settings["weighting"], clip_denoised=clip,
+                                     sampling=sampling, dataset=dataset, run_dir=out_dir / name)
+            try:
+                trainer.fit(resume=resume and bool(list_checkpoints(out_dir / name / "checkpoints")))
+            finally:
+                trainer.close()
+            done = _round_done(out_dir / name, settings["iterations"])
+        if on_round is not None:
+            on_round(steps, done)
+        teacher_source = str(done)
+    final = out_dir / STUDENT_DIR
+    with atomic_path(final, directory=True) as tmp:
+        shutil.copytree(Path(teacher_source), tmp, dirs_exist_ok=True)
+    return final
+
+
+def student_sampling(meta: dict) -> dict | None:
+    """The ``sampling`` entry of a distilled student's meta (sampler, steps, times, guidance), or None."""
+    sampling = meta.get("sampling")
+    return sampling if isinstance(sampling, dict) and sampling.get("steps") else None
+
+
+__all__ = ["DISTILL_DEFAULTS", "DistillTrainer", "GuidedDenoiser", "METHODS", "SUPPORTED_PREDICTIONS", "check_teacher",
+           "distill", "distill_grid", "load_distill_settings", "plan_rounds", "resolve_distill_config", "round_config", "student_sampling"]
