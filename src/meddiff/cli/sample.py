@@ -16,8 +16,9 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--checkpoint", help="run dir, checkpoint dir or shipped name (meddiff checkpoints list)")
     parser.add_argument("--n", type=int, default=16, help="number of samples (default: 16)")
-    parser.add_argument("--sampler", default="dpmpp_2m", choices=sorted(SAMPLERS), help="default: dpmpp_2m")
-    parser.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20)")
+    parser.add_argument("--sampler", choices=sorted(SAMPLERS),
+                        help="default: dpmpp_2m, or a distilled student's own sampler (meddiff distill)")
+    parser.add_argument("--steps", type=int, help="sampling steps (default: 20, or a distilled student's own count)")
     parser.add_argument("--class", dest="class_label", type=int,
                         help="class index for a class-conditional model (default: all classes in turn)")
     parser.add_argument("--guidance-scale", type=float, default=1.0,
@@ -41,6 +42,6 @@ def run(args: argparse.Namespace) -> int:
                               class_label=args.class_label, guidance_scale=args.guidance_scale, seed=args.seed,
                               batch_size=args.batch_size, device=args.device, clip_denoised=False if args.no_clip else None,
                               progress=lambda done, total: print(f"sampled {done}/{total}", flush=True))
-    print(f"wrote {args.n} samples ({args.sampler}, {args.steps} steps, {result['seconds']:.1f} s) to {args.out}: "
+    print(f"wrote {args.n} samples ({result['sampler']}, {result['steps']} steps, {result['seconds']:.1f} s) to {args.out}: "
           + ", ".join(sorted(result["files"])[:6]))
     return 0

@@ -25,7 +25,7 @@ from meddiff.diffusion.guidance import ClassifierFreeGuidance, ClipDenoised, Hoo
 from meddiff.diffusion.parametrization import ModelDenoiser
 from meddiff.diffusion.samplers import get_sampler, network_evaluations, recommended_spacing
 from meddiff.diffusion.schedules import make_schedule
-from meddiff.diffusion.timesteps import make_grid
+from meddiff.diffusion.timesteps import TimeGrid, make_grid
 from meddiff.errors import MeddiffError
 from meddiff.nets.unet import CLASS_LABELS
 from meddiff.training.checkpoint import load_checkpoint, resolve_checkpoint
@@ -47,8 +47,27 @@ def class_labels_for(meta: dict, num: int, class_label: int | None) -> Tensor | 
     return torch.full((num,), class_label, dtype=torch.long)
 
 
+DEFAULT_SAMPLER, DEFAULT_STEPS = "dpmpp_2m", 20
+
+
+def sampling_plan(meta: dict, sampler: str | None = None, steps: int | None = None) -> tuple[str, int, TimeGrid]:
+    """(sampler, steps, grid) for a checkpoint: a distilled student (meta ``sampling``, `meddiff distill`) defaults
+    to its own sampler, step count and the exact times it was distilled on; others to dpmpp_2m with 20 steps on the
+    sampler's recommended grid. An explicit sampler or steps replaces that default."""
+    schedule = make_schedule(meta["schedule"])
+    student = meta.get("sampling") if isinstance(meta.get("sampling"), dict) else {}
+    sampler = sampler or student.get("sampler") or DEFAULT_SAMPLER
+    steps = steps if steps is not None else student.get("steps") or DEFAULT_STEPS
+    if steps < 1:
+        raise MeddiffError(f"--steps {steps}: must be at least 1")
+    if student.get("times") and sampler == student.get("sampler") and steps == student.get("steps"):
+        return sampler, steps, TimeGrid.from_times(schedule, student["times"])
+    steps = min(steps, getattr(schedule, "num_train_steps", steps))
+    return sampler, steps, make_grid(schedule, steps, recommended_spacing(sampler, schedule))
+
+
 @torch.no_grad()
-def generate(checkpoint: str | Path, num: int, *, sampler: str = "dpmpp_2m", steps: int = 20,
+def generate(checkpoint: str | Path, num: int, *, sampler: str | None = None, steps: int | None = None,
              class_label: int | None = None, guidance_scale: float = 1.0, seed: int = 0, batch_size: int = 64,
              device: str = "cpu", clip_denoised: bool | None = None, model=None, meta: dict | None = None, progress=None
              ) -> tuple[Tensor, Tensor | None]:
@@ -62,7 +81,7 @@ def generate(checkpoint: str | Path, num: int, *, sampler: str = "dpmpp_2m", ste
     """
     if num < 1:
         raise MeddiffError(f"--n {num}: the number of samples must be at least 1")
-    if steps < 1:
+    if steps is not None and steps < 1:
         raise MeddiffError(f"--steps {steps}: must be at least 1")
     torch_device = resolve_device(device)
     if model is None:
@@ -70,8 +89,11 @@ def generate(checkpoint: str | Path, num: int, *, sampler: str = "dpmpp_2m", ste
     if meta.get("task") != "synthesis":
         raise MeddiffError(f"{checkpoint}: is a {meta.get('task')!r} checkpoint; sampling needs a synthesis model")
     schedule = make_schedule(meta["schedule"])
-    steps = min(steps, getattr(schedule, "num_train_steps", steps))
-    grid = make_grid(schedule, steps, recommended_spacing(sampler, schedule))
+    sampler, steps, grid = sampling_plan(meta, sampler, steps)
+    distilled_scale = (meta.get("sampling") or {}).get("guidance_scale")
+    if distilled_scale is not None and guidance_scale != 1.0:
+        raise MeddiffError(f"{checkpoint}: this student was distilled at guidance scale {distilled_scale} (built in); "
+                           "sample it with --guidance-scale 1")
     denoiser = ModelDenoiser(model, schedule, meta["prediction"])
     labels = class_labels_for(meta, num, class_label)
     if guidance_scale != 1.0 and labels is None:
@@ -156,12 +178,13 @@ def write_samples(out_dir: str | Path, samples: Tensor, labels: Tensor | None, m
     return written
 
 
-def sample_to_folder(checkpoint: str | Path, out_dir: str | Path, num: int, *, sampler: str = "dpmpp_2m",
-                     steps: int = 20, class_label: int | None = None, guidance_scale: float = 1.0, seed: int = 0,
+def sample_to_folder(checkpoint: str | Path, out_dir: str | Path, num: int, *, sampler: str | None = None,
+                     steps: int | None = None, class_label: int | None = None, guidance_scale: float = 1.0, seed: int = 0,
                      batch_size: int = 64, device: str = "cpu", clip_denoised: bool | None = None, progress=None) -> dict:
     """`generate` then `write_samples`; returns the manifest (with wall time and network evaluations)."""
     path = resolve_checkpoint(checkpoint)
     model, meta = load_checkpoint(path, device=resolve_device(device))
+    sampler, steps, _ = sampling_plan(meta, sampler, steps)
     started = time.perf_counter()
     samples, labels = generate(path, num, sampler=sampler, steps=steps, class_label=class_label,
                                guidance_scale=guidance_scale, seed=seed, batch_size=batch_size, device=device,
