@@ -134,28 +134,41 @@ def load_segmenter(checkpoint: str | Path) -> LoadedSegmenter:
     return LoadedSegmenter(FeatureSegmenter(extractor, ensemble.eval()), prep, classes, meta)
 
 
-def segment_volume(volume: np.ndarray, segmenter, prep: SlicePrep, *, samples: int = 1, batch: int = 8,
-                   what: str = "image") -> np.ndarray:
-    """A RAS volume (X, Y, Z) -> mean class probabilities (K, X, Y, Z) float32, slice by slice along ``prep.axis``.
-    Slices with under ``MIN_SLICE_FOREGROUND`` of head (after scaling, above -0.95) are background (probability 1)."""
+def volume_to_model(volume: np.ndarray, prep: SlicePrep, what: str = "image") -> tuple[np.ndarray, list[int]]:
+    """A RAS volume (X, Y, Z) -> its model slices (S, 1, H, W) along ``prep.axis`` and the indices of those with at
+    least ``MIN_SLICE_FOREGROUND`` of head (after scaling, above -0.95); the others are background without a model."""
     from meddiff.data.transforms import foreground_fraction
 
     slices = volume_slices(volume, prep, what=what)  # [S,1,H,W]
     keep = [i for i in range(slices.shape[0]) if foreground_fraction(slices[i, 0], -0.95) >= MIN_SLICE_FOREGROUND]
-    probs = None
+    return slices, keep
+
+
+def model_to_volume(probs: np.ndarray, keep: list[int], volume_shape: tuple[int, int, int], prep: SlicePrep,
+                    num_classes: int) -> np.ndarray:
+    """Probabilities (len(keep), K, H, W) of the kept slices -> (K, X, Y, Z) on the RAS volume's grid (left-out
+    slices: background with probability 1; padding removed)."""
+    n = volume_shape[prep.axis]
+    full = np.zeros((n, num_classes) + tuple(prep.image_size), dtype=np.float32)
+    full[:, 0] = 1.0
     if keep:
-        p = segmenter.predict(torch.from_numpy(slices[keep]), samples=samples, batch=batch).numpy()
-        probs = np.zeros((slices.shape[0],) + p.shape[1:], dtype=np.float32)
-        probs[keep] = p
-    else:
-        k = getattr(getattr(segmenter, "ensemble", None), "num_classes", None) or len(CLASSES)
-        probs = np.zeros((slices.shape[0], k) + slices.shape[2:], dtype=np.float32)
-    missing = np.setdiff1d(np.arange(slices.shape[0]), keep)
-    probs[missing, 0] = 1.0
-    v = np.moveaxis(np.asarray(volume), prep.axis, -1)
-    probs = unpad(probs, v.shape[:2], prep)  # [S,K,x,y]
-    out = np.moveaxis(probs, (0, 1), (-1, 0))  # [K,x,y,S]
+        full[keep] = probs
+    in_plane = tuple(s for a, s in enumerate(volume_shape) if a != prep.axis)
+    full = unpad(full, in_plane, prep)  # [S,K,x,y]
+    out = np.moveaxis(full, (0, 1), (-1, 0))  # [K,x,y,S]
     return np.ascontiguousarray(np.moveaxis(out, -1, prep.axis + 1), dtype=np.float32)
+
+
+def segment_volume(volume: np.ndarray, segmenter, prep: SlicePrep, *, samples: int = 1, batch: int = 8,
+                   num_classes: int | None = None, what: str = "image") -> np.ndarray:
+    """A RAS volume (X, Y, Z) -> mean class probabilities (K, X, Y, Z) float32, slice by slice along ``prep.axis``
+    (``volume_to_model``, the segmenter's ``predict``, ``model_to_volume``)."""
+    slices, keep = volume_to_model(volume, prep, what)
+    k = num_classes or len(CLASSES)
+    probs = segmenter.predict(torch.from_numpy(slices[keep]), samples=samples, batch=batch).numpy() if keep else None
+    if probs is not None:
+        k = probs.shape[1]
+    return model_to_volume(probs, keep, np.asarray(volume).shape, prep, k)
 
 
 def _check_output(path: str | Path | None, option: str) -> None:
