@@ -14,7 +14,8 @@ from meddiff.errors import MeddiffError
 COMMAND_MODULES = ("meddiff.cli.demo", "meddiff.cli.train", "meddiff.cli.sample", "meddiff.cli.checkpoints",
                    "meddiff.cli.data", "meddiff.cli.mask", "meddiff.cli.report", "meddiff.cli.evaluate",
                    "meddiff.cli.reconstruct", "meddiff.cli.detect", "meddiff.cli.turing", "meddiff.cli.federated",
-                   "meddiff.cli.simulate_kspace", "meddiff.cli.restore", "meddiff.cli.simulate_ct", "meddiff.cli.distill")
+                   "meddiff.cli.simulate_kspace", "meddiff.cli.restore", "meddiff.cli.simulate_ct", "meddiff.cli.distill",
+                   "meddiff.cli.segment")
 
 
 def build_parser() -> argparse.ArgumentParser:
