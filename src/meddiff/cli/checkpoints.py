@@ -34,4 +34,9 @@ def run_list(args: argparse.Namespace) -> int:
         params = f"{c['parameters'] / 1e6:.2f} M" if c["parameters"] else "?"
         print(f"| {c['name']} | {c['task']} | {size} | {c['num_classes'] or '-'} | {params} | {c['size_mb']} | "
               f"{', '.join(c['default_for']) or '-'} | {c['trained_on'] or '?'} | {c['description']} |")
+    for c in cards:
+        if c.get("labels"):
+            print(f"\n{c['name']} classes (labels.json; id: name <- DLMUSE ids):")
+            for k in c["labels"]:
+                print(f"  {k['id']}: {k['name']} <- {', '.join(map(str, k.get('dlmuse_ids', []))) or '-'}")
     return 0

@@ -57,6 +57,8 @@ def list_shipped() -> list[dict]:
             "size_mb": round(size, 2),
             "path": str(path),
         })
+        if (path / "labels.json").is_file():  # segmentation checkpoints: class ids, names, DLMUSE ids
+            cards[-1]["labels"] = json.loads((path / "labels.json").read_text()).get("classes", [])
     return cards
 
 
