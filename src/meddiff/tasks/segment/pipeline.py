@@ -43,9 +43,10 @@ def prior_fingerprint(name_or_path: str | Path) -> dict:
     return {"name": str(name_or_path), "sha256": file_sha256(folder / "ema.safetensors"), "step": meta.get("step")}
 
 
-def save_segmenter(folder: str | Path, segmenter, *, meta: dict, classes=CLASSES) -> Path:
+def save_segmenter(folder: str | Path, segmenter, *, meta: dict, classes=CLASSES,
+                   files: dict[str, str] | None = None) -> Path:
     """Write a segmentation checkpoint (atomically): weights as float16, ``meta`` (must name ``method`` and
-    ``preprocessing``), labels.json."""
+    ``preprocessing``), labels.json, and ``files`` ({name: text}, e.g. the model card, log, command)."""
     from safetensors.torch import save_file
 
     from meddiff.files import atomic_path
@@ -61,6 +62,8 @@ def save_segmenter(folder: str | Path, segmenter, *, meta: dict, classes=CLASSES
         (tmp / "meta.json").write_text(json.dumps({"task": "segmentation", "channels": 1, **meta}, indent=1,
                                                   default=str))
         (tmp / "labels.json").write_text(labels_json(classes) + "\n")
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
     return folder
 
 
@@ -232,7 +235,7 @@ def segment_file(input_path: str | Path, out: str | Path, checkpoint: str | Path
     ras, _ = to_canonical(array[None], meta)
     probs = segment_volume(np.asarray(ras)[0], loaded.segmenter, loaded.prep, samples=samples,
                            what=f"--input {source}")
-    probs = _from_ras(np.moveaxis(probs, 0, -1), meta.affine)  # [X,Y,Z,K] on the input grid
+    probs = np.ascontiguousarray(_from_ras(np.moveaxis(probs, 0, -1), meta.affine))  # [X,Y,Z,K] input grid
     labels = probs.argmax(-1).astype(np.uint8 if probs.shape[-1] <= 255 else np.int16)
     unc = entropy(probs, axis=-1).numpy().astype(np.float32)
     seconds = time.perf_counter() - start
