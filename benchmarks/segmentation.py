@@ -102,6 +102,13 @@ def run_benchmark(args, cfg):
     fc = cfg["features"]
     nets = {"diffusion features": prior, "random-weight prior features": untrained_prior(prior, seed=0)}
     counts = sorted(args.labelled)
+    reused = []
+    if args.reuse:  # a new prior: the random-weight and UNet rows do not depend on its weights; keep them
+        old = json.loads(Path(args.reuse).read_text())
+        if old["config"] != cfg or sorted({r["labelled"] for r in old["rows"]}) != counts:
+            raise SystemExit(f"--reuse {args.reuse}: another config or other labelled counts; run without --reuse")
+        reused = [r for r in old["rows"] if r["method"] != "diffusion features"]
+        del nets["random-weight prior features"]
     subjects = train_subjects(cfg, max(counts))
     t0 = time.perf_counter()
     data = labelled_slices(cfg, subjects, prep)
@@ -120,7 +127,7 @@ def run_benchmark(args, cfg):
                 budget[n] = feat_s + fit_s
             print(f"{name}, {n} labelled: features {feat_s:.0f} s + classifier {fit_s:.0f} s", flush=True)
     unets = {}
-    for n in counts:
+    for n in counts if not reused else []:
         net, steps = fit_supervised(data[:n], cfg, seconds=budget[n], seed=0)
         unets[n] = (net, steps)
         print(f"UNet, {n} labelled: {steps} steps in {budget[n]:.0f} s", flush=True)
@@ -143,7 +150,7 @@ def run_benchmark(args, cfg):
                 rows.append({"method": name, "labelled": n, "subject": s, **sc,
                              "seconds": prep_seconds + shared.feature_seconds + shared.seconds[k] + back,
                              "train_seconds": ensembles[(name, n)][2]})
-        for n in counts:
+        for n in counts if not reused else []:
             t0 = time.perf_counter()
             p = segment_volume(sub.image, UNetSegmenter(unets[n][0]), prep)
             sec = time.perf_counter() - t0
@@ -151,9 +158,10 @@ def run_benchmark(args, cfg):
                          "seconds": sec, "train_seconds": budget[n], "unet_steps": unets[n][1]})
         done = [r for r in rows if r["subject"] == s]
         print(s, " ".join(f"{r['method'][:6]}/{r['labelled']}:{r['mean_dice']:.3f}" for r in done), flush=True)
+    rows += [r for r in reused if r["subject"] in test]
     table = _summary(rows)
     fp = __import__("meddiff.tasks.segment.pipeline", fromlist=["prior_fingerprint"]).prior_fingerprint(cfg["prior"])
-    result = {"config": cfg, "prior": fp, "classes": list(CLASS_NAMES), "test_subjects": test,
+    result = {"config": cfg, "prior": fp, "reused_rows_from": args.reuse, "classes": list(CLASS_NAMES), "test_subjects": test,
               "train_subjects": subjects, "torch_threads": torch.get_num_threads(), "summary": table, "rows": rows}
     return result, _markdown(table, f"Brain parcellation on {len(test)} test subjects (prior {cfg['prior']} step "
                                     f"{fp['step']}, sha256 {fp['sha256'][:12]})")
@@ -175,7 +183,7 @@ def run_select(args, cfg):
         vy.append(label_slices(sub.labels, prep, idx))
     vx, vy = torch.from_numpy(np.concatenate(vx)), np.concatenate(vy)
     one = {**cfg, "classifier": {**cfg["classifier"], "members": 1}}
-    block_sets = [[0, 1, 2, 3], [1, 2, 3], [0, 1, 2], [1, 2], [2, 3]]
+    block_sets = [[0, 1, 2, 3], [1, 2, 3], [0, 1, 2], [0, 1], [1, 2], [2, 3]]
     widths = [128, 128, 64, 32]
     rows = []
     cache_train, cache_val = {}, {}
@@ -214,6 +222,8 @@ def main(argv=None):
     parser.add_argument("--config", default=str(ROOT / "configs" / "segmentation.yaml"))
     parser.add_argument("--labelled", type=int, nargs="+", default=[1, 5, 20])
     parser.add_argument("--test-subjects", type=int, default=10)
+    parser.add_argument("--reuse", help="keep the random-weight-prior and UNet rows of this earlier --out JSON (same "
+                        "config): only the trained prior's rows are recomputed (after new prior weights)")
     parser.add_argument("--select", action="store_true", help="choose feature blocks and t on the val subjects")
     parser.add_argument("--timesteps", type=float, nargs="+", default=[10, 50, 150, 300],
                         help="--select: t values to try")
