@@ -204,7 +204,7 @@ def segment_file(input_path: str | Path, out: str | Path, checkpoint: str | Path
                  loaded: LoadedSegmenter | None = None) -> SegmentationResult:
     """``meddiff segment``: segment a 3D T1 NIfTI and write integer labels (and optionally the per-class mean
     probabilities (X, Y, Z, K) and the entropy map) on the input's grid and affine."""
-    from meddiff.data.io import read_nifti, write_nifti
+    from meddiff.data.io import NIFTI_SUFFIXES, read_nifti, suffix_of, write_nifti
     from meddiff.data.transforms import to_canonical
     from meddiff.tasks.segment.methods import entropy
 
@@ -216,8 +216,6 @@ def segment_file(input_path: str | Path, out: str | Path, checkpoint: str | Path
     source = Path(input_path)
     if not source.is_file():
         raise MeddiffError(f"--input {source}: file not found")
-    from meddiff.data.io import NIFTI_SUFFIXES, suffix_of
-
     if suffix_of(source) not in NIFTI_SUFFIXES:
         raise MeddiffError(f"--input {source}: expected a NIfTI volume (.nii.gz or .nii)")
     array, meta = read_nifti(source)
