@@ -132,6 +132,11 @@ def run_benchmark(args, cfg):
         unets[n] = (net, steps)
         print(f"UNet, {n} labelled: {steps} steps in {budget[n]:.0f} s", flush=True)
     test = load_split(cfg["data"]["split_file"])["test"][: args.test_subjects]
+    shipped = None
+    if args.shipped:
+        from meddiff.tasks.segment import load_segmenter
+
+        shipped = load_segmenter(args.shipped)
     rows = []
     for s in test:
         sub = load_labelled(cfg["data"]["path"], s)
@@ -156,6 +161,14 @@ def run_benchmark(args, cfg):
             sec = time.perf_counter() - t0
             rows.append({"method": "supervised UNet", "labelled": n, "subject": s, **score_volume(p, sub.labels, sub.spacing),
                          "seconds": sec, "train_seconds": budget[n], "unet_steps": unets[n][1]})
+        if shipped is not None:
+            t0 = time.perf_counter()
+            p = segment_volume(sub.image, shipped.segmenter, shipped.prep)
+            rows.append({"method": f"shipped {args.shipped} ({shipped.meta['method']})", "subject": s,
+                         "labelled": shipped.meta["training"]["labelled_subjects"],
+                         **score_volume(p, sub.labels, sub.spacing), "seconds": time.perf_counter() - t0,
+                         "train_seconds": shipped.meta["training"].get("total_seconds"),
+                         "unet_steps": shipped.meta["training"].get("steps")})
         done = [r for r in rows if r["subject"] == s]
         print(s, " ".join(f"{r['method'][:6]}/{r['labelled']}:{r['mean_dice']:.3f}" for r in done), flush=True)
     rows += [r for r in reused if r["subject"] in test]
@@ -224,6 +237,7 @@ def main(argv=None):
     parser.add_argument("--test-subjects", type=int, default=10)
     parser.add_argument("--reuse", help="keep the random-weight-prior and UNet rows of this earlier --out JSON (same "
                         "config): only the trained prior's rows are recomputed (after new prior weights)")
+    parser.add_argument("--shipped", help="also score this segmentation checkpoint (e.g. brain_parcellation_ixi)")
     parser.add_argument("--select", action="store_true", help="choose feature blocks and t on the val subjects")
     parser.add_argument("--timesteps", type=float, nargs="+", default=[10, 50, 150, 300],
                         help="--select: t values to try")

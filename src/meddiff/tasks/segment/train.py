@@ -88,15 +88,16 @@ def fit_classifier(pixels: list[PixelSet], cfg: dict, seed: int = 0, log=None):
     return ens, time.perf_counter() - start
 
 
-def fit_supervised(data: list[LabelledSlices], cfg: dict, seconds: float, seed: int = 0, log=None):
-    """The MONAI UNet on the slices of ``data`` for ``seconds`` -> (network, steps)."""
+def fit_supervised(data: list[LabelledSlices], cfg: dict, seconds: float, seed: int = 0, log=None,
+                   max_steps: int | None = None):
+    """The MONAI UNet on the slices of ``data`` for ``seconds`` (or ``max_steps``) -> (network, steps)."""
     from meddiff.tasks.segment.methods import fit_unet
 
     u = cfg["unet"]
     images = torch.cat([d.images for d in data])
     labels = torch.cat([d.labels for d in data])
     return fit_unet(images, labels, NUM_CLASSES, seconds=seconds, config=u.get("network"), batch=int(u["batch"]),
-                    lr=float(u["lr"]), seed=seed, log=log)
+                    lr=float(u["lr"]), seed=seed, log=log, max_steps=max_steps)
 
 
 def feature_meta(cfg: dict, prior_meta: dict, prep: SlicePrep, ensemble, subjects: list[str], extra: dict) -> dict:
@@ -107,3 +108,12 @@ def feature_meta(cfg: dict, prior_meta: dict, prep: SlicePrep, ensemble, subject
             "preprocessing": prep.to_dict(), "prior": prior_fingerprint(cfg["prior"]),
             "features": {k: cfg["features"][k] for k in ("blocks", "timesteps", "seed")},
             "classifier": ensemble.config(), "training": {"subjects": subjects, "config": cfg, **extra}}
+
+
+def unet_meta(cfg: dict, prep: SlicePrep, subjects: list[str], extra: dict) -> dict:
+    """meta.json of a supervised-UNet segmentation checkpoint (no prior: nothing to fingerprint)."""
+    from meddiff.tasks.segment.methods import UNET_DEFAULTS
+
+    return {"method": "unet", "num_classes": NUM_CLASSES, "image_size": list(prep.image_size),
+            "preprocessing": prep.to_dict(), "unet": {**UNET_DEFAULTS, **(cfg["unet"].get("network") or {})},
+            "training": {"subjects": subjects, "config": cfg, **extra}}
