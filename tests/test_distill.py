@@ -300,7 +300,7 @@ STUDENT = "pneumonia_cond_student"
 
 @pytest.mark.skipif(shipped_path(STUDENT) is None, reason="the distilled student is not shipped")
 def test_shipped_student_beats_the_undistilled_teacher_at_its_step_count():
-    """FID (feature_net_pneumonia) of 200 samples against the 200 held-out val images of the shipped PneumoniaMNIST
+    """FID (feature_net_pneumonia) of 64 samples against the 200 held-out val images of the shipped PneumoniaMNIST
     subset: the shipped student at its own steps and grid, the same network with the teacher's (undistilled)
     weights on the same grid, and a random-weight network. Thresholds from the measured values (below)."""
     data = np.load(asset_path("pneumoniamnist/pneumoniamnist_small.npz"))
@@ -313,11 +313,13 @@ def test_shipped_student_beats_the_undistilled_teacher_at_its_step_count():
         random = build_network(meta["network"]).eval()
     scores = {}
     for name, model in (("shipped", student), ("undistilled", teacher), ("random", random)):
-        samples, _ = synthesis.generate(STUDENT, 200, seed=0, model=model, meta=meta, batch_size=200)
+        samples, _ = synthesis.generate(STUDENT, 64, seed=0, model=model, meta=meta, batch_size=64)
         scores[name] = fid(extractor(real), extractor(samples))
     print("\nFID at the student's steps: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
     assert scores["shipped"] < STUDENT_MAX_FID
     assert scores["undistilled"] >= STUDENT_MAX_FID and scores["random"] >= STUDENT_MAX_FID
 
 
-STUDENT_MAX_FID = 1.0  # set from the measured values once shipped (see the model card)
+# measured (torch 2.13 CPU, 64 samples, seed 0): shipped 2.771, undistilled teacher on the same 4-step grid 3.400,
+# random weights 37.4
+STUDENT_MAX_FID = 3.1
