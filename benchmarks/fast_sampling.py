@@ -18,7 +18,9 @@ final clamp).
 - Inference levers on the 4- and 1-step students at batch 1: ``torch.inference_mode`` instead of ``no_grad``,
   ``channels_last``, ``torch.compile`` (ONNX: only if onnxruntime is installed).
 
-    OMP_NUM_THREADS=2 python benchmarks/fast_sampling.py --students runs/distill/pneumonia_cond --out fast.json
+    nice -n 19 env OMP_NUM_THREADS=1 python benchmarks/fast_sampling.py --students runs/distill/pneumonia_cond_stage2 \
+        --out fast_sampling.json      # a distillation run directory (its 4/2/1-step rounds); default: the shipped
+                                      # pneumonia_cond_student only
 """
 
 from __future__ import annotations
