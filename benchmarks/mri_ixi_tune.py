@@ -36,6 +36,11 @@ GRID = [
     ("pc", {}), ("pc", {"start": 0.1, "steps": 10, "samples": 2}), ("pc", {"start": 0.3, "steps": 30, "samples": 1}),
     ("dps", {}), ("dps", {"start": 0.1, "steps": 10, "samples": 2, "zeta": 1.0}),
     ("coarse-to-fine", {}), ("mc-ddpm", {}), ("mc-ddpm", {"start": 0.3, "steps": 30, "samples": 1}),
+    # 12-17 (session 13, the annealed prior): more samples in the posterior mean, starts just around the defaults
+    ("ddnm", {"samples": 8}), ("ddnm", {"start": 0.05, "steps": 6}), ("ddnm", {"start": 0.02, "steps": 3}),
+    ("mc-ddpm", {"start": 0.05, "steps": 6}), ("mc-ddpm", {"samples": 8}), ("pc", {"start": 0.02, "steps": 4}),
+    # 18-20: the posterior mean over more samples (the gain of 4 -> 8 samples was the largest above)
+    ("mc-ddpm", {"samples": 16}), ("mc-ddpm", {"start": 0.05, "steps": 6, "samples": 16}), ("ddnm", {"samples": 16}),
 ]
 
 
