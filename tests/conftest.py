@@ -26,3 +26,15 @@ def shared_data() -> Path:
             pytest.fail(f"CI=true but {message}: the shared-data tests must run in CI", pytrace=False)
         pytest.skip(message)
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (small tensors; on a busy machine extra threads only wait), restored after.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

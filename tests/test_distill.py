@@ -31,12 +31,7 @@ from meddiff.training.shipped import shipped_path
 SCHEDULE = make_schedule({"kind": "discrete", "beta_schedule": "linear", "num_train_steps": 1000})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------------------------------------- the target formula

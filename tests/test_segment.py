@@ -19,12 +19,7 @@ from meddiff.tasks.segment import (CLASSES, NUM_CLASSES, DiffusionFeatures, Feat
 from meddiff.tasks.segment.pipeline import model_to_volume, volume_to_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------------------------------------------ labels

@@ -43,13 +43,7 @@ from meddiff.training.shipped import SHIPPED_DIR, shipped_path
 BROKEN = ("random", "shuffled")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread for this module (small tensors; on a busy machine extra threads only wait), restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ShippedBelowThreshold(AssertionError):
