@@ -14,6 +14,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_config_resolves(path):
+    """Each config validates with the loader of its kind: distillation (`teacher:`), segmentation (`prior:` and
+    `features:`), federated (a training config plus `federated:`) or training."""
+    import yaml
+
+    raw = yaml.safe_load(path.read_text())
+    if "teacher" in raw:
+        from meddiff.training.distill import load_distill_settings, resolve_distill_config
+
+        assert resolve_distill_config(load_distill_settings(path))["teacher"]
+        return
+    if "features" in raw:
+        from meddiff.tasks.segment.train import load_config as load_segmentation_config
+
+        assert load_segmentation_config(path)["prior"]
+        return
     config = load_config(path)
     if "federated" in config:  # a federated config is a training config plus its `federated:` section
         from meddiff.tasks.federated.config import split_config
