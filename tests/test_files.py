@@ -115,3 +115,21 @@ def test_write_npy_is_atomic_and_refuses_other_suffixes(tmp_path):
     with pytest.raises(MeddiffError, match="--out .*b.nii' must end in .npy"):
         write_npy(tmp_path / "b.nii", np.zeros(2), "--out")
     assert not (tmp_path / "b.nii").exists()
+
+
+def test_read_yaml_mapping_returns_the_mapping_and_names_the_file_on_errors(tmp_path):
+    from meddiff.files import read_yaml_mapping
+
+    good = tmp_path / "good.yaml"
+    good.write_text("a: 1\nb: [2, 3]\n")
+    assert read_yaml_mapping(good) == {"a": 1, "b": [2, 3]}
+    with pytest.raises(MeddiffError, match="segmentation config file .*missing.yaml not found"):
+        read_yaml_mapping(tmp_path / "missing.yaml", "segmentation config")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(MeddiffError, match="bad.yaml is not valid YAML"):
+        read_yaml_mapping(bad)
+    for text in ("- 1\n- 2\n", ""):  # a list, an empty file
+        bad.write_text(text)
+        with pytest.raises(MeddiffError, match="bad.yaml must hold a mapping .* of distillation config settings"):
+            read_yaml_mapping(bad, "distillation config")

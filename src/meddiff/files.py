@@ -1,4 +1,5 @@
-"""Atomic writes: the one helper every writer in meddiff goes through, and the one PNG writer.
+"""Atomic writes: the one helper every writer in meddiff goes through, the one PNG writer, and the one reader of
+YAML settings files (configs) with errors that name the file.
 
 Everything meddiff writes goes to a temporary name in the same folder first and is renamed onto the
 final name only when complete, so an interrupted or failed write never leaves a half-written file
@@ -158,3 +159,20 @@ def write_png(path: PathLike, array, *, vmin: float | None = None, vmax: float |
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
     return path
+
+
+def read_yaml_mapping(path: PathLike, what: str = "config") -> dict:
+    """The mapping a YAML file holds; a missing file, invalid YAML or anything but a mapping raises ``MeddiffError``
+    naming the file (``what`` says which kind of file, e.g. "distillation config")."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise MeddiffError(f"{what} file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise MeddiffError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise MeddiffError(f"{path} must hold a mapping (key: value lines) of {what} settings")
+    return data

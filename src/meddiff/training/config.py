@@ -15,6 +15,7 @@ import yaml
 from meddiff.diffusion import PREDICTIONS, make_schedule
 from meddiff.diffusion.noise import resolve_noise_config
 from meddiff.errors import MeddiffError, check_choice
+from meddiff.files import read_yaml_mapping
 from meddiff.nets.unet import check_keys
 
 TASKS = ("synthesis", "classifier")  # what the network is trained for: denoising, or noisy-image classification
@@ -76,14 +77,7 @@ TOP_LEVEL = ("task", "model", "diffusion", "data", "optimiser", "schedule", "run
 def load_config(path: str | Path) -> dict:
     """Read a YAML training config; errors name the file."""
     path = Path(path)
-    if not path.is_file():
-        raise MeddiffError(f"config file {path} not found")
-    try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise MeddiffError(f"{path} is not valid YAML: {error}") from None
-    if not isinstance(config, dict):
-        raise MeddiffError(f"{path} must hold a mapping with sections {', '.join(TOP_LEVEL)}")
+    config = read_yaml_mapping(path, "training config")
     if not isinstance(config.get("run"), dict):
         config["run"] = {}
     if config["run"].get("name") is None:

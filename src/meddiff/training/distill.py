@@ -30,7 +30,7 @@ from meddiff.diffusion import ClassifierFreeGuidance, ClipDenoised, ModelDenoise
 from meddiff.diffusion.distill import WEIGHTINGS, distillation_loss, two_step_target
 from meddiff.diffusion.samplers import initial_noise, sample_ddim
 from meddiff.errors import MeddiffError, check_choice
-from meddiff.files import atomic_path, write_text
+from meddiff.files import atomic_path, read_yaml_mapping, write_text
 from meddiff.nets import CLASS_LABELS
 from meddiff.training.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint
 from meddiff.training.trainer import IMAGE, LABEL, Trainer
@@ -107,16 +107,7 @@ def check_teacher(teacher: str | Path) -> tuple[Path, dict]:
 
 def load_distill_settings(path: str | Path) -> dict:
     """Distillation settings from a YAML mapping (keys of DISTILL_DEFAULTS and ``teacher``); errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise MeddiffError(f"--config {path}: file not found")
-    try:
-        settings = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise MeddiffError(f"--config {path} is not valid YAML: {error}") from None
-    if not isinstance(settings, dict):
-        raise MeddiffError(f"--config {path} must hold a mapping of distillation settings")
-    return settings
+    return read_yaml_mapping(path, "distillation config")
 
 
 def resolve_distill_config(settings: dict) -> dict:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from meddiff.errors import MeddiffError
+from meddiff.files import read_yaml_mapping
 from meddiff.tasks.segment.data import SlicePrep, label_slices, load_labelled, load_split, volume_slices
 from meddiff.tasks.segment.labels import NUM_CLASSES
 
@@ -21,10 +21,7 @@ CONFIG_KEYS = {"prior", "data", "features", "classifier", "unet"}
 
 def load_config(path: str | Path) -> dict:
     path = Path(path)
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise MeddiffError(f"{path}: cannot read the segmentation config ({error})") from None
+    cfg = read_yaml_mapping(path, "segmentation config")
     unknown = sorted(set(cfg) - CONFIG_KEYS)
     if unknown:
         raise MeddiffError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(CONFIG_KEYS)}")
