@@ -12,7 +12,8 @@ import pytest
 
 from meddiff.cli.main import main
 from meddiff.data import io
-from meddiff.training import train
+
+from helpers import train_tiny_checkpoint
 
 
 def _hu(n: int = 40) -> np.ndarray:
@@ -101,14 +102,7 @@ def test_nifti_pixel_size_travels_in_the_sidecar(files, tmp_path, capsys):
 
 def test_diffusion_method_with_a_checkpoint(files, tmp_path, capsys):
     root, hu = files
-    g = np.random.default_rng(0)
-    images = (np.clip(g.normal(0.4, 0.3, (16, 16, 16)), 0, 1) * 255).astype(np.uint8)
-    np.savez(tmp_path / "p.npz", train_images=images, train_labels=np.zeros((16, 1), np.int64))
-    config = {"model": {"channels": [8, 8], "attention_levels": [False, False], "num_classes": None},
-              "diffusion": {"prediction": "eps"}, "data": {"kind": "medmnist", "path": str(tmp_path / "p.npz")},
-              "run": {"name": "tiny", "steps": 2, "batch_size": 4, "log_every": 1, "checkpoint_every": 2,
-                      "progress": False}}
-    train(config, run_dir=tmp_path / "run")
+    train_tiny_checkpoint(tmp_path, prediction="eps", name="p.npz")
     if not (root / "s.npy").exists():
         assert _sim(root, "hu.npy", "s", "--views", "60", "--dose", "1e5") == 0
     assert _rec(root, "s", "ddnm", "d.npy", "--checkpoint", str(tmp_path / "run"), "--steps", "2", "--samples", "2",

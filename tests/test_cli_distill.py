@@ -8,21 +8,14 @@ import pytest
 import yaml
 
 from meddiff.cli.main import main
-from meddiff.training import train
+
+from helpers import train_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill_cli")
-    g = np.random.default_rng(0)
-    images = (np.clip(g.normal(0.4, 0.3, (16, 8, 8)), 0, 1) * 255).astype(np.uint8)
-    np.savez(root / "tiny.npz", train_images=images, train_labels=np.zeros((16, 1), np.int64))
-    config = {"model": {"channels": [8, 8], "attention_levels": [False, False], "num_classes": None},
-              "diffusion": {"prediction": "v"},
-              "data": {"kind": "medmnist", "path": str(root / "tiny.npz")},
-              "run": {"name": "tiny", "steps": 2, "batch_size": 4, "log_every": 1, "checkpoint_every": 2,
-                      "progress": False}}
-    train(config, run_dir=root / "run")
+    train_tiny_checkpoint(root, size=8, name="tiny.npz")
     return root / "run"
 
 

@@ -13,7 +13,8 @@ import pytest
 from meddiff.cli.main import main
 from meddiff.data import io
 from meddiff.physics import ifft2c, make_mask, rss
-from meddiff.training import train
+
+from helpers import train_tiny_checkpoint
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from test_mri_solvers import phantom  # noqa: E402
@@ -22,15 +23,7 @@ from test_mri_solvers import phantom  # noqa: E402
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("recon")
-    g = np.random.default_rng(0)
-    images = (np.clip(g.normal(0.4, 0.3, (32, 16, 16)), 0, 1) * 255).astype(np.uint8)
-    np.savez(root / "patches.npz", train_images=images, train_labels=np.zeros((32, 1), np.int64))
-    config = {"model": {"channels": [8, 8], "attention_levels": [False, False], "num_classes": None},
-              "diffusion": {"prediction": "v"},
-              "data": {"kind": "medmnist", "path": str(root / "patches.npz")},
-              "run": {"name": "tiny", "steps": 3, "batch_size": 4, "log_every": 1, "checkpoint_every": 3,
-                      "progress": False}}
-    train(config, run_dir=root / "run")
+    train_tiny_checkpoint(root, n=32, steps=3)
     k, _, _ = phantom(h=24, w=20)
     mask = make_mask((24, 20), 2, "equispaced", acs_fraction=0.4, seed=0, axis=-1)[0]  # (W,) line pattern
     np.save(root / "k.npy", k.numpy())

@@ -9,7 +9,8 @@ import pytest
 from meddiff.cli.main import main
 from meddiff.files import write_png
 from meddiff.tasks import restore as R
-from meddiff.training import train
+
+from helpers import train_tiny_checkpoint
 
 
 def phantom(h, w):
@@ -22,15 +23,7 @@ def phantom(h, w):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("restore")
-    g = np.random.default_rng(0)
-    images = (np.clip(g.normal(0.4, 0.3, (16, 16, 16)), 0, 1) * 255).astype(np.uint8)
-    np.savez(root / "patches.npz", train_images=images, train_labels=np.zeros((16, 1), np.int64))
-    config = {"model": {"channels": [8, 8], "attention_levels": [False, False], "num_classes": None},
-              "diffusion": {"prediction": "v"},
-              "data": {"kind": "medmnist", "path": str(root / "patches.npz")},
-              "run": {"name": "tiny", "steps": 2, "batch_size": 4, "log_every": 1, "checkpoint_every": 2,
-                      "progress": False}}
-    train(config, run_dir=root / "run")
+    train_tiny_checkpoint(root)
     hi = np.stack([phantom(16, 12), 2 * phantom(16, 12)], -1)  # (16, 12, 2) volume
     low = R.degrade_sr(np.moveaxis(hi, -1, 0), 2).numpy()
     low = np.moveaxis(low, 0, -1)  # (8, 6, 2)

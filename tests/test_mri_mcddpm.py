@@ -20,7 +20,7 @@ from meddiff.tasks import mri
 from meddiff.tasks.mri import mcddpm, solvers
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import tiny_prior  # noqa: E402
+from helpers import tiny_prior, train_tiny_checkpoint  # noqa: E402
 from test_mri_solvers import aligned_problem, make_project, phantom  # noqa: E402
 
 
@@ -164,17 +164,7 @@ def test_fixed_size_prior_pads_a_smaller_k_space():
 
 
 def test_cli_method_mc_ddpm(tmp_path, capsys):
-    from meddiff.training import train
-
-    g = np.random.default_rng(0)
-    images = (np.clip(g.normal(0.4, 0.3, (16, 16, 16)), 0, 1) * 255).astype(np.uint8)
-    np.savez(tmp_path / "patches.npz", train_images=images, train_labels=np.zeros((16, 1), np.int64))
-    config = {"model": {"channels": [8, 8], "attention_levels": [False, False], "num_classes": None},
-              "diffusion": {"prediction": "v"},
-              "data": {"kind": "medmnist", "path": str(tmp_path / "patches.npz")},
-              "run": {"name": "tiny", "steps": 2, "batch_size": 4, "log_every": 1, "checkpoint_every": 2,
-                      "progress": False}}
-    train(config, run_dir=tmp_path / "run")
+    train_tiny_checkpoint(tmp_path)
     k, _, _ = phantom(h=24, w=20)
     mask = make_mask((24, 20), 2, "equispaced", acs_fraction=0.4, seed=0, axis=-1)[0]
     np.save(tmp_path / "k.npy", k.numpy())
