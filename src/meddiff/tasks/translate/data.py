@@ -24,8 +24,7 @@ CONTRASTS = ("t1", "t1ce", "t2", "flair")
 NORM = {"mode": "percentile", "lower": 0.5, "upper": 99.5, "region": "brain mask", "out": [-1.0, 1.0],
         "background": -1.0}
 MASK_FRACTION = 0.05  # brain = voxels above 5 % of the source's 99.5th percentile (skull-stripped data: air ~ 0)
-MS_ROOT = Path("../shared/data/ms_lesions_lesjak_mni")  # relative to the repository root, as the configs
-BRATS_ROOT = Path("../shared/data/brats_case_1")
+DATA_ROOT = Path("../shared/data")  # the shared data, relative to the repository root (as in the configs)
 # file names of the shared data sets per contrast
 MS_NAMES = {"t1": "T1", "t1ce": "T1POST", "t2": "T2", "flair": "FLAIR", "lesion": "lesion_gt"}
 BRATS_NAMES = {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair", "lesion": "seg"}
@@ -133,30 +132,30 @@ class Subject:
     affine: np.ndarray
 
 
-def subject_files(name: str) -> dict[str, Path]:
-    """{contrast or "lesion": path} of a shared-data subject: ``ms:patient07`` / ``ms:patient19`` (Lesjak MS) or
-    ``brats:TCGA-FG-6692`` (brats_case_1)."""
+def subject_files(name: str, root: str | Path = DATA_ROOT) -> dict[str, Path]:
+    """{contrast or "lesion": path} of a shared-data subject: ``ms:patient07`` / ``ms:patient19`` (Lesjak MS,
+    ``root``/ms_lesions_lesjak_mni) or ``brats:TCGA-FG-6692`` (``root``/brats_case_1)."""
     kind, _, sid = name.partition(":")
     if kind == "ms":
-        root, names = MS_ROOT, MS_NAMES
-        files = {c: root / f"{sid}_{n}.nii.gz" for c, n in names.items()}
+        folder, names = Path(root) / "ms_lesions_lesjak_mni", MS_NAMES
     elif kind == "brats":
-        root, names = BRATS_ROOT, BRATS_NAMES
-        files = {c: root / f"{sid}_{n}.nii.gz" for c, n in names.items()}
+        folder, names = Path(root) / "brats_case_1", BRATS_NAMES
     else:
         raise MeddiffError(f"subject {name!r}: expected 'ms:<patient>' or 'brats:<case>'")
+    files = {c: folder / f"{sid}_{n}.nii.gz" for c, n in names.items()}
     missing = [str(p) for k, p in files.items() if k != "lesion" and not p.is_file()]
     if missing:
         raise MeddiffError(f"subject {name}: missing {', '.join(missing)}")
     return files
 
 
-def load_subject(name: str, contrasts: Sequence[str], *, source: str = "t1", factor: int = 2) -> Subject:
+def load_subject(name: str, contrasts: Sequence[str], *, source: str = "t1", factor: int = 2,
+                 root: str | Path = DATA_ROOT) -> Subject:
     """Read a shared-data subject (``subject_files``), reorient to RAS, area-down-sample by ``factor`` (1 mm ->
     2 mm), brain mask from ``source``, normalise every contrast within that mask."""
     import nibabel as nib
 
-    files = subject_files(name)
+    files = subject_files(name, root)
     images, stats, mask, lesion, affine = {}, {}, None, None, None
     order = [source] + [c for c in contrasts if c != source]
     for c in order:
@@ -192,20 +191,31 @@ def place(array: np.ndarray, size: Sequence[int], centre: Sequence[float], fill:
     return out
 
 
-def axial_slices(subject: Subject, source: Sequence[str], targets: Sequence[str], size: Sequence[int],
-                 min_brain: float = 0.05) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Axial slices (RAS axis 2) of a subject with at least ``min_brain`` of the slice in the brain ->
-    (cond (N, len(source), H, W), targets (N, len(targets), H, W), mask (N, 1, H, W)), each slice placed in a
-    ``size`` window centred on the brain's in-plane bounding box."""
+def slice_indices(subject: Subject, min_brain: float = 0.05) -> list[int]:
+    """Axial slices (RAS axis 2) with at least ``min_brain`` of their area in the brain mask."""
+    area = subject.mask.shape[0] * subject.mask.shape[1]
+    return [z for z in range(subject.mask.shape[2]) if subject.mask[..., z].sum() >= min_brain * area]
+
+
+def slice_stack(subject: Subject, volumes: Sequence[np.ndarray], size: Sequence[int], keep: Sequence[int],
+                fill: float = -1.0) -> np.ndarray:
+    """Axial slices ``keep`` of volumes (X, Y, Z) -> (N, len(volumes), size[0], size[1]), each in a window centred on
+    the brain's in-plane bounding box (the same window for every slice of the subject)."""
     idx = np.argwhere(subject.mask)
     centre = (idx.min(0)[:2] + idx.max(0)[:2] + 1) / 2.0
-    area = subject.mask.shape[0] * subject.mask.shape[1]
-    keep = [z for z in range(subject.mask.shape[2]) if subject.mask[..., z].sum() >= min_brain * area]
-    def stack(names):
-        vol = np.stack([subject.images[c] for c in names])[..., keep]  # (C, X, Y, N)
-        return place(np.moveaxis(vol, -1, 0), size, centre, -1.0)
-    mask = place(np.moveaxis(subject.mask[None, ..., keep].astype(np.float32), -1, 0), size, centre, 0.0)
-    return stack(source), stack(targets), mask
+    vol = np.stack([np.asarray(v, dtype=np.float32) for v in volumes])[..., list(keep)]  # (C, X, Y, N)
+    return place(np.moveaxis(vol, -1, 0), size, centre, fill)
+
+
+def axial_slices(subject: Subject, source: Sequence[str], targets: Sequence[str], size: Sequence[int],
+                 min_brain: float = 0.05) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Axial slices of a subject with at least ``min_brain`` of the slice in the brain (``slice_indices``) ->
+    (cond (N, len(source), H, W), targets (N, len(targets), H, W), mask (N, 1, H, W)) in ``size`` windows
+    (``slice_stack``)."""
+    keep = slice_indices(subject, min_brain)
+    return (slice_stack(subject, [subject.images[c] for c in source], size, keep),
+            slice_stack(subject, [subject.images[c] for c in targets], size, keep),
+            slice_stack(subject, [subject.mask], size, keep, fill=0.0))
 
 
 class PairedSlices(torch.utils.data.Dataset):
