@@ -20,6 +20,7 @@ from meddiff.tasks.segment import (DiffusionFeatures, FeatureSegmenter, SlicePre
                                    fit_pixel_ensemble, label_slices, save_segmenter, volume_slices)
 from meddiff.tasks.segment.labels import SegClass
 from meddiff.tasks.segment.pipeline import prior_fingerprint
+from meddiff.tasks.segment.postprocess import DEFAULT_CLEANUP, clean_labels
 
 NET = {"kind": "unet", "channels": [8, 8], "attention_levels": [False, False], "num_res_blocks": 1,
        "norm_num_groups": 4}
@@ -94,7 +95,7 @@ def test_segment_round_trip_on_the_input_grid(setup, capsys):
     root = setup["root"]
     rc, out, err = _run(capsys, "--checkpoint", setup["ckpt"], "--input", root / "t1.nii.gz", "--out",
                         root / "labels.nii.gz", "--uncertainty-out", root / "u.nii.gz", "--probabilities-out",
-                        root / "p.nii.gz", "--samples", "2")
+                        root / "p.nii.gz", "--samples", "2", "--cleanup", "none")
     assert rc == 0, err
     assert "wrote" in out and "1 foreground classes present" in out
     lab_img = nib.load(root / "labels.nii.gz")
@@ -112,6 +113,14 @@ def test_segment_round_trip_on_the_input_grid(setup, capsys):
     p = np.clip(probs, 1e-12, None)
     np.testing.assert_allclose(unc, -(p * np.log(p)).sum(-1), atol=1e-5)
     assert not [f.name for f in root.iterdir() if f.name.startswith(".")]  # atomic writes
+    # without --cleanup the labels are clean_labels(argmax) of the same probabilities (the default clean-up)
+    rc, _, err = _run(capsys, "--checkpoint", setup["ckpt"], "--input", root / "t1.nii.gz", "--out",
+                      root / "clean.nii.gz", "--samples", "2", "--probabilities-out", root / "p2.nii.gz")
+    assert rc == 0, err
+    clean = np.asarray(nib.load(root / "clean.nii.gz").dataobj)
+    probs2 = np.asarray(nib.load(root / "p2.nii.gz").dataobj)
+    np.testing.assert_array_equal(clean, clean_labels(probs2.argmax(-1), np.moveaxis(probs2, -1, 0), DEFAULT_CLEANUP))
+    assert (clean > 0).sum() <= (labels > 0).sum()
 
 
 def _nifti(path, array):

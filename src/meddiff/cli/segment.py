@@ -8,6 +8,8 @@ import argparse
 
 
 def register(subparsers) -> None:
+    from meddiff.tasks.segment.postprocess import CLEANUPS, DEFAULT_CLEANUP, MIN_FRACTION
+
     parser = subparsers.add_parser(
         "segment", help="brain parcellation of a 3D T1 volume (diffusion features or UNet)",
         description="Segment a 3D T1 NIfTI volume into the checkpoint's classes (labels.json beside it; `meddiff "
@@ -23,6 +25,12 @@ def register(subparsers) -> None:
     parser.add_argument("--samples", type=int, default=1, help="noise draws of the features K (default 1)")
     parser.add_argument("--uncertainty-out", help="per-voxel entropy of the mean class probabilities (.nii.gz)")
     parser.add_argument("--probabilities-out", help="per-class mean probabilities, 4D (X, Y, Z, classes) (.nii.gz)")
+    parser.add_argument("--cleanup", choices=CLEANUPS, default=DEFAULT_CLEANUP,
+                        help="connected-component clean-up of the labels: none; brain = keep the largest connected "
+                             "foreground component; brain+islands = also relabel specks of a class (< "
+                             f"{MIN_FRACTION * 100:g} %% of its "
+                             f"largest component) to the next most probable class (default {DEFAULT_CLEANUP}: chosen "
+                             "on val subjects, benchmarks/segmentation_cleanup.py)")
     parser.set_defaults(func=run)
 
 
@@ -32,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from meddiff.tasks.segment import segment_file
 
     result = segment_file(args.input, args.out, args.checkpoint, samples=args.samples,
-                          uncertainty_out=args.uncertainty_out, probabilities_out=args.probabilities_out)
+                          uncertainty_out=args.uncertainty_out, probabilities_out=args.probabilities_out,
+                          cleanup=args.cleanup)
     counts = np.bincount(result.labels.ravel())
     present = int((counts[1:] > 0).sum()) if counts.size > 1 else 0
     shape = "x".join(map(str, result.labels.shape))

@@ -72,12 +72,14 @@ def uncertainty_error_correlation(uncertainty: np.ndarray, prediction: np.ndarra
     return float(np.corrcoef(u, e)[0, 1])
 
 
-def score_volume(probabilities: np.ndarray, reference: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> dict:
-    """All scores of mean probabilities (K, X, Y, Z) against reference labels (X, Y, Z)."""
+def score_volume(probabilities: np.ndarray, reference: np.ndarray, spacing=(1.0, 1.0, 1.0),
+                 labels: np.ndarray | None = None) -> dict:
+    """All scores of mean probabilities (K, X, Y, Z) against reference labels (X, Y, Z); Dice, HD95 and the error
+    map use ``labels`` (e.g. a cleaned-up map) when given, else the argmax."""
     from meddiff.tasks.segment.methods import entropy
 
     k = probabilities.shape[0]
-    pred = probabilities.argmax(0)
+    pred = probabilities.argmax(0) if labels is None else labels
     region = evaluation_region(reference)
     unc = entropy(probabilities, axis=0).numpy()
     d = dice_per_class(pred, reference, k)

@@ -21,6 +21,7 @@ import torch
 from meddiff.errors import MeddiffError
 from meddiff.tasks.segment.data import SlicePrep, unpad, volume_slices
 from meddiff.tasks.segment.labels import CLASSES, labels_json, read_labels
+from meddiff.tasks.segment.postprocess import CLEANUPS, DEFAULT_CLEANUP, clean_labels
 
 METHOD_KINDS = ("diffusion_features", "unet")
 MIN_SLICE_FOREGROUND = 0.01  # slices with less head than this (fraction above air) are background without a model
@@ -201,15 +202,18 @@ class SegmentationResult:
 
 def segment_file(input_path: str | Path, out: str | Path, checkpoint: str | Path, *, samples: int = 1,
                  uncertainty_out: str | Path | None = None, probabilities_out: str | Path | None = None,
-                 loaded: LoadedSegmenter | None = None) -> SegmentationResult:
-    """``meddiff segment``: segment a 3D T1 NIfTI and write integer labels (and optionally the per-class mean
-    probabilities (X, Y, Z, K) and the entropy map) on the input's grid and affine."""
+                 loaded: LoadedSegmenter | None = None, cleanup: str = DEFAULT_CLEANUP) -> SegmentationResult:
+    """``meddiff segment``: segment a 3D T1 NIfTI and write integer labels (the argmax, cleaned up by ``cleanup``,
+    ``postprocess.clean_labels``; and optionally the per-class mean probabilities (X, Y, Z, K) and the entropy map)
+    on the input's grid and affine."""
     from meddiff.data.io import NIFTI_SUFFIXES, read_nifti, suffix_of, write_nifti
     from meddiff.data.transforms import to_canonical
     from meddiff.tasks.segment.methods import entropy
 
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise MeddiffError(f"--samples {samples!r} must be a positive integer")
+    if cleanup not in CLEANUPS:
+        raise MeddiffError(f"--cleanup {cleanup!r}: choose one of {', '.join(CLEANUPS)}")
     for path, option in ((out, "--out"), (uncertainty_out, "--uncertainty-out"),
                          (probabilities_out, "--probabilities-out")):
         _check_output(path, option)
@@ -234,7 +238,8 @@ def segment_file(input_path: str | Path, out: str | Path, checkpoint: str | Path
     probs = segment_volume(np.asarray(ras)[0], loaded.segmenter, loaded.prep, samples=samples,
                            what=f"--input {source}")
     probs = np.ascontiguousarray(_from_ras(np.moveaxis(probs, 0, -1), meta.affine))  # [X,Y,Z,K] input grid
-    labels = probs.argmax(-1).astype(np.uint8 if probs.shape[-1] <= 255 else np.int16)
+    labels = clean_labels(probs.argmax(-1), np.moveaxis(probs, -1, 0), cleanup)
+    labels = labels.astype(np.uint8 if probs.shape[-1] <= 255 else np.int16)
     unc = entropy(probs, axis=-1).numpy().astype(np.float32)
     seconds = time.perf_counter() - start
     written = [write_nifti(out, labels, meta)]
