@@ -201,15 +201,16 @@ def train_regression(model: nn.Module, dataset, *, loss: str = "l1", batch_size:
         start = time.perf_counter()
         x, y = _collate(dataset, batch_indices(step, size, batch_size, seed), input_key, target_key)
         value = loss_fn(model(x), y)
-        if not torch.isfinite(value):
-            raise MeddiffError(f"regression training diverged at step {step + 1} (loss {float(value)}); lower lr")
+        scalar = float(value.detach())
+        if not math.isfinite(scalar):
+            raise MeddiffError(f"regression training diverged at step {step + 1} (loss {scalar}); lower lr")
         optimiser.zero_grad(set_to_none=True)
         value.backward()
         optimiser.step()
         step += 1
         seconds += time.perf_counter() - start
-        recent = (recent + [float(value)])[-20:]
-        rows.append({"step": step, "loss": f"{float(value):.6g}", "seconds": f"{seconds:.2f}", "lr": lr})
+        recent = (recent + [scalar])[-20:]
+        rows.append({"step": step, "loss": f"{scalar:.6g}", "seconds": f"{seconds:.2f}", "lr": lr})
         if step % checkpoint_every == 0:
             save()
             say(f"step {step}: loss {sum(recent) / len(recent):.5f}, {seconds:.0f} s")

@@ -1,0 +1,161 @@
+"""Train the 4x super-resolution models of issue 22 for a fixed wall time and ship them: SR3 (a conditional diffusion
+model, configs/sr3_ixi_4x.yaml, the meddiff Trainer) and the supervised UNet baseline (configs/unet_sr_ixi_4x.yaml,
+``meddiff.training.regression``), on the same pairs (``meddiff.data.superres``), each on one CPU thread, started
+together so both get the same wall time on the same machine:
+
+    OMP_NUM_THREADS=1 nohup .venv/bin/python scripts/train_sr.py --model sr3 --max-seconds 2400 > runs/sr3/sr3.log &
+    OMP_NUM_THREADS=1 nohup .venv/bin/python scripts/train_sr.py --model unet --max-seconds 2400 > runs/sr3/unet.log &
+
+Runs go to runs/sr3/<name>/ (``--resume`` continues exactly; the seconds of all sittings count towards
+``--max-seconds``); at the end the model is shipped to src/meddiff/assets/checkpoints/<name>/ (SR3: fp16 EMA weights
+by ``export_checkpoint``; UNet: fp16 weights by ``save_regression``) with config, log, command and split.
+``--export-only`` ships the latest checkpoint of a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from meddiff.data import build_dataset
+from meddiff.files import read_yaml_mapping, write_text
+from meddiff.training import list_checkpoints, load_config
+from meddiff.training.config import dump_yaml
+from meddiff.training.regression import (build_regression_unet, load_regression, save_regression,
+                                         train_regression)
+from meddiff.training.shipped import SHIPPED_DIR, export_checkpoint
+from meddiff.training.trainer import Trainer
+
+CONFIGS = {"sr3": "configs/sr3_ixi_4x.yaml", "unet": "configs/unet_sr_ixi_4x.yaml"}
+NAMES = {"sr3": "sr3_ixi_4x", "unet": "unet_sr_ixi_4x"}
+DESCRIPTIONS = {
+    "sr3": "SR3 4x super-resolution of 2 mm axial IXI T1 slices (conditional diffusion on the bicubic upsampling, "
+           "residual target); meddiff restore --method sr3",
+    "unet": "supervised MONAI UNet for 4x super-resolution of 2 mm axial IXI T1 slices (L1, residual); the "
+            "regression baseline of SR3; meddiff restore --method unet",
+}
+TRAINED_ON = "IXI T1 2 mm axial slices, 150 train subjects (configs/splits/ixi_t1_2mm_dlmuse.json)"
+
+
+class _TimeUp(Exception):
+    pass
+
+
+def seconds_file(run_dir: Path) -> Path:
+    return run_dir / "train_seconds.json"
+
+
+def train_sr3(config: dict, run_dir: Path, max_seconds: float, resume: bool) -> dict:
+    """Trainer.fit until run.steps or ``max_seconds`` of training in all sittings (checked after each step; the
+    step that crosses the limit is checkpointed)."""
+    trainer = Trainer(config, run_dir=run_dir)
+    done = json.loads(seconds_file(run_dir).read_text())["seconds"] if resume and seconds_file(run_dir).is_file() else 0
+    state = {"start": time.perf_counter(), "step": 0}
+
+    def on_step(step: int, loss: float) -> None:
+        seconds = done + time.perf_counter() - state["start"]
+        state["step"] = step
+        if step % config["run"]["checkpoint_every"] == 0 or seconds >= max_seconds:
+            write_text(seconds_file(run_dir), json.dumps({"seconds": seconds, "step": step}))
+        if seconds >= max_seconds:
+            if step % config["run"]["checkpoint_every"]:
+                trainer.save()
+            raise _TimeUp
+
+    try:
+        trainer.fit(resume=resume, on_step=on_step)
+    except _TimeUp:
+        pass
+    finally:
+        trainer.close()
+    seconds = done + time.perf_counter() - state["start"]
+    write_text(seconds_file(run_dir), json.dumps({"seconds": seconds, "step": trainer.step}))
+    return {"steps": trainer.step, "seconds": seconds}
+
+
+def unet_data_config(unet_config: dict) -> dict:
+    """The SR3 config's data section with the plain target (the UNet is residual itself)."""
+    data = dict(load_config(unet_config["data_from"])["data"])
+    data.update({"residual": False, "residual_scale": 1.0})
+    return data
+
+
+def model_card(kind: str, name: str, result: dict, config_path: str, command: str) -> str:
+    what = ("SR3 (Saharia et al. 2021): a conditional DiffusionModelUNet (v-prediction, 1000-step linear schedule, "
+            "min-SNR-5 weighting) whose input is the noisy target concatenated with the bicubic upsampling of the "
+            "4x area-averaged slice; the target is the residual 2 x (slice - bicubic) (SRDiff-style), so "
+            "`meddiff restore --method sr3` adds bicubic + output / 2 back (DDIM, K samples -> mean and std)."
+            if kind == "sr3" else
+            "A MONAI UNet (channels 16-32-64-128, 2 residual units per level) predicting slice - bicubic "
+            "(residual), L1 loss, Adam 1e-3 constant: the supervised regression baseline of SR3, trained on the same "
+            "pairs for the same wall time, at the same time on the same machine.")
+    return f"""# {name}
+
+{what}
+
+- Data: IXI T1 at 2 mm (../shared/data/ixi_t1_2mm_dlmuse), whole axial slices (90 x 120, padded with air to 96 x 120),
+  150 train subjects; val/test subjects never used for training (split.json). Pairs: `meddiff.data.superres`
+  (4x4 block mean, bicubic back up; intensities over the low-resolution image's `magnitude_scale`, zero = -1).
+- Training: {result['steps']} steps in {result['seconds'] / 60:.1f} min of wall time on one CPU thread of a shared
+  2-core machine (other jobs running), config `{config_path}` (copied as config.yaml), log.csv, command.txt.
+- Short training: a first model that shows the method, not a converged one; see benchmarks/README.md (restoration,
+  SR3 rows) for how it compares with bicubic, TV and the other model.
+- Reproduce: `{command}`
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, choices=sorted(CONFIGS))
+    parser.add_argument("--max-seconds", type=float, default=2400.0, help="training wall time, all sittings")
+    parser.add_argument("--out-dir", default="runs/sr3")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--export-only", action="store_true")
+    args = parser.parse_args(argv)
+    name, config_path = NAMES[args.model], CONFIGS[args.model]
+    run_dir = Path(args.out_dir) / name
+    command = "OMP_NUM_THREADS=1 " + shlex.join([".venv/bin/python", "scripts/train_sr.py", *(argv or sys.argv[1:])])
+    if args.model == "sr3":
+        config = load_config(config_path)
+        config["run"].update({"name": name, "out_dir": args.out_dir, "progress": False})
+        if not args.export_only:
+            result = train_sr3(config, run_dir, args.max_seconds, args.resume)
+        else:
+            result = json.loads(seconds_file(run_dir).read_text())
+        checkpoint = list_checkpoints(run_dir / "checkpoints")[-1]
+        shipped = export_checkpoint(checkpoint, name, command=command, description=DESCRIPTIONS["sr3"],
+                                    trained_on=TRAINED_ON,
+                                    extra_files={"split.json": Path(config["data"]["split_file"])})
+        result["steps"] = json.loads((checkpoint / "meta.json").read_text()).get("step", result.get("step"))
+    else:
+        config = read_yaml_mapping(config_path)
+        data = unet_data_config(config)
+        if not args.export_only:
+            dataset = build_dataset(data, "train")
+            model = build_regression_unet(1, 1, **config["model"])
+            result = train_regression(model, dataset, max_seconds=args.max_seconds, run_dir=run_dir,
+                                      resume=args.resume, log=lambda line: print(line, flush=True), **config["train"])
+            save_regression(model, run_dir / "final", meta={**result, "data": data})
+        model = load_regression(run_dir / "final")
+        result = json.loads((run_dir / "final" / "regression.json").read_text())["meta"]
+        shipped = SHIPPED_DIR / name
+        save_regression(model, shipped, meta={**result, "shipped": {"name": name, "description": DESCRIPTIONS["unet"],
+                                                                     "trained_on": TRAINED_ON}},
+                        dtype=__import__("torch").float16)
+        write_text(shipped / "config.yaml", dump_yaml({**config, "data": data}))
+        shutil.copy2(run_dir / "log.csv", shipped / "log.csv")
+        shutil.copy2(data["split_file"], shipped / "split.json")
+        write_text(shipped / "command.txt", command + "\n")
+    result.setdefault("seconds", 0.0)
+    write_text(shipped / "README.md", model_card(args.model, name, result, config_path, command))
+    print(f"shipped {name} -> {shipped}: {result}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
