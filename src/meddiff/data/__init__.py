@@ -44,6 +44,7 @@ from meddiff.data.volumes import (
     discover_subjects,
     paired_dataset,
 )
+from meddiff.data.superres import SRPairs, area_downsample, bicubic_upsample, sr_condition, sr_slice_dataset
 from meddiff.data.inspect import inspect_path, preview
 from meddiff.data.transforms import (
     WINDOW_PRESETS,
