@@ -63,7 +63,7 @@ def base_config(args) -> dict:
                       "prediction": "v", "min_snr_gamma": 5.0},
         "data": {"kind": "slices", "path": str(args.data), "contrasts": ["t1"], "axis": 2, "min_foreground": 0.25,
                  "size": args.size, "normalize": {"mode": "percentile", "lower": 0.5, "upper": 99.5, "foreground": True},
-                 "cache_dir": str(args.cache), "val_fraction": 0.0, "test_fraction": args.test_fraction,
+                 "cache_dir": str(args.cache), "val_fraction": args.val_fraction, "test_fraction": args.test_fraction,
                  "seed": 0},
         "optimiser": {"lr": args.lr, "grad_clip": 1.0},
         "schedule": {"kind": "constant", "warmup_steps": args.warmup},
@@ -84,9 +84,10 @@ def train_alone(config: dict, data: dict, steps: int, run_dir: Path) -> float:
     return time.perf_counter() - start
 
 
-def train_federated(config: dict, strategy: str, mu: float, args, site_specs: Path, run_dir: Path) -> tuple[float, dict]:
+def train_federated(config: dict, strategy: str, mu: float, args, site_specs: Path, run_dir: Path,
+                    server: dict | None = None) -> tuple[float, dict]:
     config = copy.deepcopy(config)
-    config["federated"] = {"strategy": strategy, "proximal_mu": mu, "rounds": args.rounds,
+    config["federated"] = {"strategy": strategy, "proximal_mu": mu, **(server or {}), "rounds": args.rounds,
                            "local_steps": args.local_steps, "min_clients": 3, "wait_clients": 3,
                            "wait_timeout_s": 600, "round_timeout_s": 3600, "connect_timeout_s": 600}
     path = run_dir.with_suffix(".yaml")
@@ -124,7 +125,8 @@ def held_out_loss(model, meta: dict, images: torch.Tensor, repeats: int = 2) -> 
     return total / count
 
 
-def evaluate(checkpoint: Path, test: torch.Tensor, real_features: torch.Tensor, extractor, fid_samples: int) -> dict:
+def evaluate(checkpoint: Path, test: torch.Tensor, real_features: torch.Tensor, extractor, fid_samples: int,
+             val: torch.Tensor | None = None) -> dict:
     from meddiff.metrics.generative import fid
     from meddiff.tasks.synthesis import generate
 
@@ -132,6 +134,8 @@ def evaluate(checkpoint: Path, test: torch.Tensor, real_features: torch.Tensor, 
     for which in ("model", "ema"):
         model, meta = load_checkpoint(checkpoint, which=which)
         out[f"test_loss_{which}"] = held_out_loss(model, meta, test)
+        if val is not None:
+            out[f"val_loss_{which}"] = held_out_loss(model, meta, val)
         if which == "model" and fid_samples:
             samples, _ = generate(checkpoint, fid_samples, sampler="ddim", steps=20, model=model, meta=meta, seed=0)
             out["fid_model"] = float(fid(real_features, extractor(samples)))
@@ -153,9 +157,14 @@ def main(argv=None) -> int:
     parser.add_argument("--mu", type=float, default=1.0, help="FedProx mu")
     parser.add_argument("--weights", default="3,2,1", help="relative site sizes (subjects)")
     parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--val-fraction", type=float, default=0.0,
+                        help="subjects held out for choosing the FedAvgM server settings (0: none)")
+    parser.add_argument("--server-settings", default="1.0:0.9,1.0:0.7,2.0:0.0",
+                        help="FedAvgM arms, comma list of server_learning_rate:server_momentum (Hsu et al. 2019); "
+                             "the one with the lowest val loss is marked chosen")
     parser.add_argument("--fid-samples", type=int, default=128)
     parser.add_argument("--test-slices", type=int, default=512, help="held-out slices evaluated (a seeded subset)")
-    parser.add_argument("--arms", default="central,fedavg,fedprox,sites", help="which arms to run")
+    parser.add_argument("--arms", default="central,fedavg,fedprox,fedavgm,sites", help="which arms to run")
     args = parser.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -176,13 +185,18 @@ def main(argv=None) -> int:
 
     extractor = get_feature_extractor("random-cnn")
     real_features = extractor(test)
+    val = None
+    if args.val_fraction > 0:
+        val_set = build_dataset(config["data"], split="val")
+        pick = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(1))[: args.test_slices]
+        val = torch.stack([val_set[int(i)]["image"] for i in sorted(pick.tolist())])
     results = {"config": {k: v for k, v in vars(args).items()}, "images_seen": steps * args.batch,
                "test_slices": len(test), "test_slices_total": len(test_set), "sites": sizes, "arms": {}}
     print(f"sites {sizes}; {len(test)} test slices; {steps} steps x {args.batch} images per arm", flush=True)
 
     def record(name: str, run_dir: Path, wall: float, extra: dict | None = None) -> None:
         results["arms"][name] = {"wall_s": wall, **(extra or {}), **evaluate(run_dir, test, real_features, extractor,
-                                                                              args.fid_samples)}
+                                                                              args.fid_samples, val)}
         print(name, json.dumps(results["arms"][name]), flush=True)
         Path(args.out).write_text(json.dumps(results, indent=2))
 
@@ -193,6 +207,19 @@ def main(argv=None) -> int:
         if strategy in arms:
             wall, traffic = train_federated(config, strategy, mu, args, work / "site_specs", work / strategy)
             record(f"federated_{strategy}", work / strategy, wall, traffic)
+    if "fedavgm" in arms:
+        for setting in args.server_settings.split(","):
+            lr, momentum = (float(v) for v in setting.split(":"))
+            tag = f"fedavgm_lr{lr:g}_m{momentum:g}"
+            wall, traffic = train_federated(config, "fedavgm", 0.0, args, work / "site_specs", work / tag,
+                                            {"server_learning_rate": lr, "server_momentum": momentum})
+            record(f"federated_{tag}", work / tag, wall, {**traffic, "server_learning_rate": lr,
+                                                           "server_momentum": momentum})
+        fedavgm = {k: v for k, v in results["arms"].items() if k.startswith("federated_fedavgm") and "val_loss_model" in v}
+        if fedavgm:
+            chosen = min(fedavgm, key=lambda k: fedavgm[k]["val_loss_model"])
+            results["fedavgm_chosen_on_val"] = chosen
+            print(f"FedAvgM chosen on val: {chosen}", flush=True)
     if "sites" in arms:
         for name, data in site_data.items():
             record(f"{name}_alone", work / f"{name}_alone", train_alone(config, data, steps, work / f"{name}_alone"))
@@ -206,7 +233,7 @@ def main(argv=None) -> int:
                 v["within_10pct"] = v["vs_centralised"] <= 0.10
                 v["better_than_every_site"] = bool(alone) and all(v["test_loss_model"] < a for a in alone)
     Path(args.out).write_text(json.dumps(results, indent=2))
-    print(json.dumps({k: {m: v.get(m) for m in ("test_loss_model", "test_loss_ema", "fid_model", "wall_s",
+    print(json.dumps({k: {m: v.get(m) for m in ("val_loss_model", "test_loss_model", "test_loss_ema", "fid_model", "wall_s",
                                                  "vs_centralised", "better_than_every_site")}
                       for k, v in arms_done.items()}, indent=1))
     return 0

@@ -196,3 +196,43 @@ def test_local_dp_clips_the_update_and_reports_epsilon(tmp_path):
     delta = np.concatenate([(a.astype(np.float64) - b).ravel() for a, b in zip(arrays, start) if a.dtype.kind == "f"])
     expected = clip * np.sqrt(2 * np.log(1.25 / 1e-5)) / 0.5  # the Gaussian mechanism's std per weight
     assert abs(delta.std() / expected - 1) < 0.05 and metrics["dp_epsilon"] == 0.5
+
+
+def test_fedavgm_server_momentum_matches_the_hand_update(tmp_path):
+    """FedAvgM (Hsu et al. 2019) through meddiff's strategy: m_r = beta m_{r-1} + (g_{r-1} - avg_r),
+    g_r = g_{r-1} - lr m_r; round checkpoints hold g_r. Two sites of 1 and 3 examples (weighted average)."""
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+
+    from meddiff.tasks.federated.server import _ServerRun, _strategy_class, _strategy_options
+    from meddiff.training import load_checkpoint
+
+    site = _site(tmp_path / "site")
+    base = site.weights()
+    _, config = tiny(tmp_path, strategy="fedavgm", server_learning_rate=1.5, server_momentum=0.5)
+    training, fed = split_config(config)
+    run = _ServerRun(training, fed, tmp_path / "server")
+    strategy = _strategy_class("fedavgm")(run=run, initial_parameters=ndarrays_to_parameters(base),
+                                          min_fit_clients=1, min_available_clients=1, **_strategy_options(fed))
+    meta = json.dumps(site.meta())
+    name, w0 = next((k, v) for k, v in zip(site.keys, base) if v.dtype.kind == "f")
+    g, m = w0.astype(np.float64), None
+    for round_, (shift_a, shift_b) in ((1, (1.0, 5.0)), (2, (2.0, -2.0))):
+        results = []
+        for shift, n in ((shift_a, 1), (shift_b, 3)):
+            arrays = [a + shift if a.dtype.kind == "f" else a for a in base]
+            results.append((None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), n,
+                                         {"loss": 0.1, "site": f"s{n}", "meta": meta})))
+        run.begin_round(2, strategy.initial_parameters)
+        strategy.aggregate_fit(round_, results, [])
+        avg = w0 + (shift_a * 1 + shift_b * 3) / 4
+        pseudo = g - avg
+        m = pseudo if m is None else 0.5 * m + pseudo
+        g = g - 1.5 * m
+    model, _ = load_checkpoint(tmp_path / "server", which="model")
+    np.testing.assert_allclose(model.state_dict()[name].numpy(), g, atol=1e-5)
+    assert not np.allclose(g, w0 + (2.0 * 1 - 2.0 * 3) / 4)  # not the plain FedAvg average
+    for override, needle in (({"server_momentum": 1.0}, "server_momentum"),
+                             ({"server_learning_rate": 0}, "server_learning_rate"),
+                             ({"strategy": "fedavg", "server_momentum": 0.9}, "fedavgm")):
+        with pytest.raises(MeddiffError, match=needle):
+            split_config({**config, "federated": {**config["federated"], **override}})

@@ -15,12 +15,14 @@ from meddiff.errors import MeddiffError, check_choice
 from meddiff.nets.unet import check_keys
 from meddiff.training import load_config, resolve_config
 
-STRATEGIES = ("fedavg", "fedprox")
+STRATEGIES = ("fedavg", "fedprox", "fedavgm")
 LOOPBACK = "127.0.0.1"
 
 FEDERATED_DEFAULTS: dict[str, Any] = {
-    "strategy": "fedavg",          # fedavg or fedprox (Flower's strategies), weighted by site sample counts
+    "strategy": "fedavg",          # fedavg, fedprox or fedavgm (Flower's strategies), weighted by site sample counts
     "proximal_mu": 0.0,            # FedProx mu (Li et al. 2020, eq. 2); applied as a decoupled proximal step
+    "server_learning_rate": 1.0,   # FedAvgM (Hsu et al. 2019): global <- global - lr * momentum buffer of the
+    "server_momentum": 0.0,        # ... pseudo-gradient (global - site average); lr 1, momentum 0 is FedAvg
     "rounds": 10,                  # federated rounds
     "local_steps": 50,             # optimiser steps (meddiff Trainer) per site per round
     "min_clients": 1,              # a round is aggregated when at least this many sites return weights
@@ -60,6 +62,15 @@ def split_config(config: dict, source: str = "the config") -> tuple[dict, dict]:
     if fed["strategy"] == "fedavg" and fed["proximal_mu"]:
         raise MeddiffError(f"{source}: federated.proximal_mu={fed['proximal_mu']} is set but the strategy is "
                            "fedavg; set federated.strategy: fedprox or proximal_mu: 0")
+    for key, low, high in (("server_learning_rate", 0.0, 10.0), ("server_momentum", 0.0, 1.0)):
+        value = fed[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                (low < value <= high) if key == "server_learning_rate" else (low <= value < high)):
+            raise MeddiffError(f"{source}: federated.{key}={value!r} must be a number in "
+                               f"{'(0, 10]' if key == 'server_learning_rate' else '[0, 1)'}")
+    if fed["strategy"] != "fedavgm" and (fed["server_learning_rate"] != 1.0 or fed["server_momentum"] != 0.0):
+        raise MeddiffError(f"{source}: federated.server_learning_rate / server_momentum are set but the strategy is "
+                           f"{fed['strategy']}; set federated.strategy: fedavgm")
     if fed["server_ema"] is not None and not 0 <= fed["server_ema"] < 1:
         raise MeddiffError(f"{source}: federated.server_ema={fed['server_ema']} must be null or in [0, 1)")
     for key in ("wait_timeout_s", "round_timeout_s", "connect_timeout_s"):

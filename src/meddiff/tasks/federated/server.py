@@ -1,4 +1,4 @@
-"""The server: Flower's FedAvg or FedProx, weighted by site sample counts, plus what a meddiff run needs.
+"""The server: Flower's FedAvg, FedProx or FedAvgM, weighted by site sample counts, plus what a meddiff run needs.
 
 After each aggregated round it writes the global model as a meddiff checkpoint, atomically
 (``RUN_DIR/checkpoints/step_<round>/``: model.safetensors = the global weights, ema.safetensors = the server-side
@@ -27,9 +27,9 @@ LOG = "log.jsonl"
 
 
 def _strategy_class(name: str):
-    from flwr.server.strategy import FedAvg, FedProx
+    from flwr.server.strategy import FedAvg, FedAvgM, FedProx
 
-    base = {"fedavg": FedAvg, "fedprox": FedProx}[name]
+    base = {"fedavg": FedAvg, "fedprox": FedProx, "fedavgm": FedAvgM}[name]
 
     class MeddiffStrategy(base):
         """``base`` (Flower) with round checkpoints, server EMA, the round log and meddiff's client policy."""
@@ -145,6 +145,17 @@ class _ServerRun:
             handle.write(json.dumps(record) + "\n")
 
 
+def _strategy_options(fed: dict) -> dict:
+    """The strategy-specific keywords of the Flower strategy. FedAvgM's momentum buffer lives in the server process
+    (Flower keeps it in memory): a resumed server starts it from zero again."""
+    if fed["strategy"] == "fedprox":
+        return {"proximal_mu": float(fed["proximal_mu"])}
+    if fed["strategy"] == "fedavgm":
+        return {"server_learning_rate": float(fed["server_learning_rate"]),
+                "server_momentum": float(fed["server_momentum"])}
+    return {}
+
+
 def run_server(config: dict, fed: dict, run_dir: str | Path, *, address: str | None = None) -> dict:
     """Serve federated rounds until ``federated.rounds``; returns {"rounds_done", "resumed_from", "run_dir"}."""
     from meddiff.tasks.federated.config import require_flwr
@@ -162,7 +173,7 @@ def run_server(config: dict, fed: dict, run_dir: str | Path, *, address: str | N
         run=state, fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=fed["min_clients"],
         min_evaluate_clients=0, min_available_clients=fed["min_clients"], accept_failures=True,
         initial_parameters=state.initial_parameters(), fit_metrics_aggregation_fn=lambda metrics: {},
-        **({"proximal_mu": float(fed["proximal_mu"])} if fed["strategy"] == "fedprox" else {}))
+        **_strategy_options(fed))
     fl.server.start_server(server_address=address or fed["address"], strategy=strategy,
                            config=fl.server.ServerConfig(num_rounds=todo, round_timeout=fed["round_timeout_s"]))
     done = list_checkpoints(run_dir / "checkpoints")
