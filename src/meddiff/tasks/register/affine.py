@@ -1,0 +1,143 @@
+"""Affine registration by gradient descent on an image similarity (global NCC or MSE), coarse to fine (2 levels of
+block averaging), started from the scanners' world alignment and the centres of mass.
+
+Matrices are 4 x 4 (3D; 3 x 3 in 2D) maps from fixed-grid voxel indices to moving-grid voxel indices, so that the
+affinely warped moving image is ``moving(M @ [p, 1])`` at every fixed voxel ``p`` (one interpolation, whatever the
+two grids are). Intensities are scaled by ``meddiff.data.magnitude_scale`` (99.5th percentile of the head -> 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from meddiff.errors import MeddiffError
+from meddiff.tasks.register.fields import affine_coords, sample
+
+SIMILARITIES = ("ncc", "mse")
+
+
+@dataclass(frozen=True)
+class AffineSettings:
+    """Coarse-to-fine schedule: block-average ``factors`` (coarse first), Adam ``iterations`` and ``lr`` per level."""
+
+    similarity: str = "ncc"
+    factors: tuple[int, ...] = (4, 2)
+    iterations: tuple[int, ...] = (150, 60)
+    lr: float = 0.01
+
+    def __post_init__(self):
+        if self.similarity not in SIMILARITIES:
+            raise MeddiffError(f"similarity={self.similarity!r}: choose one of {', '.join(SIMILARITIES)}")
+        if len(self.factors) != len(self.iterations) or not self.factors:
+            raise MeddiffError(f"affine settings: {len(self.factors)} factors but {len(self.iterations)} iteration "
+                               "counts; give one per level")
+
+
+def scale_intensity(volume) -> np.ndarray:
+    """float32 volume divided by its ``magnitude_scale`` (the 99.5th percentile of the head -> 1)."""
+    from meddiff.data.transforms import magnitude_scale
+
+    v = np.asarray(volume, dtype=np.float32)
+    return v / np.float32(magnitude_scale(np.abs(v)))
+
+
+def world_matrix(moving_affine: np.ndarray, fixed_affine: np.ndarray) -> np.ndarray:
+    """Fixed voxel -> moving voxel through world space, ``A_moving^-1 A_fixed``; refuses singular affines."""
+    for name, a in (("moving", moving_affine), ("fixed", fixed_affine)):
+        a = np.asarray(a, dtype=np.float64)
+        if not np.all(np.isfinite(a)) or abs(np.linalg.det(a[:-1, :-1])) < 1e-12:
+            raise MeddiffError(f"--{name}: its affine (voxel -> world) is not invertible (determinant "
+                               f"{np.linalg.det(a[:-1, :-1]) if np.all(np.isfinite(a)) else 'NaN'}); fix the NIfTI "
+                               "header (sform/qform) before registering")
+    return np.linalg.inv(np.asarray(moving_affine, dtype=np.float64)) @ np.asarray(fixed_affine, dtype=np.float64)
+
+
+def centre_of_mass(volume: np.ndarray) -> np.ndarray:
+    """Intensity-weighted centre (voxels) of the positive part of a volume (its middle when empty)."""
+    w = np.clip(np.asarray(volume, dtype=np.float64), 0, None)
+    grids = np.meshgrid(*[np.arange(s) for s in w.shape], indexing="ij")
+    total = w.sum()
+    if total <= 0:
+        return (np.asarray(w.shape) - 1) / 2.0
+    return np.array([(g * w).sum() / total for g in grids])
+
+
+def _pool(x: torch.Tensor, f: int) -> torch.Tensor:
+    if f == 1:
+        return x
+    pool = F.avg_pool3d if x.ndim == 5 else F.avg_pool2d
+    return pool(x, f, ceil_mode=True)
+
+
+def _similarity(a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "mse":
+        return ((a - b) ** 2).mean()
+    a, b = a - a.mean(), b - b.mean()
+    return 1.0 - (a * b).sum() / ((a.square().sum() * b.square().sum()).sqrt() + 1e-8)
+
+
+def register_affine(moving: np.ndarray, fixed: np.ndarray, init: np.ndarray | None = None,
+                    settings: AffineSettings | None = None) -> np.ndarray:
+    """The (N+1) x (N+1) fixed-voxel -> moving-voxel matrix that best aligns ``moving`` to ``fixed`` (arrays of the
+    same dimensionality N = 2 or 3, any shapes). ``init`` (default identity) is the starting map, e.g. the world
+    alignment of ``world_matrix``; a centre-of-mass translation is added to it first.
+
+    Parametrisation: ``M = init @ (c + B (p - c) + s t)`` with c the fixed grid's centre, s its largest half-size
+    (so t and B - I are of order one), optimised by Adam on 1 - NCC (or MSE) of the block-averaged images."""
+    settings = settings or AffineSettings()
+    mov, fix = scale_intensity(moving), scale_intensity(fixed)
+    if mov.ndim != fix.ndim or mov.ndim not in (2, 3):
+        raise MeddiffError(f"--moving is {mov.ndim}D but --fixed is {fix.ndim}D; both must be 2D or both 3D")
+    n = fix.ndim
+    init = np.eye(n + 1) if init is None else np.asarray(init, dtype=np.float64)
+    centre = (np.asarray(fix.shape, dtype=np.float64) - 1) / 2
+    s = float(max(fix.shape)) / 2
+    inv = np.linalg.inv(init)
+    target = (inv @ np.append(centre_of_mass(mov), 1.0))[:n]
+    t0 = (target - centre_of_mass(fix)) / s
+    mt = torch.from_numpy(mov)[None, None]
+    ft = torch.from_numpy(fix)[None, None]
+    B = torch.eye(n, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(t0, dtype=torch.float64, requires_grad=True)
+    init_t = torch.from_numpy(init)
+    c_t = torch.from_numpy(centre)
+
+    def matrix() -> torch.Tensor:  # fixed voxel -> moving voxel, (N+1, N+1)
+        inner = torch.eye(n + 1, dtype=torch.float64)
+        inner = torch.cat([torch.cat([B, (c_t - B @ c_t + s * t)[:, None]], 1), inner[n:]], 0)
+        return init_t @ inner
+
+    for f, iters in zip(settings.factors, settings.iterations):
+        fix_l, mov_l = _pool(ft, f), _pool(mt, f)
+        # level voxel p_l <-> full voxel f p_l + (f-1)/2, on both grids
+        up = np.eye(n + 1)
+        up[:n, :n] *= f
+        up[:n, n] = (f - 1) / 2
+        up_t, down_t = torch.from_numpy(up), torch.from_numpy(np.linalg.inv(up))
+        grid = affine_coords(np.eye(n + 1), fix_l.shape[2:]).double()[0]  # [N,*S]
+        flat = torch.cat([grid.reshape(n, -1), torch.ones(1, grid[0].numel(), dtype=torch.float64)], 0)
+        opt = torch.optim.Adam([B, t], lr=settings.lr)
+        for _ in range(iters):
+            opt.zero_grad()
+            m = down_t @ matrix() @ up_t
+            coords = (m @ flat)[:n].reshape((1, n) + tuple(fix_l.shape[2:]))
+            loss = _similarity(sample(mov_l, coords.float()), fix_l, settings.similarity)
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        out = matrix().numpy()
+    if not np.all(np.isfinite(out)) or np.linalg.det(out[:n, :n]) == 0:
+        raise MeddiffError("affine registration diverged (non-invertible result); check that --moving and --fixed "
+                           "show the same anatomy")
+    return out
+
+
+def apply_matrix(moving: np.ndarray, matrix: np.ndarray, shape, mode: str = "bilinear") -> np.ndarray:
+    """``moving(M @ [p, 1])`` on a grid of ``shape`` (zeros outside the moving image); float32."""
+    coords = affine_coords(matrix, shape)
+    x = torch.from_numpy(np.asarray(moving, dtype=np.float32))[None, None]
+    return sample(x, coords, mode=mode)[0, 0].numpy()
