@@ -22,12 +22,15 @@ SIMILARITIES = ("ncc", "mse")
 
 @dataclass(frozen=True)
 class AffineSettings:
-    """Coarse-to-fine schedule: block-average ``factors`` (coarse first), Adam ``iterations`` and ``lr`` per level."""
+    """Coarse-to-fine schedule: block-average ``factors`` (coarse first), at most ``iterations`` Adam steps of ``lr``
+    per level; a level stops early when the loss has not dropped by ``tolerance`` (relative) in ``patience`` steps."""
 
     similarity: str = "ncc"
     factors: tuple[int, ...] = (4, 2)
     iterations: tuple[int, ...] = (150, 60)
     lr: float = 0.01
+    patience: int = 20
+    tolerance: float = 1e-4
 
     def __post_init__(self):
         if self.similarity not in SIMILARITIES:
@@ -121,6 +124,7 @@ def register_affine(moving: np.ndarray, fixed: np.ndarray, init: np.ndarray | No
         grid = affine_coords(np.eye(n + 1), fix_l.shape[2:]).double()[0]  # [N,*S]
         flat = torch.cat([grid.reshape(n, -1), torch.ones(1, grid[0].numel(), dtype=torch.float64)], 0)
         opt = torch.optim.Adam([B, t], lr=settings.lr)
+        history = []
         for _ in range(iters):
             opt.zero_grad()
             m = down_t @ matrix() @ up_t
@@ -128,6 +132,10 @@ def register_affine(moving: np.ndarray, fixed: np.ndarray, init: np.ndarray | No
             loss = _similarity(sample(mov_l, coords.float()), fix_l, settings.similarity)
             loss.backward()
             opt.step()
+            history.append(float(loss))
+            if len(history) > settings.patience and history[-settings.patience - 1] - min(
+                    history[-settings.patience:]) < settings.tolerance * abs(history[-settings.patience - 1]):
+                break  # converged: no relative gain over the last `patience` steps
     with torch.no_grad():
         out = matrix().numpy()
     if not np.all(np.isfinite(out)) or np.linalg.det(out[:n, :n]) == 0:
