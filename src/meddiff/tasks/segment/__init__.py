@@ -4,7 +4,8 @@ Modules: ``labels`` (the merged class table: DLMUSE / MUSE ROI ids -> 10 classes
 (aligned T1 / label slices with the shipped prior's preprocessing), ``features`` (decoder-block features of a diffusion
 UNet at chosen noise levels, Baranchuk et al. 2022), ``methods`` (pixel-MLP ensemble on those features; the supervised
 MONAI UNet baseline), ``evaluate`` (Dice, HD95, calibration error, uncertainty-error correlation), ``pipeline``
-(checkpoints with the prior's fingerprint, whole-volume segmentation behind ``meddiff segment``), ``train`` (the
+(checkpoints with the prior's fingerprint, whole-volume segmentation behind ``meddiff segment``), ``postprocess``
+(connected-component clean-up of the label map, on by default), ``train`` (the
 config-driven training shared by ``scripts/train_segmentation.py`` and ``benchmarks/segmentation.py``).
 The shipped ``brain_parcellation_ixi`` is the supervised UNet: the better method at 20 labelled subjects
 (benchmarks/README.md, "Brain parcellation"); the diffusion features win at 1 and 5.
