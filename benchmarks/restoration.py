@@ -8,11 +8,16 @@ Data: whole axial IXI T1 slices at 2 mm (RAS, 90 x 120) of the TEST subjects of 
 Settings (``SETTINGS``): 2x and 4x SR by area averaging (the default degradation: the mean over s x s blocks); box
 inpainting (one box of 10 % of the slice at a seeded random position) and random strokes (``stroke_mask``); Gaussian
 noise of 2, 5 and 10 % of the slice's intensity range (its max; min 0). Every degradation is seeded per slice.
-Methods: every baseline and zero-shot method of the task (``restore.METHODS``; bm3d only when the package is
-installed), plus the control rows "<method>-untrained": the zero-shot methods with the same network untrained
-(``mri.untrained_prior``), what the trained prior adds. Scores (``restore.scores``): PSNR and SSIM over the whole
-image and the brain mask (data range: the slice max), PSNR in the hole for inpainting, seconds per slice, NFE per
-sample.
+Methods: every baseline, zero-shot method and trained network of the task (``restore.METHODS``; bm3d only when the
+package is installed; sr3 and unet, the shipped 4x models of scripts/train_sr.py, only at the scale they were trained
+for, 4x: there is no 2x model), plus the control rows "<method>-untrained": the zero-shot methods and sr3 with the
+same network untrained (``mri.untrained_prior``, ``restore.untrained_sr3``), what the training adds.
+Scores (``restore.scores``): PSNR and SSIM over the whole image and the brain mask (data range: the slice max), PSNR in the hole for inpainting, seconds per slice, NFE per
+sample; and per setting and method a patch FID over all its test slices (``patch_fid``: 28 x 28 patches at stride 14
+of the restored and the true slices, v = 2 x - 1, embedded by the project's offline "random-cnn" features,
+``meddiff.metrics.features``; whole slices would be resized to the extractor's 28 x 28 input, which erases the detail
+super-resolution restores, and 9 slices are too few for a 128-d covariance). Restored images are kept in
+FILE.images/ for it.
 Weights: the TV weight is tuned per setting on slices of the VAL subjects (``--val-subjects``, the same slice rule)
 over ``TV_GRID`` (best mean whole-image PSNR), stored under "tuning" in the JSON and reused on resume; the test
 subjects are never used for tuning. The zero-shot solvers run at ``restore.SOLVER_DEFAULTS`` (not tuned yet).
@@ -40,7 +45,7 @@ import torch
 from meddiff.data.io import write_json
 from meddiff.data.transforms import magnitude_scale
 from meddiff.data.volumes import load_subject
-from meddiff.files import atomic_path
+from meddiff.files import atomic_path, write_npy
 from meddiff.tasks import mri
 from meddiff.tasks import restore as R
 
@@ -92,11 +97,68 @@ def degrade(case: dict, setting: str) -> dict:
     return {"input": R.add_noise(image, sigma, seed=seed).numpy(), "sigma": sigma}
 
 
-def methods_for(setting: str, wanted: list[str] | None, untrained: bool) -> list[str]:
-    task = SETTINGS[setting]["task"]
-    names = [m for m in R.METHODS[task] if m != "bm3d" or _has_bm3d()]
-    names += [f"{m}-untrained" for m in R.ZERO_SHOT[task]] if untrained else []
+def methods_for(setting: str, wanted: list[str] | None, untrained: bool, learned: dict) -> list[str]:
+    """The method rows of ``setting``; ``learned``: {name: loaded SRModel} (shipped ones; their scale only)."""
+    spec = SETTINGS[setting]
+    task = spec["task"]
+    fits = [m for m in R.LEARNED[task] if m in learned and learned[m].scale == spec.get("scale")]
+    names = [m for m in R.METHODS[task] if (m != "bm3d" or _has_bm3d()) and (m not in R.LEARNED[task] or m in fits)]
+    names += [f"{m}-untrained" for m in R.ZERO_SHOT[task] + tuple(m for m in fits if m == "sr3")] if untrained else []
     return [m for m in names if wanted is None or m in wanted or m.split("-untrained")[0] in wanted]
+
+
+def load_learned() -> dict:
+    """{"sr3": SRModel, "sr3-untrained": ..., "unet": ...} for the shipped models (a missing one is left out)."""
+    out = {}
+    for name in R.DEFAULT_MODELS:
+        try:
+            out[name] = R.load_sr_model(name)
+        except Exception as error:  # not shipped in this checkout: no rows
+            print(f"no {name} rows: {error}", flush=True)
+    if "sr3" in out:
+        out["sr3-untrained"] = R.untrained_sr3(out["sr3"])
+    return out
+
+
+PATCH, STRIDE = 28, 14
+
+
+def patches(image: np.ndarray) -> torch.Tensor:
+    """(H, W) slice on its magnitude scale -> (N, 1, 28, 28) patches at stride 14 of v = 2 x - 1."""
+    v = torch.from_numpy(2 * np.asarray(image, np.float32) - 1)
+    tiles = v.unfold(0, PATCH, STRIDE).unfold(1, PATCH, STRIDE)  # (nh, nw, 28, 28)
+    return tiles.reshape(-1, 1, PATCH, PATCH)
+
+
+def patch_fid(restored: list[np.ndarray], truths: list[np.ndarray], extractor) -> float:
+    """FID between the patches of the restored slices and those of the true slices (same slices)."""
+    from meddiff.metrics.generative import fid
+
+    fake = torch.cat([patches(x) for x in restored])
+    real = torch.cat([patches(x) for x in truths])
+    return float(fid(extractor(real), extractor(fake)))
+
+
+def image_file(out: Path, row: dict) -> Path:
+    return out.with_suffix(".images") / f"{row['subject']}_{row['slice']}_{row['setting']}_{row['method']}.npy"
+
+
+def add_fids(result: dict, cases: list[dict], out: Path) -> None:
+    """result["fid"][setting][method] = patch FID over the test slices whose restored images are kept."""
+    from meddiff.metrics.features import get_feature_extractor
+
+    extractor = get_feature_extractor("random-cnn")
+    truth = {(c["subject"], c["slice"]): c["image"] for c in cases}
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in result["rows"]:
+        if (row["subject"], row["slice"]) in truth and image_file(out, row).is_file():
+            groups.setdefault((row["setting"], row["method"]), []).append(row)
+    fids = {}
+    for (setting, method), rows in groups.items():
+        restored = [np.load(image_file(out, r)) for r in rows]
+        fids.setdefault(setting, {})[method] = patch_fid(restored, [truth[(r["subject"], r["slice"])] for r in rows],
+                                                         extractor)
+    result["fid"] = {"features": extractor.card(), "patch": PATCH, "stride": STRIDE, "values": fids}
 
 
 def _has_bm3d() -> bool:
@@ -107,22 +169,28 @@ def _has_bm3d() -> bool:
     return True
 
 
-def run_method(method: str, case: dict, setting: str, priors: dict, params: dict, samples: int | None) -> dict:
+def run_method(method: str, case: dict, setting: str, priors: dict, params: dict, samples: int | None,
+               learned: dict | None = None, out: Path | None = None) -> dict:
     spec = SETTINGS[setting]
     given = degrade(case, setting)
     base = method.split("-untrained")[0]
     kwargs = {k: v for k, v in given.items() if k != "input"}
     if base in R.ZERO_SHOT[spec["task"]]:
         kwargs.update(prior=priors["untrained" if method.endswith("-untrained") else "trained"], samples=samples)
+    if base in R.LEARNED[spec["task"]]:
+        kwargs.update(model=learned[method], samples=samples if base == "sr3" else None)
     if base == "tv":
         kwargs["lam"] = params["tv_lam"]
     start = time.perf_counter()
     result = R.restore(given["input"], spec["task"], base, **kwargs)
     seconds = time.perf_counter() - start
     score = R.scores(result.image, case["image"], case["brain"], given.get("mask"))
-    return {"subject": case["subject"], "slice": case["slice"], "setting": setting, "method": method, **score,
-            "seconds": seconds, "nfe": result.nfe, "samples": result.settings.get("samples", 0),
-            "settings": {k: v for k, v in result.settings.items() if isinstance(v, (int, float, str, list))}}
+    row = {"subject": case["subject"], "slice": case["slice"], "setting": setting, "method": method, **score,
+           "seconds": seconds, "nfe": result.nfe, "samples": result.settings.get("samples", 0),
+           "settings": {k: v for k, v in result.settings.items() if isinstance(v, (int, float, str, list))}}
+    if out is not None:
+        write_npy(image_file(out, row), result.image)
+    return row
 
 
 def tune(setting: str, val_cases: list[dict]) -> dict:
@@ -153,13 +221,21 @@ def summary(result: dict) -> str:
 
     lines = [f"Restoration benchmark: prior {result['prior']}, {len(result['cases'])} test slice(s); mean ± std over "
              "slices (benchmarks/restoration.py).", "",
-             "| setting | method | PSNR | SSIM | PSNR brain | SSIM brain | PSNR hole | s / slice | NFE x K |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| setting | method | PSNR | SSIM | PSNR brain | SSIM brain | PSNR hole | patch FID | s / slice | NFE x K |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    fids = result.get("fid", {}).get("values", {})
     for (setting, method), rows in groups.items():
         hole = ms([r["psnr_hole"] for r in rows]) if "psnr_hole" in rows[0] else ""
+        fid = fids.get(setting, {}).get(method)
         lines.append(f"| {setting} | {method} | {ms([r['psnr'] for r in rows])} | {ms([r['ssim'] for r in rows])} | "
                      f"{ms([r['psnr_brain'] for r in rows])} | {ms([r['ssim_brain'] for r in rows])} | {hole} | "
+                     f"{'' if fid is None else f'{fid:.3f}'} | "
                      f"{statistics.mean(r['seconds'] for r in rows):.1f} | {rows[0]['nfe']} x {rows[0]['samples']} |")
+    if fids:
+        lines += ["", "Patch FID: 28 x 28 patches at stride 14 of the restored vs the true test slices, random-cnn "
+                      "features (meddiff.metrics.features; texture statistics, not anatomy); lower is closer."]
+    if result.get("learned"):
+        lines += ["", "Trained networks: " + ", ".join(f"{k} {v}" for k, v in result["learned"].items())]
     tuning = result.get("tuning", {})
     if tuning:
         lines += ["", "TV weights (tuned on val slices unless marked default): " + ", ".join(
@@ -194,6 +270,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"{out} holds rows of prior {result['prior']}; use another --out")
     prior = R.restore_prior(checkpoint)
     priors = {"trained": prior, "untrained": mri.untrained_prior(prior)}
+    learned = load_learned()
+    result["learned"] = {name: model.source for name, model in learned.items()}
     cases = load_slices(split_subjects("test", args.subjects), args.slices)
     result["cases"] = [{"subject": c["subject"], "slice": c["slice"]} for c in cases]
     val = None
@@ -208,16 +286,18 @@ def main(argv=None) -> int:
                 result["tuning"][setting] = tune(setting, val)
             write_json(result, out)
         for case in cases:
-            for method in methods_for(setting, wanted, not args.no_untrained):
+            for method in methods_for(setting, wanted, not args.no_untrained, learned):
                 if (case["subject"], case["slice"], setting, method) in done:
                     continue
-                row = run_method(method, case, setting, priors, result["tuning"][setting], args.samples)
+                row = run_method(method, case, setting, priors, result["tuning"][setting], args.samples, learned, out)
                 result["rows"].append(row)
                 write_json(result, out)
                 extra = f", hole {row['psnr_hole']:.2f}" if "psnr_hole" in row else ""
                 print(f"{case['subject']} z={case['slice']} {setting} {method}: PSNR {row['psnr']:.2f} "
                       f"(brain {row['psnr_brain']:.2f}{extra}) SSIM {row['ssim']:.3f}, {row['seconds']:.1f} s, "
                       f"NFE {row['nfe']}", flush=True)
+    add_fids(result, cases, out)
+    write_json(result, out)
     with atomic_path(out.with_suffix(".md")) as tmp:
         tmp.write_text(summary(result))
     print(summary(result))

@@ -1,6 +1,7 @@
 """`meddiff restore --task {super-resolution,inpaint,denoise} --input IMG --method M --out OUT [--std-out STD]`:
-restore a 2D image or a 3D volume (slice by slice along the last axis) with a classical baseline or a zero-shot
-diffusion method (default prior: the shipped default for restore, else the one for reconstruct)."""
+restore a 2D image or a 3D volume (slice by slice along the last axis) with a classical baseline, a zero-shot
+diffusion method (default prior: the shipped default for restore, else the one for reconstruct) or a trained
+super-resolution network (sr3, unet: shipped sr3_ixi_4x / unet_sr_ixi_4x, 4x area averaging)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ def register(subparsers) -> None:
 
     by_task = "; ".join(f"{task}: {', '.join(METHODS[task])}" for task in TASKS)
     parser = subparsers.add_parser(
-        "restore", help="super-resolution, inpainting or denoising (classical baselines or zero-shot diffusion)",
+        "restore", help="super-resolution, inpainting or denoising (classical baselines, zero-shot diffusion, SR3)",
         description="Restore an image (.nii.gz, .npy or .png; 2D, or 3D slice by slice along the last axis). "
                     "super-resolution: the input is the low-resolution image and the output has --scale times its "
                     "size in-plane (NIfTI: in-plane spacing divided by the scale); the degradation model is area "
@@ -34,10 +35,12 @@ def register(subparsers) -> None:
     parser.add_argument("--sigma", type=float, help="denoising: noise sd in the input's intensity units")
     parser.add_argument("--noise", choices=NOISES, default="gaussian", help="denoising: noise model (default gaussian)")
     parser.add_argument("--lam", type=float, help="tv: regularisation weight (default per task)")
-    parser.add_argument("--samples", type=int, help="zero-shot methods: posterior samples K (default per method)")
-    parser.add_argument("--steps", type=int, help="zero-shot methods: sampler steps (default per method)")
-    parser.add_argument("--checkpoint", help="prior checkpoint: directory, run directory or shipped name (default: "
-                                             "the shipped prior for restore, else for reconstruct)")
+    parser.add_argument("--samples", type=int, help="zero-shot methods and sr3: posterior samples K (default per "
+                                                    "method)")
+    parser.add_argument("--steps", type=int, help="zero-shot methods and sr3: sampler steps (default per method)")
+    parser.add_argument("--checkpoint", help="prior checkpoint (zero-shot methods) or trained network (sr3, unet): "
+                                             "directory, run directory or shipped name (default: the shipped prior "
+                                             "for restore, else for reconstruct; sr3_ixi_4x; unet_sr_ixi_4x)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0; slice z of a volume uses "
                                                             "seed + z)")
     parser.add_argument("--out", required=True, help="output image (.npy, .nii.gz or .nii)")

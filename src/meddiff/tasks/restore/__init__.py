@@ -11,22 +11,27 @@ The prior: ``--checkpoint`` or the shipped default for ``restore``, falling back
 (``default_prior``); it is loaded by ``meddiff.tasks.prior.load_prior`` (an unconditional one-channel image prior).
 Its images are whole axial slices scaled by ``meddiff.data.magnitude_scale`` (99.5th percentile of the pixels above
 10 % of the max -> 1, zero -> -1 in model space); restoration inputs are scaled the same way (``methods``).
-Planned (issue 22, later increment): SR3 and CDM (conditional networks trained on pairs) and a supervised UNet.
+Trained super-resolution (``learned``): SR3 (a conditional diffusion model on the bicubic upsampling, DDIM, K samples
+-> mean and std) and the supervised UNet baseline, on the pairs of ``meddiff.data.superres`` (shipped: sr3_ixi_4x,
+unet_sr_ixi_4x; trained by scripts/train_sr.py for the same wall time).
 """
 
 from meddiff.tasks.restore.baselines import BASELINES, TV_WEIGHTS, baseline, biharmonic, tv_restore, upsample
 from meddiff.tasks.restore.evaluation import scores
+from meddiff.tasks.restore.learned import (DEFAULT_MODELS, LEARNED, LEARNED_DEFAULTS, SRModel, load_sr_model,
+                                           solve_learned, untrained_sr3)
 from meddiff.tasks.restore.methods import SOLVER_DEFAULTS, SOLVERS, ZERO_SHOT, ModelSpace, repaint_schedule, solve
-from meddiff.tasks.restore.pipeline import (ALL_METHODS, METHODS, Restoration, default_prior, restore, restore_file,
-                                            restore_prior, scaled_affine)
+from meddiff.tasks.restore.pipeline import (ALL_METHODS, METHODS, SAMPLING, Restoration, default_prior, restore,
+                                            restore_file, restore_prior, scaled_affine)
 from meddiff.tasks.restore.problems import (KERNELS, NOISES, TASKS, GaussianDownsampling, Identity, Problem, add_noise,
                                             box_mask, degradation_operator, degrade_sr, estimate_sigma, make_problem,
                                             stroke_mask)
 
 __all__ = [
-    "ALL_METHODS", "BASELINES", "KERNELS", "METHODS", "NOISES", "SOLVERS", "SOLVER_DEFAULTS", "TASKS", "TV_WEIGHTS",
-    "ZERO_SHOT", "GaussianDownsampling", "Identity", "ModelSpace", "Problem", "Restoration", "add_noise", "baseline",
-    "biharmonic", "box_mask", "default_prior", "degradation_operator", "degrade_sr", "estimate_sigma", "make_problem",
+    "ALL_METHODS", "BASELINES", "DEFAULT_MODELS", "KERNELS", "LEARNED", "LEARNED_DEFAULTS", "METHODS", "NOISES",
+    "SAMPLING", "SOLVERS", "SOLVER_DEFAULTS", "SRModel", "TASKS", "TV_WEIGHTS", "ZERO_SHOT", "load_sr_model",
+    "solve_learned", "untrained_sr3", "GaussianDownsampling", "Identity", "ModelSpace", "Problem", "Restoration",
+    "add_noise", "baseline", "biharmonic", "box_mask", "default_prior", "degradation_operator", "degrade_sr", "estimate_sigma", "make_problem",
     "repaint_schedule", "restore", "restore_file", "restore_prior", "scaled_affine", "scores", "solve", "stroke_mask",
     "tv_restore", "upsample",
 ]

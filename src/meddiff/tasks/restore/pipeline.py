@@ -14,10 +14,13 @@ from meddiff.errors import MeddiffError, check_choice
 from meddiff.tasks.prior import Prior, load_prior
 from meddiff.tasks.prior import default_prior as shared_default_prior
 from meddiff.tasks.restore.baselines import BASELINES, baseline
+from meddiff.tasks.restore.learned import LEARNED, SRModel, load_sr_model, solve_learned
 from meddiff.tasks.restore.methods import ZERO_SHOT, solve
 from meddiff.tasks.restore.problems import TASKS, check_mask, make_problem
 
-METHODS = {task: BASELINES[task] + ZERO_SHOT[task] for task in TASKS}
+METHODS = {task: BASELINES[task] + ZERO_SHOT[task] + LEARNED[task] for task in TASKS}
+# methods that draw samples (an uncertainty map): the zero-shot solvers and SR3
+SAMPLING = {task: ZERO_SHOT[task] + tuple(m for m in LEARNED[task] if m == "sr3") for task in TASKS}
 ALL_METHODS = tuple(dict.fromkeys(m for task in TASKS for m in METHODS[task]))
 OUTPUT_SUFFIXES = (".npy", ".nii.gz", ".nii")
 
@@ -55,12 +58,14 @@ def check_method(task: str, method: str) -> None:
 def restore(image, task: str, method: str, *, scale: int | None = None, kernel: str = "area", mask=None,
             sigma: float | None = None, noise: str = "gaussian", samples: int | None = None,
             steps: int | None = None, seed: int = 0, checkpoint: str | Path | None = None,
-            prior: Prior | None = None, **params) -> Restoration:
+            prior: Prior | None = None, model: SRModel | None = None, **params) -> Restoration:
     """Restore ``image`` (2D (H, W), or 3D (H, W, D) slice by slice): super-resolution (the low-resolution input ->
     ``scale`` x its in-plane size; ``kernel`` "area" = the mean over scale x scale blocks by default), inpainting
     (``mask``: 1 = missing, (H, W) or the image's shape) or denoising (``sigma``: noise sd in the image's units,
     estimated when None; ``noise`` "gaussian" or "rician"). ``params``: method parameters (``lam`` for tv; steps,
-    eta, zeta, start, jump, resample for the zero-shot solvers, ``methods.SOLVER_DEFAULTS``)."""
+    eta, zeta, start, jump, resample for the zero-shot solvers, ``methods.SOLVER_DEFAULTS``; eta for sr3).
+    ``checkpoint``: the prior of the zero-shot solvers, or the trained network of sr3 / unet (``learned``; ``model``
+    passes one already loaded)."""
     check_method(task, method)
     image = np.asarray(image)
     if image.ndim not in (2, 3):
@@ -83,6 +88,8 @@ def restore(image, task: str, method: str, *, scale: int | None = None, kernel: 
             check_mask(m, image.shape)  # raises, naming both shapes
     if method in ZERO_SHOT[task] and prior is None:
         prior = restore_prior(checkpoint)
+    if method in LEARNED[task] and model is None:
+        model = load_sr_model(method, checkpoint)
     start = time.perf_counter()
     outs, stds, nfe, settings = [], [], 0, {}
     for z in range(volume.shape[-1]):
@@ -92,10 +99,15 @@ def restore(image, task: str, method: str, *, scale: int | None = None, kernel: 
             outs.append(baseline(method, problem, **params))
             settings = {"lam": params.get("lam")} if method == "tv" else {}
             continue
-        images, nfe, settings = solve(method, problem, prior, steps=steps, samples=samples, seed=seed + z,
-                                      **params)
+        if method in LEARNED[task]:
+            images, nfe, settings = solve_learned(method, problem, model, steps=steps, samples=samples,
+                                                  seed=seed + z, **params)
+        else:
+            images, nfe, settings = solve(method, problem, prior, steps=steps, samples=samples, seed=seed + z,
+                                          **params)
         outs.append(images.mean(0))
-        stds.append(images.std(0, unbiased=False) if len(images) > 1 else torch.zeros_like(images[0]))
+        if method in SAMPLING[task]:
+            stds.append(images.std(0, unbiased=False) if len(images) > 1 else torch.zeros_like(images[0]))
     out = torch.stack(outs, -1).numpy().astype(np.float32)
     std = torch.stack(stds, -1).numpy().astype(np.float32) if stds else None
     if image.ndim == 2:
@@ -147,8 +159,8 @@ def restore_file(input_path: str | Path, out: str | Path, task: str, method: str
     _check_output(out, "--out")
     if std_out is not None:
         _check_output(std_out, "--std-out")
-        if method not in ZERO_SHOT[task]:
-            raise MeddiffError(f"--std-out needs a zero-shot diffusion method ({', '.join(ZERO_SHOT[task])}); "
+        if method not in SAMPLING[task]:
+            raise MeddiffError(f"--std-out needs a sampling method ({', '.join(SAMPLING[task])}); "
                                f"{method!r} gives a single image")
     image, meta = read_input(input_path)
     mask = None if mask_path is None else read_input(mask_path, "--mask")[0]
