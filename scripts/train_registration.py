@@ -3,7 +3,7 @@ mean squared gradient of the field), on random pairs of IXI DLMUSE train subject
 on the half-resolution grid of the velocity field (the labels are used only to report the Dice of a few val pairs while training, never in the loss).
 
 Data: each subject is reoriented to RAS (90 x 120 x 120 at 2 mm) and affinely registered to one template (the first
-train subject) with ``meddiff.tasks.register.affine``; the aligned volumes are cached (``--cache``). At test time
+train subject) with ``meddiff.tasks.register.affine`` (similarity over the top 150 mm of the head); the aligned volumes are cached (``--cache``). At test time
 (``meddiff register --method voxelmorph``) the moving volume is instead aligned pairwise to the fixed one.
 
     nice -n 5 env OMP_NUM_THREADS=1 .venv/bin/python scripts/train_registration.py --subjects 150 --minutes 40 \\
@@ -30,8 +30,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from meddiff.tasks.register import (VelocityNet, VoxelMorphConfig, apply_matrix, pad_to_multiple,  # noqa: E402
-                                    register_affine, registration_loss, save_voxelmorph, scale_intensity, warp,
+from meddiff.tasks.register import (VelocityNet, VoxelMorphConfig, apply_matrix, head_top_mask,  # noqa: E402
+                                    pad_to_multiple, register_affine, registration_loss, save_voxelmorph, scale_intensity, warp,
                                     warp_pair)
 from meddiff.tasks.segment import NUM_CLASSES, dice_per_class, load_labelled, load_split  # noqa: E402
 
@@ -46,11 +46,12 @@ def prepare_cache(data: str, split: str, subjects: int, val_subjects: int, path:
     names = parts["train"][:subjects] + parts["val"][:val_subjects]
     template = load_labelled(data, names[0])
     fixed = scale_intensity(template.image)
+    mask = head_top_mask(template.image, np.diag(list(template.spacing) + [1.0]))  # as meddiff register does
     images, labels = [], []
     start = time.time()
     for i, name in enumerate(names):
         s = template if i == 0 else load_labelled(data, name)
-        m = np.eye(4) if i == 0 else register_affine(s.image, template.image)
+        m = np.eye(4) if i == 0 else register_affine(s.image, template.image, mask=mask)
         images.append(apply_matrix(scale_intensity(s.image), m, fixed.shape).astype(np.float16))
         labels.append(apply_matrix(s.labels, m, fixed.shape, mode="nearest").round().astype(np.uint8))
         print(f"aligned {i + 1}/{len(names)} {name} ({time.time() - start:.0f} s)", flush=True)

@@ -9,8 +9,8 @@ folding, seconds), ``pipeline`` (``register_arrays`` / ``register_file`` behind 
 DiffuseMorph and DDM (temporal interpolation) are not implemented yet.
 """
 
-from meddiff.tasks.register.affine import (AffineSettings, apply_matrix, centre_of_mass, register_affine,
-                                           scale_intensity, world_matrix)
+from meddiff.tasks.register.affine import (AffineSettings, apply_matrix, centre_of_mass, head_top_mask,
+                                           register_affine, scale_intensity, world_matrix)
 from meddiff.tasks.register.classical import DemonsSettings, demons
 from meddiff.tasks.register.evaluate import pair_scores, summarise
 from meddiff.tasks.register.fields import (affine_coords, folding_percent, identity_grid, integrate_velocity,
@@ -23,7 +23,7 @@ from meddiff.tasks.register.pipeline import METHODS, Registration, from_ras, reg
 __all__ = [
     "DEFAULT_CHECKPOINT", "METHODS", "AffineSettings", "DemonsSettings", "LoadedRegistration", "Registration",
     "VelocityNet", "VoxelMorphConfig", "affine_coords", "apply_matrix", "centre_of_mass", "demons", "folding_percent",
-    "from_ras", "identity_grid", "integrate_velocity", "jacobian_determinant", "load_voxelmorph", "pad_to_multiple",
-    "pair_scores", "predict_ddf", "register_affine", "register_arrays", "register_file", "registration_loss",
+    "from_ras", "head_top_mask", "identity_grid", "integrate_velocity", "jacobian_determinant", "load_voxelmorph",
+    "pad_to_multiple", "pair_scores", "predict_ddf", "register_affine", "register_arrays", "register_file", "registration_loss",
     "sample", "save_voxelmorph", "scale_intensity", "summarise", "to_ras", "warp", "warp_pair", "world_matrix",
 ]

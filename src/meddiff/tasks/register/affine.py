@@ -23,7 +23,9 @@ SIMILARITIES = ("ncc", "mse")
 @dataclass(frozen=True)
 class AffineSettings:
     """Coarse-to-fine schedule: block-average ``factors`` (coarse first), at most ``iterations`` Adam steps of ``lr``
-    per level; a level stops early when the loss has not dropped by ``tolerance`` (relative) in ``patience`` steps."""
+    per level; a level stops early when the loss has not dropped by ``tolerance`` (relative) in ``patience`` steps.
+    ``head_extent_mm``: ``meddiff register`` measures the similarity only within this distance below the top of the
+    fixed head (``head_top_mask``; on 5 val pairs mean Dice 0.578 everywhere, 0.617 at 150 mm, 0.620 at 130 mm)."""
 
     similarity: str = "ncc"
     factors: tuple[int, ...] = (4, 2)
@@ -31,6 +33,7 @@ class AffineSettings:
     lr: float = 0.01
     patience: int = 20
     tolerance: float = 1e-4
+    head_extent_mm: float | None = 150.0  # pipeline: similarity over the top 150 mm of the head (None: everywhere)
 
     def __post_init__(self):
         if self.similarity not in SIMILARITIES:
@@ -69,6 +72,21 @@ def centre_of_mass(volume: np.ndarray) -> np.ndarray:
     return np.array([(g * w).sum() / total for g in grids])
 
 
+def head_top_mask(volume: np.ndarray, affine: np.ndarray, extent_mm: float = 150.0,
+                  threshold: float = 0.1) -> np.ndarray:
+    """Voxels of a head volume within ``extent_mm`` below the top of the head (world S axis), as FSL's ``robustfov``
+    does, so that the neck and shoulders (whose pose varies between scans) do not drive a brain registration. The top
+    is the highest voxel above ``threshold`` x the 99.5th percentile."""
+    v = scale_intensity(volume)
+    head = v > threshold
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in v.shape], indexing="ij"), 0).reshape(v.ndim, -1)
+    a = np.asarray(affine, dtype=np.float64)
+    z = (a[2, :v.ndim] @ grid + a[2, 3]).reshape(v.shape)  # world S (mm)
+    if not head.any():
+        return np.ones(v.shape, dtype=bool)
+    return z >= z[head].max() - extent_mm
+
+
 def _pool(x: torch.Tensor, f: int) -> torch.Tensor:
     if f == 1:
         return x
@@ -76,7 +94,9 @@ def _pool(x: torch.Tensor, f: int) -> torch.Tensor:
     return pool(x, f, ceil_mode=True)
 
 
-def _similarity(a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Tensor:
+def _similarity(a: torch.Tensor, b: torch.Tensor, kind: str, mask: torch.Tensor | None = None) -> torch.Tensor:
+    if mask is not None:
+        a, b = a[mask], b[mask]
     if kind == "mse":
         return ((a - b) ** 2).mean()
     a, b = a - a.mean(), b - b.mean()
@@ -84,7 +104,7 @@ def _similarity(a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def register_affine(moving: np.ndarray, fixed: np.ndarray, init: np.ndarray | None = None,
-                    settings: AffineSettings | None = None) -> np.ndarray:
+                    settings: AffineSettings | None = None, mask: np.ndarray | None = None) -> np.ndarray:
     """The (N+1) x (N+1) fixed-voxel -> moving-voxel matrix that best aligns ``moving`` to ``fixed`` (arrays of the
     same dimensionality N = 2 or 3, any shapes). ``init`` (default identity) is the starting map, e.g. the world
     alignment of ``world_matrix``; a centre-of-mass translation is added to it first.
@@ -114,8 +134,10 @@ def register_affine(moving: np.ndarray, fixed: np.ndarray, init: np.ndarray | No
         inner = torch.cat([torch.cat([B, (c_t - B @ c_t + s * t)[:, None]], 1), inner[n:]], 0)
         return init_t @ inner
 
+    mask_t = None if mask is None else torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
     for f, iters in zip(settings.factors, settings.iterations):
         fix_l, mov_l = _pool(ft, f), _pool(mt, f)
+        mask_l = None if mask_t is None else _pool(mask_t, f) > 0.5
         # level voxel p_l <-> full voxel f p_l + (f-1)/2, on both grids
         up = np.eye(n + 1)
         up[:n, :n] *= f
@@ -129,10 +151,10 @@ def register_affine(moving: np.ndarray, fixed: np.ndarray, init: np.ndarray | No
             opt.zero_grad()
             m = down_t @ matrix() @ up_t
             coords = (m @ flat)[:n].reshape((1, n) + tuple(fix_l.shape[2:]))
-            loss = _similarity(sample(mov_l, coords.float()), fix_l, settings.similarity)
+            loss = _similarity(sample(mov_l, coords.float()), fix_l, settings.similarity, mask_l)
             loss.backward()
             opt.step()
-            history.append(float(loss))
+            history.append(loss.item())
             if len(history) > settings.patience and history[-settings.patience - 1] - min(
                     history[-settings.patience:]) < settings.tolerance * abs(history[-settings.patience - 1]):
                 break  # converged: no relative gain over the last `patience` steps

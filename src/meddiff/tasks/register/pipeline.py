@@ -1,7 +1,8 @@
 """Pairwise registration behind ``meddiff register``: any moving grid onto the fixed grid, one interpolation.
 
 Steps: the fixed volume is reoriented to RAS (a permutation of axes, no interpolation); the moving one is placed by
-the two NIfTI affines (world alignment), then aligned affinely (``affine``); ``classical`` (demons) or ``voxelmorph``
+the two NIfTI affines (world alignment), then aligned affinely (``affine``; the similarity over the top 150 mm of the fixed head, as FSL's
+robustfov, so that the pose of the neck does not drive it); ``classical`` (demons) or ``voxelmorph``
 add a deformable field ``u`` on the fixed grid. The moving image (and its labels, nearest neighbour) is sampled once
 at ``M @ [p + u(p), 1]`` and everything is put back on the fixed grid's own axis order, written with its affine.
 The field written with ``--field-out`` is the world displacement (mm, RAS world axes, (X, Y, Z, 3)): the world
@@ -19,7 +20,8 @@ import numpy as np
 import torch
 
 from meddiff.errors import MeddiffError
-from meddiff.tasks.register.affine import AffineSettings, apply_matrix, register_affine, scale_intensity, world_matrix
+from meddiff.tasks.register.affine import (AffineSettings, apply_matrix, head_top_mask, register_affine,
+                                           scale_intensity, world_matrix)
 from meddiff.tasks.register.fields import folding_percent, identity_grid, sample
 
 METHODS = ("affine", "classical", "voxelmorph")
@@ -105,7 +107,10 @@ def register_arrays(moving: np.ndarray, moving_affine: np.ndarray, fixed: np.nda
     start = time.perf_counter()
     fixed_ras, fixed_ras_affine = to_ras(fixed, np.asarray(fixed_affine, dtype=np.float64))
     init = world_matrix(moving_affine, fixed_ras_affine)
-    matrix = register_affine(moving, fixed_ras, init, affine_settings)
+    affine_settings = affine_settings or AffineSettings()
+    mask = None if affine_settings.head_extent_mm is None else head_top_mask(fixed_ras, fixed_ras_affine,
+                                                                              affine_settings.head_extent_mm)
+    matrix = register_affine(moving, fixed_ras, init, affine_settings, mask=mask)
     shape = fixed_ras.shape
     ddf = np.zeros((3,) + shape, dtype=np.float32)
     if method != "affine":
