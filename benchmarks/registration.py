@@ -70,7 +70,8 @@ def markdown(summary: dict, pairs: list, targets: dict) -> str:
              "Jacobian <= 0, seconds per pair on one CPU thread.", "",
              "| method | mean Dice | Dice std | mean HD95 (mm) | folding % | s / pair |", "|---|---|---|---|---|---|"]
     for method, s in summary.items():
-        lines.append(f"| {method} | {s['mean_dice']:.3f} | {s['dice_std']:.3f} | {s.get('mean_hd95', float('nan')):.2f} "
+        hd95 = s.get("mean_hd95", float("nan"))
+        lines.append(f"| {method} | {s['mean_dice']:.3f} | {s['dice_std']:.3f} | {hd95:.2f} "
                      f"| {s['folding_percent']:.3f} | {s['seconds']:.2f} |")
     if targets:
         lines += ["", "Targets (issue 26, stated for DiffuseMorph; here for the VoxelMorph-style model): " +

@@ -1,9 +1,11 @@
 """Train the shipped VoxelMorph-style registration model (issue 26) in one command: unsupervised (local NCC + the
-mean squared gradient of the field), on random pairs of IXI DLMUSE train subjects of configs/splits/ixi_t1_2mm_dlmuse.json
-on the half-resolution grid of the velocity field (the labels are used only to report the Dice of a few val pairs while training, never in the loss).
+mean squared gradient of the field, both on the half-resolution grid of the velocity field), on random pairs of IXI
+DLMUSE train subjects of configs/splits/ixi_t1_2mm_dlmuse.json (the labels are used only to report the Dice of a few
+val pairs while training, never in the loss).
 
 Data: each subject is reoriented to RAS (90 x 120 x 120 at 2 mm) and affinely registered to one template (the first
-train subject) with ``meddiff.tasks.register.affine`` (similarity over the top 150 mm of the head); the aligned volumes are cached (``--cache``). At test time
+train subject) with ``meddiff.tasks.register.affine`` (similarity over the top 150 mm of the head); the aligned
+volumes are cached (``--cache``). At test time
 (``meddiff register --method voxelmorph``) the moving volume is instead aligned pairwise to the fixed one.
 
     nice -n 5 env OMP_NUM_THREADS=1 .venv/bin/python scripts/train_registration.py --subjects 150 --minutes 40 \\
@@ -31,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from meddiff.tasks.register import (VelocityNet, VoxelMorphConfig, apply_matrix, head_top_mask,  # noqa: E402
-                                    pad_to_multiple, register_affine, registration_loss, save_voxelmorph, scale_intensity, warp,
-                                    warp_pair)
+                                    pad_to_multiple, register_affine, registration_loss, save_voxelmorph,
+                                    scale_intensity, warp, warp_pair)
 from meddiff.tasks.segment import NUM_CLASSES, dice_per_class, load_labelled, load_split  # noqa: E402
 
 DATA = "/work/shared/data/ixi_t1_2mm_dlmuse"

@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_CHECKPOINT", "METHODS", "AffineSettings", "DemonsSettings", "LoadedRegistration", "Registration",
     "VelocityNet", "VoxelMorphConfig", "affine_coords", "apply_matrix", "centre_of_mass", "demons", "folding_percent",
     "from_ras", "head_top_mask", "identity_grid", "integrate_velocity", "jacobian_determinant", "load_voxelmorph",
-    "pad_to_multiple", "pair_scores", "predict_ddf", "register_affine", "register_arrays", "register_file", "registration_loss",
-    "sample", "save_voxelmorph", "scale_intensity", "summarise", "to_ras", "warp", "warp_pair", "world_matrix",
+    "pad_to_multiple", "pair_scores", "predict_ddf", "register_affine", "register_arrays", "register_file",
+    "registration_loss", "sample", "save_voxelmorph", "scale_intensity", "summarise", "to_ras", "warp", "warp_pair",
+    "world_matrix",
 ]
