@@ -5,9 +5,9 @@ the two NIfTI affines (world alignment), then aligned affinely (``affine``; the 
 the fixed head, as FSL's robustfov, so that the pose of the neck does not drive it); ``classical`` (demons) or
 ``voxelmorph`` add a deformable field ``u`` on the fixed grid. The moving image (and its labels, nearest neighbour)
 is sampled once at ``M @ [p + u(p), 1]`` and everything is put back on the fixed grid's own axis order, written
-with its affine. The field written with ``--field-out`` is the world displacement (mm, RAS world axes, (X, Y, Z, 3)): the world
-position sampled in the moving image minus the fixed voxel's world position. Folding (Jacobian of p + u(p) <= 0) is
-measured on the deformable part and reported, never hidden.
+with its affine. The field written with ``--field-out`` is the world displacement (mm, RAS world axes, (X, Y, Z,
+3)): the world position sampled in the moving image minus the fixed voxel's world position. Folding (Jacobian of
+p + u(p) <= 0) is measured on the deformable part and reported, never hidden.
 """
 
 from __future__ import annotations
