@@ -17,6 +17,7 @@ def register(subparsers) -> None:
 
 def run_list(args: argparse.Namespace) -> int:
     import json
+    from pathlib import Path
 
     from meddiff.training.shipped import SHIPPED_DIR, list_shipped
 
@@ -39,4 +40,12 @@ def run_list(args: argparse.Namespace) -> int:
             print(f"\n{c['name']} classes (labels.json; id: name <- DLMUSE ids):")
             for k in c["labels"]:
                 print(f"  {k['id']}: {k['name']} <- {', '.join(map(str, k.get('dlmuse_ids', []))) or '-'}")
+    for c in cards:  # translation models: contrasts and the normalisation they expect (translation.json)
+        card_file = Path(c["path"]) / "translation.json"
+        if card_file.is_file():
+            t = json.loads(card_file.read_text())
+            n = t.get("normalisation", {})
+            print(f"\n{c['name']} contrasts: {' + '.join(t['source'])} -> {', '.join(t['targets'])} (meddiff translate); "
+                  f"axial slices at {t.get('spacing_mm')} mm, each volume's brain {n.get('lower')}/{n.get('upper')}th "
+                  "percentiles -> -1/1; outputs in the training subject's target units")
     return 0
