@@ -115,12 +115,9 @@ def translate_slices(translator: Translator, cond: torch.Tensor, mask: np.ndarra
     check_choice("--method", method, METHODS)
     targets = translator.targets
     settings = dict(DEFAULTS.get(method, {}))
-    if steps is not None:
-        settings["steps"] = steps
-    if samples is not None:
-        settings["samples"] = samples
-    if t0 is not None:
-        settings["t0"] = t0
+    for key, value in (("steps", steps), ("samples", samples), ("t0", t0)):
+        if value is not None and method in DIFFUSION and key in settings:
+            settings[key] = value
     for k in ("steps", "samples"):
         if k in settings and (isinstance(settings[k], bool) or not isinstance(settings[k], int) or settings[k] < 1):
             raise MeddiffError(f"--{k} {settings[k]!r} must be a positive integer")
