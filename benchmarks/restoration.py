@@ -12,12 +12,12 @@ Methods: every baseline, zero-shot method and trained network of the task (``res
 package is installed; sr3 and unet, the shipped 4x models of scripts/train_sr.py, only at the scale they were trained
 for, 4x: there is no 2x model), plus the control rows "<method>-untrained": the zero-shot methods and sr3 with the
 same network untrained (``mri.untrained_prior``, ``restore.untrained_sr3``), what the training adds.
-Scores (``restore.scores``): PSNR and SSIM over the whole image and the brain mask (data range: the slice max), PSNR in the hole for inpainting, seconds per slice, NFE per
-sample; and per setting and method a patch FID over all its test slices (``patch_fid``: 28 x 28 patches at stride 14
-of the restored and the true slices, v = 2 x - 1, embedded by the project's offline "random-cnn" features,
-``meddiff.metrics.features``; whole slices would be resized to the extractor's 28 x 28 input, which erases the detail
-super-resolution restores, and 9 slices are too few for a 128-d covariance). Restored images are kept in
-FILE.images/ for it.
+Scores (``restore.scores``): PSNR and SSIM over the whole image and the brain mask (data range: the slice max), PSNR
+in the hole for inpainting, seconds per slice, NFE per sample; and per setting and method a patch FID over all its
+test slices (``patch_fid``: 28 x 28 patches at stride 14 of the restored and the true slices, v = 2 x - 1, embedded by
+the project's offline "random-cnn" features, ``meddiff.metrics.features``; whole slices would be resized to the
+extractor's 28 x 28 input, which erases the detail super-resolution restores, and 9 slices are too few for a 128-d
+covariance). Restored images are kept in FILE.images/ for it.
 Weights: the TV weight is tuned per setting on slices of the VAL subjects (``--val-subjects``, the same slice rule)
 over ``TV_GRID`` (best mean whole-image PSNR), stored under "tuning" in the JSON and reused on resume; the test
 subjects are never used for tuning. The zero-shot solvers run at ``restore.SOLVER_DEFAULTS`` (not tuned yet).
@@ -221,7 +221,8 @@ def summary(result: dict) -> str:
 
     lines = [f"Restoration benchmark: prior {result['prior']}, {len(result['cases'])} test slice(s); mean ± std over "
              "slices (benchmarks/restoration.py).", "",
-             "| setting | method | PSNR | SSIM | PSNR brain | SSIM brain | PSNR hole | patch FID | s / slice | NFE x K |",
+             "| setting | method | PSNR | SSIM | PSNR brain | SSIM brain | PSNR hole | patch FID | s / slice "
+             "| NFE x K |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     fids = result.get("fid", {}).get("values", {})
     for (setting, method), rows in groups.items():

@@ -9,7 +9,9 @@ together so both get the same wall time on the same machine:
 Runs go to runs/sr3/<name>/ (``--resume`` continues exactly; the seconds of all sittings count towards
 ``--max-seconds``); at the end the model is shipped to src/meddiff/assets/checkpoints/<name>/ (SR3: fp16 EMA weights
 by ``export_checkpoint``; UNet: fp16 weights by ``save_regression``) with config, log, command and split.
-``--export-only`` ships the latest checkpoint of a run.
+``--export-only`` ships the latest checkpoint of a run. ``--tune-val N`` (no training) scores bicubic, the UNet and
+SR3 sampling variants (steps, eta, start) on N VAL subjects x 2 slices of the benchmark (never test subjects) from
+the run directories and writes runs/sr3/tune.json: how ``restore.LEARNED_DEFAULTS["sr3"]`` was chosen.
 """
 
 from __future__ import annotations
@@ -40,6 +42,48 @@ DESCRIPTIONS = {
             "regression baseline of SR3; meddiff restore --method unet",
 }
 TRAINED_ON = "IXI T1 2 mm axial slices, 150 train subjects (configs/splits/ixi_t1_2mm_dlmuse.json)"
+
+
+TUNE_VARIANTS = {
+    "bicubic": {}, "unet": {},
+    "sr3 s20 eta0": {"steps": 20, "eta": 0.0}, "sr3 s20 eta1": {"steps": 20, "eta": 1.0},
+    "sr3 s10 eta0": {"steps": 10, "eta": 0.0}, "sr3 s10 start0.5": {"steps": 10, "eta": 0.0, "start": 0.5},
+    "sr3-untrained s20": {"steps": 20},
+}
+
+
+def tune_val(subjects: int, out_dir: Path) -> dict:
+    """Mean PSNR / brain PSNR / SSIM of each ``TUNE_VARIANTS`` entry on VAL slices at 4x (benchmark slices)."""
+    import statistics
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import restoration as bench
+    from mri_ixi import split_subjects
+
+    from meddiff.tasks import restore as R
+
+    torch.set_num_threads(1)
+    cases = bench.load_slices(split_subjects("val", subjects), 2)
+    sr3 = R.load_sr_model("sr3", out_dir / NAMES["sr3"])
+    models = {"sr3": sr3, "sr3-untrained": R.untrained_sr3(sr3),
+              "unet": R.load_sr_model("unet", out_dir / NAMES["unet"])}
+    results = {}
+    for name, params in TUNE_VARIANTS.items():
+        label = name.split()[0]
+        method = label.replace("-untrained", "")
+        scores = []
+        for case in cases:
+            given = bench.degrade(case, "sr4")
+            kwargs = dict(params, model=models[label]) if label in models else dict(params)
+            out = R.restore(given["input"], "super-resolution", method, scale=4, **kwargs)
+            scores.append(R.scores(out.image, case["image"], case["brain"]))
+        results[name] = {k: statistics.mean(s[k] for s in scores) for k in ("psnr", "psnr_brain", "ssim")}
+        print(name, {k: round(v, 3) for k, v in results[name].items()}, flush=True)
+    write_text(out_dir / "tune.json", json.dumps({"cases": [[c["subject"], c["slice"]] for c in cases],
+                                                  "results": results}, indent=1))
+    return results
 
 
 class _TimeUp(Exception):
@@ -111,12 +155,18 @@ def model_card(kind: str, name: str, result: dict, config_path: str, command: st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, choices=sorted(CONFIGS))
+    parser.add_argument("--model", choices=sorted(CONFIGS), help="the model to train and ship")
+    parser.add_argument("--tune-val", type=int, metavar="N", help="only score sampling variants on N val subjects")
     parser.add_argument("--max-seconds", type=float, default=2400.0, help="training wall time, all sittings")
     parser.add_argument("--out-dir", default="runs/sr3")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--export-only", action="store_true")
     args = parser.parse_args(argv)
+    if args.tune_val:
+        tune_val(args.tune_val, Path(args.out_dir))
+        return 0
+    if args.model is None:
+        parser.error("--model is required (or --tune-val N)")
     name, config_path = NAMES[args.model], CONFIGS[args.model]
     run_dir = Path(args.out_dir) / name
     command = "OMP_NUM_THREADS=1 " + shlex.join([".venv/bin/python", "scripts/train_sr.py", *(argv or sys.argv[1:])])
