@@ -129,7 +129,20 @@ def unet_data_config(unet_config: dict) -> dict:
     return data
 
 
-def model_card(kind: str, name: str, result: dict, config_path: str, command: str) -> str:
+def val_table(out_dir: Path) -> str:
+    """The --tune-val results (VAL slices) as markdown, or "" when there are none."""
+    file = out_dir / "tune.json"
+    if not file.is_file():
+        return ""
+    tune = json.loads(file.read_text())
+    rows = "\n".join(f"| {k} | {v['psnr']:.2f} | {v['psnr_brain']:.2f} | {v['ssim']:.3f} |"
+                     for k, v in tune["results"].items())
+    return (f"\nVAL slices ({len(tune['cases'])}: {', '.join(f'{s} z={z}' for s, z in tune['cases'])}), 4x area "
+            "averaging, K = 4 samples for sr3 (`scripts/train_sr.py --tune-val 2`; test numbers: "
+            "benchmarks/README.md):\n\n| method | PSNR | PSNR brain | SSIM |\n|---|---|---|---|\n" + rows + "\n")
+
+
+def model_card(kind: str, name: str, result: dict, config_path: str, command: str, out_dir: Path) -> str:
     what = ("SR3 (Saharia et al. 2021): a conditional DiffusionModelUNet (v-prediction, 1000-step linear schedule, "
             "min-SNR-5 weighting) whose input is the noisy target concatenated with the bicubic upsampling of the "
             "4x area-averaged slice; the target is the residual 2 x (slice - bicubic) (SRDiff-style), so "
@@ -149,7 +162,12 @@ def model_card(kind: str, name: str, result: dict, config_path: str, command: st
   2-core machine (other jobs running), config `{config_path}` (copied as config.yaml), log.csv, command.txt.
 - Short training: a first model that shows the method, not a converged one; see benchmarks/README.md (restoration,
   SR3 rows) for how it compares with bicubic, TV and the other model.
-- Reproduce: `{command}`
+{val_table(out_dir)}
+- Reproduce (one line per sitting):
+
+```
+{command}
+```
 """
 
 
@@ -170,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     name, config_path = NAMES[args.model], CONFIGS[args.model]
     run_dir = Path(args.out_dir) / name
     command = "OMP_NUM_THREADS=1 " + shlex.join([".venv/bin/python", "scripts/train_sr.py", *(argv or sys.argv[1:])])
+    previous = SHIPPED_DIR / name / "command.txt"
+    if (args.resume or args.export_only) and previous.is_file():  # every sitting's command, in order
+        command = previous.read_text().strip() + ("" if args.export_only else "\n" + command)
     if args.model == "sr3":
         config = load_config(config_path)
         config["run"].update({"name": name, "out_dir": args.out_dir, "progress": False})
@@ -202,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy2(data["split_file"], shipped / "split.json")
         write_text(shipped / "command.txt", command + "\n")
     result.setdefault("seconds", 0.0)
-    write_text(shipped / "README.md", model_card(args.model, name, result, config_path, command))
+    write_text(shipped / "README.md", model_card(args.model, name, result, config_path, command,
+                                                         Path(args.out_dir)))
     print(f"shipped {name} -> {shipped}: {result}")
     return 0
 
