@@ -69,7 +69,7 @@ def table(rows: list[dict]) -> str:
         cnr = f"{r['cnr_synthetic']:.2f} ({r['cnr_real']:.2f})" if "cnr_real" in r else "-"
         fid = f"{r['fid']:.3f}" if "fid" in r else "-"
         lines.append(f"| {r['subject']} | {r['target']} | {r['label']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {fid} | "
-                     f"{cnr} | {r['nfe_per_slice']} | {r['seconds_per_slice']:.2f} |")
+                     f"{cnr} | {r['nfe_per_slice']} | {r['seconds_per_slice']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

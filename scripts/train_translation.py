@@ -108,10 +108,10 @@ def export(name: str, palette_dir: Path, unet_dir: Path, command: str) -> Path:
         (final / "unet").mkdir(exist_ok=True)
         for f in unet.iterdir():
             (final / "unet" / f.name).write_bytes(f.read_bytes())
-        if (unet_dir / "log.csv").is_file():  # every 10th step (and the last): the per-step log is 0.2 MB
+        if (unet_dir / "log.csv").is_file():  # every 50th step (and the last): the per-step log is 0.2 MB
             lines = (unet_dir / "log.csv").read_text().splitlines()
-            kept = [lines[0]] + [r for r in lines[1:] if int(r.split(",")[0]) % 10 == 0] + \
-                ([lines[-1]] if int(lines[-1].split(",")[0]) % 10 else [])
+            kept = [lines[0]] + [r for r in lines[1:] if int(r.split(",")[0]) % 50 == 0] + \
+                ([lines[-1]] if int(lines[-1].split(",")[0]) % 50 else [])
             (final / "unet" / "log.csv").write_text("\n".join(kept) + "\n")
     return final
 

@@ -22,7 +22,7 @@ from meddiff.diffusion.samplers import initial_noise
 from meddiff.diffusion.timesteps import start_grid
 from meddiff.errors import MeddiffError
 
-QUANTILES = 1001  # training-histogram resolution stored in translation.json (0, 0.1, ..., 100 %)
+QUANTILES = 257  # training-histogram resolution stored in translation.json (0 .. 100 % in steps of 1/256)
 
 
 def quantiles(values: np.ndarray, n: int = QUANTILES) -> list[float]:
@@ -30,7 +30,7 @@ def quantiles(values: np.ndarray, n: int = QUANTILES) -> list[float]:
     v = np.asarray(values, dtype=np.float64).ravel()
     if v.size == 0:
         raise MeddiffError("quantiles: no values")
-    return [float(q) for q in np.quantile(v, np.linspace(0.0, 1.0, n))]
+    return [round(float(q), 5) for q in np.quantile(v, np.linspace(0.0, 1.0, n))]
 
 
 def histogram_match(source: np.ndarray, mask: np.ndarray, target_quantiles) -> np.ndarray:
