@@ -90,7 +90,7 @@ def train_federated(config: dict, strategy: str, mu: float, args, site_specs: Pa
     config["federated"] = {"strategy": strategy, "proximal_mu": mu, **(server or {}), "rounds": args.rounds,
                            "local_steps": args.local_steps, "min_clients": 3, "wait_clients": 3,
                            "wait_timeout_s": 600, "round_timeout_s": 3600, "connect_timeout_s": 600}
-    path = run_dir.with_suffix(".yaml")
+    path = run_dir.parent / f"{run_dir.name}.yaml"  # not with_suffix: "..._m0.9" has a dot
     run_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     sites = run_dir / "sites"

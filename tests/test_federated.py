@@ -127,9 +127,12 @@ def test_fedprox_step_pulls_towards_the_global_weights(tmp_path):
     assert dist(moved_prox) < 0.2 * dist(moved_free)
 
 
-def test_simulate_two_sites_two_rounds(tmp_path):
-    """The default-run federated test: server + 2 clients as processes on 127.0.0.1, 2 rounds."""
-    path, config = tiny(tmp_path, local_steps=3)
+@pytest.mark.parametrize("strategy", ["fedavg", "fedavgm"])
+def test_simulate_two_sites_two_rounds(tmp_path, strategy):
+    """The default-run federated test: server + 2 clients as processes on 127.0.0.1, 2 rounds (FedAvgM: its
+    server step needs the first global model, which Flower takes from a client on a fresh run)."""
+    options = {"server_momentum": 0.5} if strategy == "fedavgm" else {}
+    path, config = tiny(tmp_path, local_steps=3, strategy=strategy, **options)
     training, fed = split_config(config)
     run_dir = tmp_path / "run"
     result = simulate(path, training, fed, 2, run_dir, timeout_s=240)

@@ -44,6 +44,9 @@ def _strategy_class(name: str):
             if not client_manager.wait_for(fed["min_clients"], timeout=int(fed["wait_timeout_s"])):
                 raise MeddiffError(f"round {self.run.offset + server_round}: fewer than federated.min_clients="
                                    f"{fed['min_clients']} sites connected within {fed['wait_timeout_s']} s")
+            if name == "fedavgm" and self.initial_parameters is None:
+                # FedAvgM steps from the previous global model; on a fresh run Flower took it from a client
+                self.initial_parameters = parameters
             pairs = super().configure_fit(server_round, parameters, client_manager)
             clients = list(client_manager.all().values())  # every connected site trains
             fit_ins = pairs[0][1]
