@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     line = (f"wrote {written[0]}: {'+'.join(s['source'])} -> {s['target']} by {s['method']}, "
             f"{'x'.join(map(str, result.image.shape))} in {result.seconds:.1f} s")
     if result.nfe:
-        line += f", {result.nfe} network evaluations x {s['samples']} samples per slice"
+        line += f", {result.nfe} network evaluation(s) x {s.get('samples', 1)} sample(s) per slice"
     if args.std_out:
         line += f"; std -> {written[1]}"
     print(line)

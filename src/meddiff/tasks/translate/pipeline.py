@@ -132,6 +132,7 @@ def translate_slices(translator: Translator, cond: torch.Tensor, mask: np.ndarra
             raise MeddiffError(f"--method unet: the checkpoint {translator.path} has no unet/ folder (the supervised "
                                "baseline); use a shipped translation model such as t1_to_t2_flair")
         mean = torch.cat([M.regression(translator.unet, cond[i:i + batch]) for i in range(0, len(cond), batch)])
+        nfe = 1
     elif method == "palette":
         parts = [M.palette(translator.net, translator.schedule, translator.prediction, cond[i:i + batch], len(targets),
                            steps=settings["steps"], samples=settings["samples"], seed=seed + i,
