@@ -90,6 +90,17 @@ def test_round_trip_keeps_grid_affine_and_units(checkpoint, t1, tmp_path, method
         assert s.shape == src.shape and (np.asarray(s.dataobj) >= 0).all()
 
 
+def test_sdedit_with_a_prior(checkpoint, t1, tmp_path):
+    from helpers import train_tiny_checkpoint
+
+    prior = train_tiny_checkpoint(tmp_path, steps=1)
+    out = tmp_path / "sd.nii.gz"
+    assert main(["translate", "--checkpoint", str(checkpoint), "--input", str(t1), "--method", "sdedit", "--prior",
+                 str(prior), "--steps", "3", "--samples", "2", "--t0", "0.3", "--out", str(out)]) == 0
+    img = nib.load(str(out))
+    assert img.shape == (20, 24, 4) and json.loads((tmp_path / "sd.json").read_text())["t0"] == 0.3
+
+
 def test_flair_target_uses_its_units(checkpoint, t1, tmp_path):
     out = tmp_path / "flair.nii.gz"
     assert main(["translate", "--checkpoint", str(checkpoint), "--input", str(t1), "--method", "histogram",

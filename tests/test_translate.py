@@ -76,7 +76,8 @@ def test_histogram_matching_agrees_with_scikit_image():
     template = g.normal(0.2, 0.3, 5000)
     out = M.histogram_match(src, mask, M.quantiles(template))
     ref = match_histograms(src[mask], template)
-    assert np.abs(out[mask] - ref).max() < 0.05  # 257 quantiles vs scikit-image's exact template CDF
+    diff = np.abs(out[mask] - ref)  # 257 quantiles vs scikit-image's exact template CDF: close except in the tails
+    assert np.quantile(diff, 0.99) < 0.02 and diff.mean() < 0.005 and diff.max() < 0.15
     assert (out[~mask] == -1).all()
     # the matched histogram is the target's: its quantiles agree with the template's
     np.testing.assert_allclose(np.quantile(out[mask], [0.1, 0.5, 0.9]), np.quantile(template, [0.1, 0.5, 0.9]),

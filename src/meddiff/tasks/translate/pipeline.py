@@ -109,11 +109,14 @@ def check_contrasts(translator: Translator, target: str | None, sources: list[st
 
 
 def translate_slices(translator: Translator, cond: torch.Tensor, mask: np.ndarray, method: str, *, steps=None,
-                     samples=None, seed: int = 0, prior=None, t0: float | None = None, batch: int = 16):
+                     samples=None, seed: int = 0, prior=None, t0: float | None = None, batch: int = 16,
+                     targets: list[str] | None = None):
     """Model-space slices cond (B, S, H, W) and brain mask (B, H, W) -> (mean (B, T, H, W), std or None, NFE per
-    slice and sample, settings), every target of the checkpoint; air stays -1."""
+    slice and sample, settings) for ``targets`` (default: every target of the checkpoint), in that order; air -1.
+    SDEdit's ``prior`` is one target contrast's: give that one target."""
     check_choice("--method", method, METHODS)
-    targets = translator.targets
+    targets = list(targets or translator.targets)
+    pick = [translator.targets.index(c) for c in targets]
     settings = dict(DEFAULTS.get(method, {}))
     for key, value in (("steps", steps), ("samples", samples), ("t0", t0)):
         if value is not None and method in DIFFUSION and key in settings:
@@ -131,15 +134,16 @@ def translate_slices(translator: Translator, cond: torch.Tensor, mask: np.ndarra
         if translator.unet is None:
             raise MeddiffError(f"--method unet: the checkpoint {translator.path} has no unet/ folder (the supervised "
                                "baseline); use a shipped translation model such as t1_to_t2_flair")
-        mean = torch.cat([M.regression(translator.unet, cond[i:i + batch]) for i in range(0, len(cond), batch)])
+        mean = torch.cat([M.regression(translator.unet, cond[i:i + batch]) for i in range(0, len(cond), batch)])[:, pick]
         nfe = 1
     elif method == "palette":
-        parts = [M.palette(translator.net, translator.schedule, translator.prediction, cond[i:i + batch], len(targets),
+        parts = [M.palette(translator.net, translator.schedule, translator.prediction, cond[i:i + batch],
+                           len(translator.targets),
                            steps=settings["steps"], samples=settings["samples"], seed=seed + i,
                            multiple=translator.multiple) for i in range(0, len(cond), batch)]
-        mean, std = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        mean, std = torch.cat([p[0] for p in parts])[:, pick], torch.cat([p[1] for p in parts])[:, pick]
         nfe = parts[0][2]
-    else:  # sdedit: one unconditional prior per target contrast; the guide is the histogram-matched source
+    else:  # sdedit: ``prior`` is an unconditional prior of the target; the guide is the histogram-matched source
         if prior is None:
             raise MeddiffError("--method sdedit needs --prior: an unconditional one-channel prior of the target "
                                "contrast (none is shipped yet; train one with a one-channel synthesis config on "
@@ -222,8 +226,8 @@ def translate_volume(sources: list[np.ndarray], affine: np.ndarray, translator: 
     cond = torch.from_numpy(np.stack([np.moveaxis(y[..., keep], -1, 0) for y in model_space], 1))
     mask_slices = np.moveaxis(mask_small[..., keep], -1, 0)
     mean, std, nfe, settings = translate_slices(translator, cond, mask_slices, method, steps=steps, samples=samples,
-                                                seed=seed, prior=prior, t0=t0)
-    ti = translator.targets.index(target)
+                                                seed=seed, prior=prior, t0=t0, targets=[target])
+    ti = 0
     out = np.full(mask_small.shape, -1.0, dtype=np.float32)
     out[..., keep] = np.moveaxis(mean[:, ti].numpy(), 0, -1)
     ref = translator.card["reference_stats"][target]
