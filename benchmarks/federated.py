@@ -73,11 +73,11 @@ def base_config(args) -> dict:
     }
 
 
-def train_alone(config: dict, data: dict, steps: int, run_dir: Path) -> float:
+def train_alone(config: dict, data: dict, steps: int, run_dir: Path, dataset=None) -> float:
     config = copy.deepcopy(config)
     config["data"], config["run"]["steps"] = data, steps
     start = time.perf_counter()
-    trainer = Trainer(config, run_dir=run_dir)
+    trainer = Trainer(config, dataset, run_dir=run_dir)
     if not (run_dir / "checkpoints").is_dir() or not any((run_dir / "checkpoints").iterdir()):
         trainer.fit()
     trainer.close()
@@ -142,6 +142,20 @@ def evaluate(checkpoint: Path, test: torch.Tensor, real_features: torch.Tensor, 
     return out
 
 
+def scanner(dataset, index: int, gammas: list[float] | None) -> torch.Tensor:
+    """A held-out slice as its subject's "scanner" shows it: subjects dealt round-robin (sorted) to the site gammas,
+    the same min-max gamma map as the sites' training slices (MONAI AdjustContrast)."""
+    image = dataset[index]["image"]
+    if gammas is None:
+        return image
+    from monai.transforms import AdjustContrast
+
+    subjects = sorted({s for s, _ in dataset.index})
+    gamma = gammas[subjects.index(dataset.index[index][0]) % len(gammas)]
+    out = AdjustContrast(gamma=gamma)(image)
+    return (out.as_tensor() if hasattr(out, "as_tensor") else out).float()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="results JSON")
@@ -165,6 +179,9 @@ def main(argv=None) -> int:
     parser.add_argument("--fid-samples", type=int, default=128)
     parser.add_argument("--test-slices", type=int, default=512, help="held-out slices evaluated (a seeded subset)")
     parser.add_argument("--arms", default="central,fedavg,fedprox,fedavgm,sites", help="which arms to run")
+    parser.add_argument("--site-gammas", help="scanner shift: a fixed intensity gamma per site, comma list (e.g. "
+                        "0.6,1,1.6), applied to its training slices; the val/test subjects are dealt round-robin to "
+                        "the same gammas, and the centralised arm trains on the union of the sites' shifted slices")
     args = parser.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -175,10 +192,17 @@ def main(argv=None) -> int:
     specs = write_site_specs(config["data"], work / "site_specs", len(weights), weights=weights, names=names) \
         if not (work / "site_specs").is_dir() else {n: work / "site_specs" / n / "data.yaml" for n in names}
     site_data = {n: yaml.safe_load(p.read_text())["data"] for n, p in specs.items()}
+    gammas = [float(g) for g in args.site_gammas.split(",")] if args.site_gammas else None
+    if gammas is not None:
+        if len(gammas) != len(names):
+            raise SystemExit(f"--site-gammas has {len(gammas)} values for {len(names)} sites")
+        for (n, p), g in zip(specs.items(), gammas):  # the site's "scanner": every slice it trains on, gamma g
+            site_data[n]["augment"] = {"gamma_prob": 1.0, "gamma_range": [g, g]}
+            p.write_text(yaml.safe_dump({"data": site_data[n]}, sort_keys=False))
     steps = len(weights) * args.rounds * args.local_steps  # equal images seen: sites x rounds x local steps x batch
     test_set = build_dataset(config["data"], split="test")
     pick = torch.randperm(len(test_set), generator=torch.Generator().manual_seed(0))[: args.test_slices]
-    test = torch.stack([test_set[int(i)]["image"] for i in sorted(pick.tolist())])
+    test = torch.stack([scanner(test_set, int(i), gammas) for i in sorted(pick.tolist())])
     sizes = {n: {"subjects": len(json.loads((work / "site_specs" / n / "split.json").read_text())["train"]),
                  "slices": len(build_dataset(d, split="train"))} for n, d in site_data.items()}
     from meddiff.metrics.features import get_feature_extractor
@@ -189,7 +213,7 @@ def main(argv=None) -> int:
     if args.val_fraction > 0:
         val_set = build_dataset(config["data"], split="val")
         pick = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(1))[: args.test_slices]
-        val = torch.stack([val_set[int(i)]["image"] for i in sorted(pick.tolist())])
+        val = torch.stack([scanner(val_set, int(i), gammas) for i in sorted(pick.tolist())])
     results = {"config": {k: v for k, v in vars(args).items()}, "images_seen": steps * args.batch,
                "test_slices": len(test), "test_slices_total": len(test_set), "sites": sizes, "arms": {}}
     print(f"sites {sizes}; {len(test)} test slices; {steps} steps x {args.batch} images per arm", flush=True)
@@ -202,7 +226,10 @@ def main(argv=None) -> int:
 
     if "central" in arms:
         everyone = {**config["data"]}
-        record("centralised", work / "central", train_alone(config, everyone, steps, work / "central"))
+        union = None
+        if gammas is not None:  # every subject seen through its own site's scanner
+            union = torch.utils.data.ConcatDataset([build_dataset(d, split="train") for d in site_data.values()])
+        record("centralised", work / "central", train_alone(config, everyone, steps, work / "central", union))
     for strategy, mu in (("fedavg", 0.0), ("fedprox", args.mu)):
         if strategy in arms:
             wall, traffic = train_federated(config, strategy, mu, args, work / "site_specs", work / strategy)
