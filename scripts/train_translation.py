@@ -87,7 +87,7 @@ def export(name: str, palette_dir: Path, unet_dir: Path, command: str) -> Path:
     from meddiff.tasks.translate.pipeline import translation_card
     from meddiff.training import list_checkpoints
     from meddiff.training.regression import load_regression, save_regression
-    from meddiff.training.shipped import SHIPPED_DIR, export_checkpoint
+    from meddiff.training.shipped import export_checkpoint
 
     import torch
 
@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.export:
         command = "\n".join([
-            "nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python scripts/train_translation.py --method palette --minutes 40",
+            "nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python scripts/train_translation.py --method palette "
+            "--minutes 40",
             "nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python scripts/train_translation.py --method unet --minutes 40",
             shlex.join([".venv/bin/python", "scripts/train_translation.py", *(argv or sys.argv[1:])])])
         print(export(args.export, RUNS / "palette", RUNS / "unet", command))

@@ -23,7 +23,8 @@ def phantom(shape=(20, 24, 4), seed=0, noise=10.0):
     g = np.random.default_rng(seed)
     x, y, z = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
     inside = x**2 / 0.7 + y**2 / 0.7 < 1
-    return np.where(inside, 300 + 80 * np.sin(5 * x) + (g.normal(0, noise, shape) if noise else 0), 0).astype(np.float32)
+    texture = 300 + 80 * np.sin(5 * x) + (g.normal(0, noise, shape) if noise else 0)
+    return np.where(inside, texture, 0).astype(np.float32)
 
 
 @pytest.fixture(scope="module")

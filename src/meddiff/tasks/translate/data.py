@@ -223,7 +223,8 @@ class PairedSlices(torch.utils.data.Dataset):
     "cond_image": (S, H, W) source contrasts}, both in model space; indices >= N give the left-right mirrored
     slice (a deterministic flip augmentation, so an exact resume sees the same batches)."""
 
-    def __init__(self, subjects: Sequence[str], source: Sequence[str] = ("t1",), targets: Sequence[str] = ("t2", "flair"),
+    def __init__(self, subjects: Sequence[str], source: Sequence[str] = ("t1",),
+                 targets: Sequence[str] = ("t2", "flair"),
                  size: Sequence[int] = (96, 112), factor: int = 2, flip: bool = True) -> None:
         conds, images = [], []
         self.stats = {}

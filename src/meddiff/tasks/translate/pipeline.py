@@ -97,9 +97,9 @@ def check_contrasts(translator: Translator, target: str | None, sources: list[st
     ``sources`` against the checkpoint; ``MeddiffError`` names what it was trained for."""
     card = translator.card
     if list(sources) != card["source"]:
+        options = " and ".join("--input" + ("" if i == 0 else str(i + 1)) for i in range(len(card["source"])))
         raise MeddiffError(f"the checkpoint was trained on source contrast(s) {card['source']}, not {list(sources)}; "
-                           f"give {' and '.join('--input' + ('' if i == 0 else str(i + 1)) for i in range(len(card['source'])))} "
-                           f"as {', '.join(card['source'])}")
+                           f"give {options} as {', '.join(card['source'])}")
     if target is None:
         return card["targets"][0]
     if target not in card["targets"]:
@@ -134,7 +134,8 @@ def translate_slices(translator: Translator, cond: torch.Tensor, mask: np.ndarra
         if translator.unet is None:
             raise MeddiffError(f"--method unet: the checkpoint {translator.path} has no unet/ folder (the supervised "
                                "baseline); use a shipped translation model such as t1_to_t2_flair")
-        mean = torch.cat([M.regression(translator.unet, cond[i:i + batch]) for i in range(0, len(cond), batch)])[:, pick]
+        mean = torch.cat([M.regression(translator.unet, cond[i:i + batch])
+                          for i in range(0, len(cond), batch)])[:, pick]
         nfe = 1
     elif method == "palette":
         parts = [M.palette(translator.net, translator.schedule, translator.prediction, cond[i:i + batch],
@@ -243,7 +244,8 @@ def translate_volume(sources: list[np.ndarray], affine: np.ndarray, translator: 
             "model_spacing_mm": spacing, "downsample": list(factors), **settings,
             "normalisation": (f"target units = those of {target} of the training subject "
                               f"{translator.card['reference_subject']}: model space y in [-1, 1] -> "
-                              f"a_min + (y + 1) / 2 (a_max - a_min), a_min {ref['a_min']:.4g}, a_max {ref['a_max']:.4g} "
+                              f"a_min + (y + 1) / 2 (a_max - a_min), a_min {ref['a_min']:.4g}, "
+                              f"a_max {ref['a_max']:.4g} "
                               "(the 0.5th / 99.5th percentiles of its brain voxels); 0 outside the brain mask"),
             "input_normalisation": [{"a_min": s["a_min"], "a_max": s["a_max"]} for s in stats]}
     return Translation(from_ras(units, ornt), None if std_units is None else from_ras(std_units, ornt),
