@@ -33,7 +33,8 @@ from meddiff.tasks.restore.problems import Problem
 LEARNED = {"super-resolution": ("sr3", "unet"), "inpaint": (), "denoise": ()}
 # sr3: chosen on VAL slices only (2 subjects x 2 slices, 4x, the 40-minute model, K = 4): PSNR
 # 23.25 (20 steps, eta 0), 23.58 (20 steps, eta 1), 23.43 (10 steps, eta 0), 23.25 (10 steps from start 0.5);
-# bicubic 22.60, the supervised UNet 24.30 (scripts/train_sr.py --tune-val 2).
+# bicubic 22.60, the supervised UNet 24.30 (scripts/train_sr.py --tune-val 2). The shipped 80-minute model: 23.63
+# (eta 0) / 23.90 (eta 1) / 23.81 (10 steps) / 23.58 (start 0.5); the UNet 24.52 (model cards).
 LEARNED_DEFAULTS: dict[str, dict] = {
     "sr3": {"steps": 20, "samples": 4, "eta": 1.0, "start": 1.0},
     "unet": {"steps": 1, "samples": 1},
@@ -89,7 +90,7 @@ def load_sr_model(method: str, checkpoint: str | Path | None = None) -> SRModel:
         net = load_regression(folder)
         for p in net.parameters():
             p.requires_grad_(False)
-        return SRModel("unet", net, int(data.get("scale", 4)), "area", net.multiple, None, str(folder))
+        return SRModel("unet", net, int(data.get("scale", 4)), "area", net.multiple, None, str(source))
     from meddiff.training.checkpoint import load_checkpoint
 
     try:
