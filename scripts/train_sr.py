@@ -1,5 +1,5 @@
 """Train the 4x super-resolution models of issue 22 for a fixed wall time and ship them: SR3 (a conditional diffusion
-model, configs/sr3_ixi_4x.yaml, the meddiff Trainer) and the supervised UNet baseline (configs/unet_sr_ixi_4x.yaml,
+model, configs/sr3_ixi_4x.yaml, the meddiff Trainer) and the supervised UNet baseline (configs/regression/unet_sr_ixi_4x.yaml,
 ``meddiff.training.regression``), on the same pairs (``meddiff.data.superres``), each on one CPU thread, started
 together so both get the same wall time on the same machine:
 
@@ -33,7 +33,7 @@ from meddiff.training.regression import (build_regression_unet, load_regression,
 from meddiff.training.shipped import SHIPPED_DIR, export_checkpoint
 from meddiff.training.trainer import Trainer
 
-CONFIGS = {"sr3": "configs/sr3_ixi_4x.yaml", "unet": "configs/unet_sr_ixi_4x.yaml"}
+CONFIGS = {"sr3": "configs/sr3_ixi_4x.yaml", "unet": "configs/regression/unet_sr_ixi_4x.yaml"}
 NAMES = {"sr3": "sr3_ixi_4x", "unet": "unet_sr_ixi_4x"}
 DESCRIPTIONS = {
     "sr3": "SR3 4x super-resolution of 2 mm axial IXI T1 slices (conditional diffusion on the bicubic upsampling, "

@@ -247,3 +247,20 @@ def test_benchmark_patch_fid_and_rows(tiny_models):
     assert {"sr3", "unet", "sr3-untrained", "bicubic"} <= set(rows4)
     assert not {"sr3", "unet", "sr3-untrained"} & set(rows2)  # 4x models: no 2x rows
     assert "sr3" not in B.methods_for("sr4", None, True, {})
+
+
+def test_unet_config_builds_and_trains_with_its_settings():
+    """configs/regression/unet_sr_ixi_4x.yaml: its model and train sections are what build_regression_unet and
+    train_regression accept, and its data section is the SR3 config's (scripts/train_sr.py)."""
+    import inspect
+    from pathlib import Path
+
+    from meddiff.files import read_yaml_mapping
+    from meddiff.training.regression import train_regression
+
+    repo = Path(__file__).parents[1]
+    config = read_yaml_mapping(repo / "configs/regression/unet_sr_ixi_4x.yaml")
+    model = build_regression_unet(1, 1, **config["model"])
+    assert model.residual and model.multiple == 8
+    assert set(config["train"]) <= set(inspect.signature(train_regression).parameters)
+    assert (repo / config["data_from"]).is_file()
