@@ -209,6 +209,32 @@ def test_shipped_sr3_beats_bicubic_on_a_val_slice_and_untrained_does_not(shared_
     assert untrained < bicubic, (untrained, bicubic)
 
 
+def test_shipped_unet_beats_bicubic_on_a_val_slice_and_untrained_does_not(shared_data):
+    from meddiff.tasks.restore.learned import SRModel, _resolve_unet
+    from meddiff.training.regression import read_regression_config
+
+    try:
+        model = R.load_sr_model("unet")
+    except MeddiffError:
+        pytest.skip("unet_sr_ixi_4x is not shipped in this checkout")
+    image = val_slice(shared_data)
+    low = R.degrade_sr(image, 4).numpy()
+    truth = torch.from_numpy(np.ascontiguousarray(image))
+
+    def psnr(x):
+        return float(10 * torch.log10(truth.max() ** 2 / ((torch.as_tensor(x) - truth) ** 2).mean()))
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        fresh = build_regression_unet(**read_regression_config(_resolve_unet("unet_sr_ixi_4x"))["build"]).eval()
+    untrained_model = SRModel("unet", fresh, model.scale, model.kernel, model.multiple, None, "untrained")
+    bicubic = psnr(R.restore(low, "super-resolution", "bicubic", scale=4).image)
+    trained = psnr(R.restore(low, "super-resolution", "unet", scale=4, model=model).image)
+    untrained = psnr(R.restore(low, "super-resolution", "unet", scale=4, model=untrained_model).image)
+    assert trained > bicubic + 0.5, (trained, bicubic)
+    assert untrained < bicubic, (untrained, bicubic)
+
+
 def test_cli_sr3_and_unet(tiny_models, tmp_path, capsys):
     from meddiff.cli.main import main
 
