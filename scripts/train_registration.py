@@ -150,7 +150,8 @@ def main(argv=None) -> int:
         if done:
             break
     names = arrays["names"]
-    meta = {"spacing_mm": [2.0, 2.0, 2.0], "step": step, "training": {
+    meta = {"channels": 1, "image_size": list(arrays["images"].shape[1:]), "spacing_mm": [2.0, 2.0, 2.0], "step": step,
+            "training": {
         "data": "ixi_t1_2mm_dlmuse", "split": args.split, "train_subjects": [str(names[k]) for k in train],
         "val_subjects": [str(names[k]) for k in val], "template": str(names[0]), "minutes": round(elapsed / 60, 1),
         "lr": args.lr, "ema": args.ema, "seed": args.seed, "loss": "LNCC + reg_weight x DiffusionLoss(ddf)",
