@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import io
 import json
 import sys
 import time
@@ -32,6 +30,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from meddiff.files import csv_text  # noqa: E402
 from meddiff.tasks.register import (VelocityNet, VoxelMorphConfig, apply_matrix, head_top_mask,  # noqa: E402
                                     pad_to_multiple, register_affine, registration_loss, save_voxelmorph,
                                     scale_intensity, warp, warp_pair)
@@ -62,15 +61,6 @@ def prepare_cache(data: str, split: str, subjects: int, val_subjects: int, path:
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, images=np.stack(images), labels=np.stack(labels), names=np.array(names), split=np.array(split_of))
     return dict(np.load(path))
-
-
-def _csv(rows: list[dict]) -> str:
-    out = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return out.getvalue()
 
 
 @torch.no_grad()
@@ -165,7 +155,7 @@ def main(argv=None) -> int:
     command = "nice -n 5 env OMP_NUM_THREADS=1 .venv/bin/python scripts/train_registration.py " + " ".join(
         argv if argv is not None else sys.argv[1:])
     files = {"config.yaml": yaml.safe_dump({"network": asdict(config), "train": vars(args)}, sort_keys=False),
-             "log.csv": _csv(rows), "command.txt": command + "\n"}
+             "log.csv": csv_text(rows), "command.txt": command + "\n"}
     readme = Path(args.out) / "README.md"
     if readme.is_file():
         files["README.md"] = readme.read_text()

@@ -14,8 +14,6 @@ config.yaml, log.csv, command.txt; an existing README.md model card is kept). Tw
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
 import time
 from pathlib import Path
@@ -26,6 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from meddiff.files import csv_text  # noqa: E402
 from meddiff.tasks.prior import load_prior  # noqa: E402
 from meddiff.tasks.segment import (DiffusionFeatures, FeatureSegmenter, SlicePrep, UNetSegmenter,  # noqa: E402
                                    save_segmenter)
@@ -33,15 +32,6 @@ from meddiff.tasks.segment.train import (feature_meta, fit_classifier, fit_super
                                          load_config, subject_pixels, train_subjects, unet_meta)
 
 NAME = "brain_parcellation_ixi"
-
-
-def _csv(rows: list[dict]) -> str:
-    out = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return out.getvalue()
 
 
 def main(argv=None) -> int:
@@ -95,7 +85,7 @@ def main(argv=None) -> int:
                        "slices, DLMUSE labels; ixi_t1_2mm_dlmuse train split)", "default_for": ["segment"],
                        "parameters": params, "weights_dtype": "float16"}
     out = Path(args.out)
-    files = {"config.yaml": yaml.safe_dump(cfg, sort_keys=False), "log.csv": _csv(rows), "command.txt": command + "\n"}
+    files = {"config.yaml": yaml.safe_dump(cfg, sort_keys=False), "log.csv": csv_text(rows), "command.txt": command + "\n"}
     if (out / "README.md").is_file():
         files["README.md"] = (out / "README.md").read_text()
     save_segmenter(out, segmenter, meta=meta, files=files)

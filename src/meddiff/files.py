@@ -107,6 +107,19 @@ def write_text(path: PathLike, text: str) -> Path:
     return path
 
 
+def csv_text(rows: list[dict]) -> str:
+    """Dict rows as CSV text (header = the first row's keys; empty for no rows), e.g. a shipped model's log.csv."""
+    import csv
+    import io
+
+    out = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out.getvalue()
+
+
 def write_npy(path: PathLike, array, argument: str = "path") -> Path:
     """Write ``array`` as .npy atomically (no pickles); ``argument`` names the option in the error when the path does
     not end in .npy. Returns the path."""
