@@ -95,6 +95,20 @@ def _markdown(table, header):
     return "\n".join(lines) + "\n"
 
 
+def _add_cleaned(rows, probs, sub, cleanup: bool) -> None:
+    """With --cleanup: the same prediction after ``meddiff segment``'s default clean-up, as "<method> + clean-up"."""
+    if not cleanup:
+        return
+    from meddiff.tasks.segment.postprocess import DEFAULT_CLEANUP, MIN_FRACTION, clean_labels
+
+    t0 = time.perf_counter()
+    labels = clean_labels(probs.argmax(0), probs, DEFAULT_CLEANUP, MIN_FRACTION)
+    extra = time.perf_counter() - t0
+    base = rows[-1]
+    rows.append({**base, "method": f"{base['method']} + clean-up",
+                 **score_volume(probs, sub.labels, sub.spacing, labels=labels), "seconds": base["seconds"] + extra})
+
+
 def run_benchmark(args, cfg):
     torch.manual_seed(0)
     prior = load_prior(cfg["prior"])
@@ -155,12 +169,14 @@ def run_benchmark(args, cfg):
                 rows.append({"method": name, "labelled": n, "subject": s, **sc,
                              "seconds": prep_seconds + shared.feature_seconds + shared.seconds[k] + back,
                              "train_seconds": ensembles[(name, n)][2]})
+                _add_cleaned(rows, probs, sub, args.cleanup)
         for n in counts if not reused else []:
             t0 = time.perf_counter()
             p = segment_volume(sub.image, UNetSegmenter(unets[n][0]), prep)
             sec = time.perf_counter() - t0
             rows.append({"method": "supervised UNet", "labelled": n, "subject": s, **score_volume(p, sub.labels, sub.spacing),
                          "seconds": sec, "train_seconds": budget[n], "unet_steps": unets[n][1]})
+            _add_cleaned(rows, p, sub, args.cleanup)
         if shipped is not None:
             t0 = time.perf_counter()
             p = segment_volume(sub.image, shipped.segmenter, shipped.prep)
@@ -239,6 +255,8 @@ def main(argv=None):
                         "config): only the trained prior's rows are recomputed (after new prior weights)")
     parser.add_argument("--shipped", help="also score this segmentation checkpoint (e.g. brain_parcellation_ixi)")
     parser.add_argument("--select", action="store_true", help="choose feature blocks and t on the val subjects")
+    parser.add_argument("--cleanup", action="store_true",
+                        help="also score every prediction after meddiff segment's default clean-up (extra rows)")
     parser.add_argument("--timesteps", type=float, nargs="+", default=[10, 50, 150, 300],
                         help="--select: t values to try")
     args = parser.parse_args(argv)
