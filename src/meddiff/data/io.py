@@ -228,6 +228,20 @@ def _check_nifti(path: Path, img, max_bytes: int | None) -> None:
                     stored_bytes=max(size - offset, 0))
 
 
+def read_nifti_input(path: PathLike, option: str) -> tuple[np.ndarray, ImageMeta]:
+    """A command's NIfTI input (``option`` names the argument in the errors): it must exist, be .nii/.nii.gz and
+    carry an affine; one-line ``MeddiffError`` otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise MeddiffError(f"{option} {path}: file not found")
+    if suffix_of(path) not in NIFTI_SUFFIXES:
+        raise MeddiffError(f"{option} {path}: expected a NIfTI volume (.nii.gz or .nii)")
+    array, meta = read_nifti(path)
+    if meta.affine is None:
+        raise MeddiffError(f"{option} {path}: no affine in the header")
+    return array, meta
+
+
 def read_nifti(path: PathLike, *, max_bytes: int | None = None) -> tuple[np.ndarray, ImageMeta]:
     """NIfTI volume as stored (scl_slope/inter applied) with its affine, voxel spacing and axis codes. The
     header's claimed size is checked against `check_claim`'s limits before the voxels are read."""

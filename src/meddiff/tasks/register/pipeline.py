@@ -157,16 +157,9 @@ def _check_spacing(loaded, affine: np.ndarray) -> None:
 
 
 def _read_volume(path, option: str):
-    from meddiff.data.io import NIFTI_SUFFIXES, read_nifti, suffix_of
+    from meddiff.data.io import read_nifti_input
 
-    path = Path(path)
-    if not path.is_file():
-        raise MeddiffError(f"{option} {path}: file not found")
-    if suffix_of(path) not in NIFTI_SUFFIXES:
-        raise MeddiffError(f"{option} {path}: expected a NIfTI file (.nii.gz or .nii)")
-    array, meta = read_nifti(path)
-    if meta.affine is None:
-        raise MeddiffError(f"{option} {path}: no affine in the header")
+    array, meta = read_nifti_input(path, option)
     return np.asarray(array), meta
 
 

@@ -206,7 +206,7 @@ def segment_file(input_path: str | Path, out: str | Path, checkpoint: str | Path
     """``meddiff segment``: segment a 3D T1 NIfTI and write integer labels (the argmax, cleaned up by ``cleanup``,
     ``postprocess.clean_labels``; and optionally the per-class mean probabilities (X, Y, Z, K) and the entropy map)
     on the input's grid and affine."""
-    from meddiff.data.io import NIFTI_SUFFIXES, read_nifti, suffix_of, write_nifti
+    from meddiff.data.io import read_nifti_input, write_nifti
     from meddiff.data.transforms import to_canonical
     from meddiff.tasks.segment.methods import entropy
 
@@ -218,11 +218,7 @@ def segment_file(input_path: str | Path, out: str | Path, checkpoint: str | Path
                          (probabilities_out, "--probabilities-out")):
         _check_output(path, option)
     source = Path(input_path)
-    if not source.is_file():
-        raise MeddiffError(f"--input {source}: file not found")
-    if suffix_of(source) not in NIFTI_SUFFIXES:
-        raise MeddiffError(f"--input {source}: expected a NIfTI volume (.nii.gz or .nii)")
-    array, meta = read_nifti(source)
+    array, meta = read_nifti_input(source, "--input")
     if array.ndim != 3:
         raise MeddiffError(f"--input {source}: expected a 3D volume, got {array.ndim} dimensions (shape "
                            f"{tuple(array.shape)})")
