@@ -120,6 +120,7 @@ def test_segment_round_trip_on_the_input_grid(setup, capsys):
     clean = np.asarray(nib.load(root / "clean.nii.gz").dataobj)
     probs2 = np.asarray(nib.load(root / "p2.nii.gz").dataobj)
     np.testing.assert_array_equal(clean, clean_labels(probs2.argmax(-1), np.moveaxis(probs2, -1, 0), DEFAULT_CLEANUP))
+    assert (clean != probs2.argmax(-1)).any()  # the clean-up acts on this phantom (specks), so skipping it fails
     assert (clean > 0).sum() <= (labels > 0).sum()
 
 
