@@ -26,13 +26,14 @@ def test_assets_listed_inside_package_and_small():
     # The guide's "about 25 MB in all" is for the data copied in for the demo (5.9 MB since 2026-11-25).
     assert data < 25e6, f"shipped data assets are {data / 1e6:.1f} MB; the budget is about 25 MB"
     # Shipped models are ours (trained here, with script and log): each at most 10 MB in fp16 (issue 21), and the
-    # whole package under 50 MB: 40 MB until 2026-12-07, raised when the SR, translation and registration models
-    # came (42.8 MB then: 19 models 36.9 MB, the largest brain_t1_ixi 8.7 MB); a wheel stays far below PyPI's 100 MB.
+    # whole package under 60 MB: 40 MB until 2026-12-07, then 50 MB when the SR, translation and registration models
+    # came (42.8 MB then: 19 models 36.9 MB, the largest brain_t1_ixi 8.7 MB), then 60 MB for the CT prior, the 3D
+    # latent model and the 64x64 student of session 15; a wheel stays far below PyPI's 100 MB.
     for model in models_dir.iterdir():
         size = sum(p.stat().st_size for p in model.rglob("*") if p.is_file())
         assert size < 10e6, f"shipped model {model.name} is {size / 1e6:.1f} MB; at most 10 MB (fp16 EMA weights)"
     total = sum(p.stat().st_size for p in files)
-    assert total < 50e6, f"shipped assets are {total / 1e6:.1f} MB in all; keep the package under 50 MB"
+    assert total < 60e6, f"shipped assets are {total / 1e6:.1f} MB in all; keep the package under 60 MB"
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
