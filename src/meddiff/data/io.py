@@ -354,23 +354,30 @@ def _check_dicom(path: Path, ds: Any, max_bytes: int | None) -> None:
                     stored_itemsize=stored_itemsize)
 
 
-def read_dicom(path: PathLike, *, max_bytes: int | None = None) -> tuple[np.ndarray, ImageMeta]:
-    """One DICOM file: (rows, cols) or (frames, rows, cols), RescaleSlope/Intercept applied (CT in HU). The
-    header's claimed size is checked (`check_claim`) before the pixels are decoded."""
+def _decode_dicom(path: Path, max_bytes: int | None) -> tuple[Any, np.ndarray, bool]:
+    """Read one DICOM file, check its claimed size, decode and rescale the pixels -> (dataset, array, rescaled)."""
     import pydicom
 
-    path = Path(path)
+    what = "not a readable DICOM file (truncated, corrupt or no pixel data)"
     try:
         ds = pydicom.dcmread(str(path))
     except Exception as error:
-        raise _fail(path, "not a readable DICOM file (truncated, corrupt or no pixel data)", error) from error
+        raise _fail(path, what, error) from error
     _check_dicom(path, ds, max_bytes)
     try:
         arr = ds.pixel_array
     except Exception as error:
-        raise _fail(path, "not a readable DICOM file (truncated, corrupt or no pixel data)", error) from error
-    modality = str(getattr(ds, "Modality", "") or "") or None
+        raise _fail(path, what, error) from error
     arr, rescaled = _rescale(ds, arr)
+    return ds, arr, rescaled
+
+
+def read_dicom(path: PathLike, *, max_bytes: int | None = None) -> tuple[np.ndarray, ImageMeta]:
+    """One DICOM file: (rows, cols) or (frames, rows, cols), RescaleSlope/Intercept applied (CT in HU). The
+    header's claimed size is checked (`check_claim`) before the pixels are decoded."""
+    path = Path(path)
+    ds, arr, rescaled = _decode_dicom(path, max_bytes)
+    modality = str(getattr(ds, "Modality", "") or "") or None
     spacing = None
     if "PixelSpacing" in ds:
         dy, dx = (float(v) for v in ds.PixelSpacing)
@@ -496,16 +503,7 @@ def read_dicom_series(folder: PathLike, series_uid: str | None = None, *,
     slices = []
     rescaled_any = False
     for f, _ in members:
-        try:
-            ds = pydicom.dcmread(str(f))
-        except Exception as error:
-            raise _fail(f, "DICOM pixel data cannot be decoded (truncated or corrupt?)", error) from error
-        _check_dicom(f, ds, max_bytes)
-        try:
-            arr = ds.pixel_array
-        except Exception as error:
-            raise _fail(f, "DICOM pixel data cannot be decoded (truncated or corrupt?)", error) from error
-        arr, rescaled = _rescale(ds, arr)
+        ds, arr, rescaled = _decode_dicom(f, max_bytes)
         rescaled_any |= rescaled
         slices.append(arr.astype(np.float32) if rescaled and arr.dtype != np.int16 else arr)
     shapes = {s.shape for s in slices}
