@@ -110,6 +110,7 @@ def train_federated(config: dict, strategy: str, mu: float, args, site_specs: Pa
                     server: dict | None = None) -> tuple[float, dict]:
     config = copy.deepcopy(config)
     config["federated"] = {"strategy": strategy, "proximal_mu": mu, **(server or {}), "rounds": args.rounds,
+                           "site_batch": args.site_batch,
                            "local_steps": args.local_steps, "min_clients": 3, "wait_clients": 3,
                            "wait_timeout_s": 600, "round_timeout_s": 3600, "connect_timeout_s": 600}
     path = run_dir.parent / f"{run_dir.name}.yaml"  # not with_suffix: "..._m0.9" has a dot
@@ -201,6 +202,10 @@ def main(argv=None) -> int:
     parser.add_argument("--fid-samples", type=int, default=128)
     parser.add_argument("--test-slices", type=int, default=512, help="held-out slices evaluated (a seeded subset)")
     parser.add_argument("--arms", default="central,fedavg,fedprox,fedavgm,sites", help="which arms to run")
+    parser.add_argument("--site-batch", choices=("equal", "proportional"), default="equal",
+                        help="equal: every site steps with --batch (the global model takes rounds x local steps "
+                             "sequential steps, a third of the centralised run's); proportional: the sites share "
+                             "--batch by size, so the federated arms take as many sequential steps as the others")
     parser.add_argument("--site-gammas", help="scanner shift: a fixed intensity gamma per site, comma list (e.g. "
                         "0.6,1,1.6), applied to its training slices; the val/test subjects are dealt round-robin to "
                         "the same gammas, and the centralised arm trains on the union of the sites' shifted slices")
@@ -221,7 +226,9 @@ def main(argv=None) -> int:
         for (n, p), g in zip(specs.items(), gammas):  # the site's "scanner": every slice it trains on, gamma g
             site_data[n]["augment"] = {"gamma_prob": 1.0, "gamma_range": [g, g]}
             p.write_text(yaml.safe_dump({"data": site_data[n]}, sort_keys=False))
-    steps = len(weights) * args.rounds * args.local_steps  # equal images seen: sites x rounds x local steps x batch
+    # equal images seen: with equal site batches, sites x rounds x local steps x batch; with proportional ones the
+    # sites' batches sum to --batch, so rounds x local steps x batch
+    steps = (len(weights) if args.site_batch == "equal" else 1) * args.rounds * args.local_steps
     test_set = build_dataset(config["data"], split="test")
     pick = torch.randperm(len(test_set), generator=torch.Generator().manual_seed(0))[: args.test_slices]
     test = torch.stack([scanner(test_set, int(i), gammas) for i in sorted(pick.tolist())])

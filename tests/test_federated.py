@@ -21,6 +21,7 @@ from meddiff.tasks.federated import (  # noqa: E402
     dataset_subjects,
     read_data_spec,
     simulate,
+    site_batches,
     split_config,
     write_site_specs,
 )
@@ -127,12 +128,33 @@ def test_fedprox_step_pulls_towards_the_global_weights(tmp_path):
     assert dist(moved_prox) < 0.2 * dist(moved_free)
 
 
+def test_site_batches_share_the_batch_by_site_size():
+    """Proportional site batches sum to the centralised batch, follow the site sizes (largest remainders), and
+    never fall below 2 images (no one-image update leaves a site); too small a batch is a one-line error."""
+    assert site_batches(16, [6759, 4465, 2321]) == [8, 5, 3]  # shares 7.99 / 5.28 / 2.74
+    assert site_batches(10, [1, 1]) == [5, 5]
+    assert site_batches(8, [100, 1, 1]) == [4, 2, 2]  # the floor of 2 is taken from the largest site
+    for total, sizes in ((17, [5, 7, 11]), (9, [3, 1, 1, 1]), (64, [1000, 10, 300])):
+        batches = site_batches(total, sizes)
+        assert sum(batches) == total and min(batches) >= 2
+        by_size = [batches[i] for i in sorted(range(len(sizes)), key=sizes.__getitem__)]
+        assert by_size == sorted(by_size)  # a larger site never gets a smaller batch
+    with pytest.raises(MeddiffError, match="too small to share out"):
+        site_batches(5, [1, 1, 1])
+    with pytest.raises(MeddiffError, match="site_batch"):
+        split_config({**yaml.safe_load(TINY.read_text()), "federated": {"site_batch": "by_size"}})
+
+
 @pytest.mark.parametrize("strategy", ["fedavg", "fedavgm"])
 def test_simulate_two_sites_two_rounds(tmp_path, strategy):
     """The default-run federated test: server + 2 clients as processes on 127.0.0.1, 2 rounds (FedAvgM: its
-    server step needs the first global model, which Flower takes from a client on a fresh run)."""
-    options = {"server_momentum": 0.5} if strategy == "fedavgm" else {}
+    server step needs the first global model, which Flower takes from a client on a fresh run). The FedAvg run
+    shares a batch of 5 between the unequal sites (federated.site_batch: proportional)."""
+    options = {"server_momentum": 0.5} if strategy == "fedavgm" else {"site_batch": "proportional"}
     path, config = tiny(tmp_path, local_steps=3, strategy=strategy, **options)
+    if strategy == "fedavg":
+        config["run"]["batch_size"] = 5
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
     training, fed = split_config(config)
     run_dir = tmp_path / "run"
     result = simulate(path, training, fed, 2, run_dir, timeout_s=240)
@@ -151,6 +173,13 @@ def test_simulate_two_sites_two_rounds(tmp_path, strategy):
     assert out.shape == (2, 1, 32, 32) and torch.isfinite(out).all()
     for site in ("site1", "site2"):  # each site trained 2 x 3 steps with meddiff's Trainer
         assert load_state(run_dir / "sites" / site)["step"] == 6
+    if strategy == "fedavg":  # the larger site takes the larger share of the batch of 5
+        examples = rounds[0]["num_examples"]
+        big, small = sorted(examples, key=examples.get, reverse=True)
+        assert result["site_batches"] == {big: 3, small: 2}
+        for site, batch in result["site_batches"].items():
+            saved = yaml.safe_load((run_dir / "sites" / site / "config.yaml").read_text())
+            assert saved["run"]["batch_size"] == batch
 
 
 def test_server_checkpoint_and_ema_over_rounds(tmp_path):

@@ -30,6 +30,8 @@ def register(subparsers) -> None:
     client.add_argument("--address", help="server host:port (default: federated.address)")
     client.add_argument("--out", help="the site's local run directory (default: <run.out_dir>/<run.name>-<site>)")
     client.add_argument("--rounds", type=int, help="total rounds (overrides federated.rounds; sets the LR schedule)")
+    client.add_argument("--batch-size", type=int, help="this site's batch per local step (overrides run.batch_size; "
+                        ">= 2)")
     client.set_defaults(func=run_client)
 
     simulate = sub.add_parser("simulate", help="server + N clients as local processes on 127.0.0.1")
@@ -71,7 +73,7 @@ def run_client(args: argparse.Namespace) -> int:
 
     config, fed, _ = _load(args)
     data = read_data_spec(args.data, config.get("data"))
-    local = serve_site(config, fed, args.site, data, address=args.address, out=args.out)
+    local = serve_site(config, fed, args.site, data, address=args.address, out=args.out, batch_size=args.batch_size)
     print(f"site {args.site}: done; local run in {local}")
     return 0
 

@@ -8,6 +8,7 @@ from meddiff.tasks.federated.config import (
     STRATEGIES,
     load_federated_config,
     read_data_spec,
+    site_batches,
     split_config,
 )
 from meddiff.tasks.federated.server import run_server
@@ -16,6 +17,6 @@ from meddiff.tasks.federated.sites import assign_subjects, dataset_subjects, wri
 
 __all__ = [
     "FEDERATED_DEFAULTS", "METRIC_KEYS", "STRATEGIES", "SiteTrainer", "assign_subjects", "dataset_subjects",
-    "free_port", "load_federated_config", "read_data_spec", "run_client", "run_server", "simulate", "site_seed",
-    "split_config", "write_site_specs",
+    "free_port", "load_federated_config", "read_data_spec", "run_client", "run_server", "simulate", "site_batches",
+    "site_seed", "split_config", "write_site_specs",
 ]

@@ -137,9 +137,10 @@ def make_flower_client(site: SiteTrainer):
 
 
 def run_client(config: dict, fed: dict, site: str, data: dict, *, address: str | None = None,
-               out: str | Path | None = None) -> Path:
-    """Train at one site until the server finishes; returns the site's local run directory."""
-    from meddiff.tasks.federated.config import require_flwr
+               out: str | Path | None = None, batch_size: int | None = None) -> Path:
+    """Train at one site until the server finishes; returns the site's local run directory. ``batch_size``
+    overrides run.batch_size at this site (a local choice, e.g. its share under federated.site_batch)."""
+    from meddiff.tasks.federated.config import MIN_SITE_BATCH, require_flwr
 
     fl = require_flwr()
 
@@ -147,6 +148,11 @@ def run_client(config: dict, fed: dict, site: str, data: dict, *, address: str |
 
     config = copy.deepcopy(config)
     config["data"] = data
+    if batch_size is not None:
+        if batch_size < MIN_SITE_BATCH:
+            raise MeddiffError(f"--batch-size {batch_size}: a site's batch must be >= {MIN_SITE_BATCH} (a one-image "
+                               "update would leave the site)")
+        config["run"]["batch_size"] = int(batch_size)
     dataset = build_dataset(data, split="train")
     run_dir = Path(out) if out is not None else Path(config["run"]["out_dir"]) / f"{config['run']['name']}-{site}"
     trainer = SiteTrainer(config, fed, site, dataset, run_dir)

@@ -16,6 +16,8 @@ from meddiff.nets.unet import check_keys
 from meddiff.training import load_config, resolve_config
 
 STRATEGIES = ("fedavg", "fedprox", "fedavgm")
+SITE_BATCH = ("equal", "proportional")
+MIN_SITE_BATCH = 2  # the update a site sends must never be the gradient of one image
 LOOPBACK = "127.0.0.1"
 
 FEDERATED_DEFAULTS: dict[str, Any] = {
@@ -25,6 +27,8 @@ FEDERATED_DEFAULTS: dict[str, Any] = {
     "server_momentum": 0.0,        # ... pseudo-gradient (global - site average); lr 1, momentum 0 is FedAvg
     "rounds": 10,                  # federated rounds
     "local_steps": 50,             # optimiser steps (meddiff Trainer) per site per round
+    "site_batch": "equal",         # equal: every site uses run.batch_size; proportional (simulate): site batches
+                                   # ... in proportion to site sizes, summing to run.batch_size (see site_batches)
     "min_clients": 1,              # a round is aggregated when at least this many sites return weights
     "wait_clients": None,          # each round waits up to wait_timeout_s for this many sites (null: min_clients)
     "wait_timeout_s": 60.0,        # ... then goes on with the sites connected (at least min_clients)
@@ -49,6 +53,7 @@ def split_config(config: dict, source: str = "the config") -> tuple[dict, dict]:
     check_keys("federated", fed, FEDERATED_DEFAULTS)
     fed = {**FEDERATED_DEFAULTS, **fed}
     check_choice("federated.strategy", fed["strategy"], STRATEGIES)
+    check_choice("federated.site_batch", fed["site_batch"], SITE_BATCH)
     for key in ("rounds", "local_steps", "min_clients", "keep_checkpoints"):
         if not isinstance(fed[key], int) or isinstance(fed[key], bool) or fed[key] < 1:
             raise MeddiffError(f"{source}: federated.{key}={fed[key]!r} must be a positive integer")
@@ -86,11 +91,35 @@ def split_config(config: dict, source: str = "the config") -> tuple[dict, dict]:
     training = resolve_config(config)
     if training["task"] != "synthesis":
         raise MeddiffError(f"{source}: federated training supports task: synthesis (got {training['task']!r})")
-    if training["run"]["batch_size"] < 2:
-        # the update a site sends must never be the gradient of one image
-        raise MeddiffError(f"{source}: run.batch_size={training['run']['batch_size']} must be >= 2 for federated "
-                           "training (a one-image update would leave the site); raise it")
+    if training["run"]["batch_size"] < MIN_SITE_BATCH:
+        raise MeddiffError(f"{source}: run.batch_size={training['run']['batch_size']} must be >= {MIN_SITE_BATCH} for "
+                           "federated training (a one-image update would leave the site); raise it")
     return training, fed
+
+
+def site_batches(total: int, sizes: list[int]) -> list[int]:
+    """Per-site batch sizes proportional to the sites' training-set sizes, summing to ``total`` (largest
+    remainders), each at least MIN_SITE_BATCH. One local step at every site then sees as many images as one
+    centralised step of ``total``, and the sample-weighted average of the site updates estimates the centralised
+    minibatch update (FedSGD, McMahan et al. 2017, sec. 2); with equal batches the sequential steps of the global
+    model are only 1/sites of a centralised run that sees the same number of images."""
+    if not sizes or any(n < 1 for n in sizes):
+        raise MeddiffError(f"site sizes {sizes} must be positive")
+    if total < MIN_SITE_BATCH * len(sizes):
+        raise MeddiffError(f"run.batch_size={total} is too small to share out proportionally among {len(sizes)} "
+                           f"sites with at least {MIN_SITE_BATCH} images each; raise it to "
+                           f">= {MIN_SITE_BATCH * len(sizes)} or use federated.site_batch: equal")
+    share = [total * n / sum(sizes) for n in sizes]
+    batches = [max(MIN_SITE_BATCH, int(s)) for s in share]
+    order = sorted(range(len(sizes)), key=lambda i: share[i] - int(share[i]), reverse=True)
+    while sum(batches) < total:  # hand out what rounding down left, largest remainder first
+        for i in order:
+            if sum(batches) < total:
+                batches[i] += 1
+    while sum(batches) > total:  # the MIN_SITE_BATCH floor overshot: take it back from the largest sites
+        i = max((k for k in range(len(sizes)) if batches[k] > MIN_SITE_BATCH), key=lambda k: batches[k] - share[k])
+        batches[i] -= 1
+    return batches
 
 
 def require_flwr():

@@ -47,11 +47,12 @@ def launch_server(config_path, run_dir: Path, address: str, wait_clients: int, *
 
 
 def launch_client(config_path, run_dir: Path, site: str, data: Path, address: str, *,
-                  rounds: int | None = None, env: dict | None = None) -> subprocess.Popen:
+                  rounds: int | None = None, batch_size: int | None = None, env: dict | None = None) -> subprocess.Popen:
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     args = ["client", "--config", str(config_path), "--site", site, "--data", str(data), "--address", address,
-            "--out", str(run_dir / "sites" / site)] + (["--rounds", str(rounds)] if rounds else [])
+            "--out", str(run_dir / "sites" / site)] + (["--rounds", str(rounds)] if rounds else []) + (
+            ["--batch-size", str(batch_size)] if batch_size else [])
     with open(logs / f"{site}.log", "a") as log:
         return subprocess.Popen(_command(*args), stdout=log, stderr=subprocess.STDOUT, env=env)
 
@@ -76,11 +77,15 @@ def simulate(config_path: str | Path, config: dict, fed: dict, sites: int, run_d
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     specs = prepare_sites(config, run_dir, sites)
+    batches = dict.fromkeys(specs)
+    if fed["site_batch"] == "proportional":
+        batches = dict(zip(specs, proportional_batches(config, specs)))
     address = f"{LOOPBACK}:{free_port()}"
     env = _environment(sites)
     start = time.perf_counter()
     server = launch_server(config_path, run_dir, address, sites, rounds=fed["rounds"], env=env)
-    clients = [launch_client(config_path, run_dir, site, spec, address, rounds=fed["rounds"], env=env) for site, spec in specs.items()]
+    clients = [launch_client(config_path, run_dir, site, spec, address, rounds=fed["rounds"],
+                             batch_size=batches[site], env=env) for site, spec in specs.items()]
     try:
         code = server.wait(timeout=timeout_s)
         for client in clients:
@@ -98,4 +103,13 @@ def simulate(config_path: str | Path, config: dict, fed: dict, sites: int, run_d
         raise MeddiffError(f"the federated server exited with code {code}; see {run_dir / 'logs'}:\n" + "\n".join(tail))
     records = [json.loads(line) for line in (run_dir / LOG).read_text().splitlines() if line.strip()]
     return {"rounds": records, "run_dir": str(run_dir), "wall_s": time.perf_counter() - start,
-            "client_exit_codes": [c.returncode for c in clients]}
+            "client_exit_codes": [c.returncode for c in clients], "site_batches": batches}
+
+
+def proportional_batches(config: dict, specs: dict[str, Path]) -> list[int]:
+    """run.batch_size shared out among the sites in proportion to their training items (``site_batches``)."""
+    from meddiff.data import build_dataset
+    from meddiff.tasks.federated.config import read_data_spec, site_batches
+
+    sizes = [len(build_dataset(read_data_spec(str(spec), config.get("data")), split="train")) for spec in specs.values()]
+    return site_batches(config["run"]["batch_size"], sizes)
