@@ -44,6 +44,8 @@ from meddiff.data.volumes import (
     discover_subjects,
     paired_dataset,
 )
+from meddiff.data.ct_slices import CTSliceDataset  # registers the ct_slices kind
+from meddiff.data.heads import HeadDataset, LatentDataset  # registers the heads and latents kinds (issue 27)
 from meddiff.data.superres import SRPairs, area_downsample, bicubic_upsample, sr_condition, sr_slice_dataset
 from meddiff.data.inspect import inspect_path, preview
 from meddiff.data.transforms import (
