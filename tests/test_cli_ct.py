@@ -112,6 +112,17 @@ def test_diffusion_method_with_a_checkpoint(files, tmp_path, capsys):
     assert image.shape == std.shape == (40, 40) and np.isfinite(image).all() and (std >= 0).all()
 
 
+def test_mbir_on_a_stack_with_a_checkpoint(files, tmp_path, capsys):
+    root, _ = files
+    train_tiny_checkpoint(tmp_path, prediction="v", name="p.npz")
+    assert _sim(root, "vol.npy", "vs", "--views", "20") == 0
+    assert _rec(root, "vs", "mbir", "m.npy", "--checkpoint", str(tmp_path / "run"), "--steps", "2", "--start",
+                "0.1") == 0
+    assert "4 network evaluations" in capsys.readouterr().out  # 2 steps x 2 slices in one batch
+    image = np.load(root / "m.npy")
+    assert image.shape == (2, 40, 40) and np.isfinite(image).all()
+
+
 def test_failures_are_one_line_errors_naming_the_argument(files, capsys, tmp_path):
     root, hu = files
     if not (root / "s.npy").exists():
@@ -134,7 +145,8 @@ def test_failures_are_one_line_errors_naming_the_argument(files, capsys, tmp_pat
         (lambda: _rec(tmp_path, "nan", "fbp", "x.npy"), "--sinogram: 1 NaN/Inf"),
         (lambda: _rec(tmp_path, "neg", "fbp", "x.npy", "--dose", "1e4"), "--sinogram: 3420 negative photon count"),
         (lambda: _rec(root, "s", "fbp", "x.npy", "--size", "30", "30"), "--size 30 30 is smaller than the 40 x 40"),
-        (lambda: _rec(root, "s", "ddnm", "x.npy"), "--checkpoint is required for --method ddnm"),
+        (lambda: _rec(root, "s", "ddnm", "x.npy", "--checkpoint", "pneumonia_cond"),
+         "--checkpoint pneumonia_cond: not an unconditional one-channel image prior"),
         (lambda: _rec(root, "s", "sense", "x.npy"), "--method sense is an MRI method"),
         (lambda: _rec(root, "s", "fbp", "x.npy", "--lam", "0.1"), "--lam does not apply to --method fbp"),
         (lambda: _rec(root, "s", "fbp", "x.npy", "--std-out", str(tmp_path / "std.npy")),

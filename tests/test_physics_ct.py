@@ -219,8 +219,8 @@ def test_bad_inputs_name_the_argument():
         ct.reconstruct(sino, angles, "fbp", size=(40, 40))
     with pytest.raises(MeddiffError, match="--angles.*degrees"):
         ct.reconstruct(sino, np.rad2deg(angles) * 10, "fbp")
-    with pytest.raises(MeddiffError, match="--checkpoint is required"):
-        ct.reconstruct(sino, angles, "ddnm")
+    with pytest.raises(MeddiffError, match="--checkpoint pneumonia_cond: not an unconditional"):
+        ct.reconstruct(sino, angles, "ddnm", checkpoint="pneumonia_cond")
     with pytest.raises(MeddiffError, match="filter"):
         ct.reconstruct(sino, angles, "fbp", filter="cosine")
     with pytest.raises(MeddiffError, match="unknown parameter"):

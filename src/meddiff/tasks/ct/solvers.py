@@ -12,10 +12,14 @@ scale alpha is A v = alpha b (``CTImageModel``):
 - "dps": DDIM (eta = 1) with the DPS gradient step on ||A v0_hat - b|| (Chung et al. 2023, Alg. 1);
 - "pc": predictor-corrector with noised-measurement replacement after each step (Song et al. 2022, eq. 9-10),
   the same CG projection.
+- "mbir": DiffusionMBIR for a stack (D, V, Det) (Chung et al. 2023): the D slices are one batch of the 2D prior,
+  each x0 prediction followed by one ADMM iteration of data consistency with TV along z (``mbir``); ``lam_z = 0``
+  is the same solver without the z term.
 Every x0 prediction is first clamped to ``V_RANGE`` (air to 3071 HU: attenuation >= 0). The image is padded with
 air (v = -alpha) to the prior's multiple and cropped back. ``start`` < 1 noises an
 initial image (``init``: fbp, sirt or tv) to that fraction of the diffusion time ("come closer, diffuse faster",
-Chung et al. 2022). ``SOLVER_DEFAULTS`` are not tuned: meddiff ships no CT prior yet (issue 23).
+Chung et al. 2022). The default prior is the shipped ``ct_chest_prior`` (128 x 128 slices at 2.26 mm, v = HU / 1000;
+its README); ``SOLVER_DEFAULTS`` are the settings benchmarks/ct_reconstruction.py chose on its dev block at 30 views.
 """
 
 from __future__ import annotations
@@ -31,19 +35,22 @@ from meddiff.diffusion import ClipDenoised, HookChain, get_sampler, initial_nois
 from meddiff.diffusion.inverse import MeasurementReplacement, PosteriorGradient, Projection
 from meddiff.errors import MeddiffError, check_choice
 from meddiff.tasks.ct.baselines import BASELINES, baseline
+from meddiff.tasks.ct.mbir import MBIR_DEFAULTS, ZTVConsistency
 from meddiff.tasks.ct.problem import CTProblem, make_problem
 from meddiff.tasks.prior import Reconstruction, load_prior, solver_settings
 
-SOLVERS = ("dps", "ddnm", "pc")
+SOLVERS = ("dps", "ddnm", "pc", "mbir")
 METHODS = BASELINES + SOLVERS
 INITS = BASELINES
 CT_WINDOW = (-1000.0, 1000.0)  # HU mapped to [-1, 1] for the prior: v = HU / 1000
 V_RANGE = (-1.0, 3.071)  # x0 predictions clamped to air .. 3071 HU (mu >= 0; the largest stored CT value)
-SOLVER_DEFAULTS: dict[str, dict] = {  # untuned (no CT prior yet)
+SOLVER_DEFAULTS: dict[str, dict] = {
     "ddnm": {"steps": 50, "samples": 1, "eta": 0.85, "start": 1.0, "init": "fbp", "cg_iters": 30},
     "dps": {"steps": 50, "samples": 1, "zeta": 1.0, "start": 1.0, "init": "fbp"},
     "pc": {"steps": 50, "samples": 1, "snr": 0.05, "start": 1.0, "init": "fbp", "cg_iters": 30},
+    "mbir": dict(MBIR_DEFAULTS),
 }
+DEFAULT_CT_PRIOR = "reconstruct-ct"  # the default_for entry of the shipped CT prior's card
 
 
 class CTImageModel:
@@ -98,12 +105,7 @@ def solve(method: str, problem: CTProblem, prior, *, index: int = 0, steps: int 
     generator = torch.Generator().manual_seed(seed)
     grid = start_grid(schedule, settings["steps"], settings["start"])
     with torch.no_grad():
-        x = initial_noise(grid, (settings["samples"], 1) + padded, generator=generator)
-        if settings["start"] < 1:
-            sub = CTProblem(problem.op, problem.y[index:index + 1], problem.angles, problem.pixel_size,
-                            problem.mu_water)
-            v0 = model.embed(baseline(settings["init"], sub) / 1000.0)
-            x = float(grid.alphas[0]) * v0 + x * (float(grid.sigmas[0]) / grid.prior_std())
+        x = _initial(settings, grid, model, problem, slice(index, index + 1), settings["samples"], generator)
         clip = ClipDenoised(*V_RANGE)
         if method == "ddnm":
             out = get_sampler("ddim")(denoiser, x, grid, hook=HookChain([clip, Projection(model.project)]),
@@ -121,11 +123,53 @@ def solve(method: str, problem: CTProblem, prior, *, index: int = 0, steps: int 
     return model.to_hu(out), nfe, settings
 
 
+def _initial(settings: dict, grid, model: CTImageModel, problem: CTProblem, rows: slice, batch: int,
+             generator: torch.Generator) -> Tensor:
+    """x at the grid's first time (batch, 1, Hp, Wp): noise, or with ``start`` < 1 the ``init`` baseline of slices
+    ``rows`` noised to that time (one slice repeated over the samples, or one sample per slice of a stack)."""
+    x = initial_noise(grid, (batch, 1) + model.padded, generator=generator)
+    if settings["start"] < 1:
+        sub = CTProblem(problem.op, problem.y[rows], problem.angles, problem.pixel_size, problem.mu_water)
+        v0 = model.embed(baseline(settings["init"], sub) / 1000.0)
+        x = float(grid.alphas[0]) * v0 + x * (float(grid.sigmas[0]) / grid.prior_std())
+    return x
+
+
+def solve_stack(problem: CTProblem, prior, *, steps: int | None = None, samples: int | None = None, seed: int = 0,
+                **params) -> tuple[Tensor, int, dict]:
+    """DiffusionMBIR (``mbir``) on the whole stack: (HU (K, D, H, W) for ``samples`` K, network evaluations,
+    settings); the D slices are one batch of the prior, z-TV couples them in the consistency step."""
+    settings = _settings("mbir", steps, samples, params)
+    padded = prior.padded_size(problem.size, "CT image")
+    model = CTImageModel(problem, 0, padded)
+    model.b = problem.y - problem.op.A(torch.ones(problem.size, dtype=problem.y.dtype))  # [D,V,Det]
+    norm_sq = problem.op.norm(torch.zeros(problem.size), iters=15, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(seed)
+    grid = start_grid(prior.schedule, settings["steps"], settings["start"])
+    depth, out = len(problem.y), []
+    with torch.no_grad():
+        for _ in range(settings["samples"]):
+            x = _initial(settings, grid, model, problem, slice(None), depth, generator)
+            step = ZTVConsistency(model, rho=settings["rho"], lam_z=settings["lam_z"], cg_iters=settings["cg_iters"],
+                                  norm_sq=norm_sq)
+            hook = HookChain([ClipDenoised(*V_RANGE), Projection(step)])
+            v = get_sampler("ddim")(prior.denoiser, x, grid, hook=hook, generator=generator, eta=settings["eta"])
+            out.append(model.to_hu(v))
+    settings["padded"] = list(padded)
+    return torch.stack(out), grid.steps * settings["samples"] * depth, settings
+
+
 def load_ct_prior(checkpoint, method: str):
-    """The prior of a diffusion method; meddiff ships no CT prior yet, so ``checkpoint`` is required."""
+    """The prior of a diffusion method: ``checkpoint`` (path, run directory or shipped name) or, when None, the
+    shipped CT prior (the checkpoint whose card lists ``DEFAULT_CT_PRIOR``, ``ct_chest_prior``)."""
     if checkpoint is None:
-        raise MeddiffError(f"--checkpoint is required for --method {method}: meddiff ships no CT prior yet; give a "
-                           "one-channel prior trained on CT slices as HU / 1000 (window [-1000, 1000] -> [-1, 1])")
+        from meddiff.training.shipped import default_checkpoint
+
+        try:
+            checkpoint = default_checkpoint(DEFAULT_CT_PRIOR)
+        except MeddiffError:
+            raise MeddiffError(f"--method {method}: no shipped CT prior found (reinstall meddiff); pass --checkpoint "
+                               "with a one-channel prior trained on CT slices as HU / 1000") from None
     return load_prior(checkpoint)
 
 
@@ -146,6 +190,11 @@ def reconstruct(sinogram, angles, method: str = "fbp", *, size: tuple[int, int] 
         return Reconstruction(image.numpy().astype(np.float32), None, 0, time.perf_counter() - start,
                               {"method": method, **{k: v for k, v in params.items() if v is not None}})
     prior = prior if prior is not None else load_ct_prior(checkpoint, method)
+    if method == "mbir":
+        hu, nfe, settings = solve_stack(problem, prior, steps=steps, samples=samples, seed=seed, **params)
+        std = hu.std(0, unbiased=False) if len(hu) > 1 else torch.zeros_like(hu[0])
+        return Reconstruction(hu.mean(0).numpy().astype(np.float32), std.numpy().astype(np.float32), nfe,
+                              time.perf_counter() - start, {"method": method, **settings})
     images, stds, nfe, settings = [], [], 0, {}
     for index in range(len(problem.y)):
         hu, n, settings = solve(method, problem, prior, index=index, steps=steps, samples=samples, seed=seed,
