@@ -51,7 +51,8 @@ def register(subparsers) -> None:
                         "larger starts spread the samples more, benchmarks/mri_uncertainty.py)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--checkpoint", help="prior checkpoint: directory, run directory or shipped name "
-                                             "(default: the shipped prior for reconstruct)")
+                                             "(default: the shipped prior for reconstruct; --modality ct: the "
+                                             "shipped CT prior ct_chest_prior)")
     parser.add_argument("--slice", type=int, dest="slice_index", help="slice of a multi-slice .h5 (default: middle)")
     parser.add_argument("--out", required=True, help="output image (.npy, .nii.gz or .png)")
     parser.add_argument("--std-out", help="per-pixel standard deviation over the samples (diffusion methods)")
