@@ -1,7 +1,7 @@
 """meddiff.nets: network factories (MONAI DiffusionModelUNet, noise-aware classifier) with conditioning, and the
 small CNN classifier the metrics use.
 
-``build_network(config)`` dispatches on ``config["kind"]`` ("unet", "classifier" or "autoencoder"); a resolved config
+``build_network(config)`` dispatches on ``config["kind"]`` ("unet", "classifier", "autoencoder" or "autoencoder_kl"); a resolved config
 (``net.config``) rebuilds the same network, which is what checkpoints store in meta.json.
 """
 
@@ -11,6 +11,7 @@ from torch import nn
 
 from meddiff.errors import MeddiffError, check_choice
 from meddiff.nets.autoencoder import AUTOENCODER_DEFAULTS, ConvAutoEncoder, build_autoencoder
+from meddiff.nets.autoencoder_kl import AUTOENCODER_KL_DEFAULTS, KLAutoencoder, build_autoencoder_kl
 from meddiff.nets.classifier import CLASSIFIER_DEFAULTS, NoiseAwareClassifier, build_classifier
 from meddiff.nets.small_cnn import SmallCNN
 from meddiff.nets.unet import (
@@ -24,7 +25,8 @@ from meddiff.nets.unet import (
     size_multiple,
 )
 
-NETWORKS = {"unet": build_unet, "classifier": build_classifier, "autoencoder": build_autoencoder}
+NETWORKS = {"unet": build_unet, "classifier": build_classifier, "autoencoder": build_autoencoder,
+            "autoencoder_kl": build_autoencoder_kl}
 
 
 def build_network(config: dict) -> nn.Module:
@@ -37,7 +39,7 @@ def build_network(config: dict) -> nn.Module:
 
 
 __all__ = [
-    "AUTOENCODER_DEFAULTS", "CLASSIFIER_DEFAULTS", "ConvAutoEncoder", "build_autoencoder", "CLASS_LABELS", "COND_IMAGE", "NETWORKS", "UNET_DEFAULTS",
+    "AUTOENCODER_DEFAULTS", "AUTOENCODER_KL_DEFAULTS", "KLAutoencoder", "build_autoencoder_kl", "CLASSIFIER_DEFAULTS", "ConvAutoEncoder", "build_autoencoder", "CLASS_LABELS", "COND_IMAGE", "NETWORKS", "UNET_DEFAULTS",
     "DiffusionUNet", "NoiseAwareClassifier", "SmallCNN", "build_classifier", "build_network", "build_unet",
     "check_spatial_size", "resolve_unet_config", "size_multiple",
 ]
