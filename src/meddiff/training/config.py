@@ -18,7 +18,8 @@ from meddiff.errors import MeddiffError, check_choice
 from meddiff.files import read_yaml_mapping
 from meddiff.nets.unet import check_keys
 
-TASKS = ("synthesis", "classifier")  # what the network is trained for: denoising, or noisy-image classification
+TASKS = ("synthesis", "classifier", "autoencoder")  # what the network is trained for: denoising, noisy-image
+# classification, or reconstruction by a KL autoencoder (the first stage of latent diffusion; its `loss:` section)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 
@@ -71,7 +72,7 @@ SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 
-TOP_LEVEL = ("task", "model", "diffusion", "data", "optimiser", "schedule", "run")
+TOP_LEVEL = ("task", "model", "diffusion", "data", "optimiser", "schedule", "run", "loss")
 
 
 def load_config(path: str | Path) -> dict:
@@ -92,7 +93,13 @@ def resolve_config(config: dict) -> dict:
     config.setdefault("task", "synthesis")
     check_choice("task", config["task"], TASKS)
     config["model"] = dict(config.get("model") or {})
-    config["model"].setdefault("kind", "classifier" if config["task"] == "classifier" else "unet")
+    config["model"].setdefault("kind", {"classifier": "classifier", "autoencoder": "autoencoder_kl"}.get(config["task"], "unet"))
+    if config["task"] == "autoencoder":  # the loss weights; other tasks have no `loss:` section (nor a key for it)
+        from meddiff.nets.autoencoder_kl import resolve_loss_config
+
+        config["loss"] = resolve_loss_config(config.get("loss"))
+    elif "loss" in config:
+        raise MeddiffError(f"a `loss:` section is only used by task: autoencoder (this config has task: {config['task']})")
     config["data"] = config.get("data")
     for section, defaults in SECTION_DEFAULTS.items():
         given = config.get(section) or {}
