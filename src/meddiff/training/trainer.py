@@ -378,6 +378,10 @@ class Trainer:
             if self.task == "classifier":
                 return classifier_loss(self.train_model, x0, t, noise, self.schedule,
                                        batch[LABEL].to(self.device).long())
+            if self.task == "autoencoder":  # reconstruction + KL (meddiff.nets.autoencoder_kl); t and noise unused
+                from meddiff.nets.autoencoder_kl import autoencoder_loss
+
+                return autoencoder_loss(self.train_model, x0, self.config["loss"])
             cond = {}
             if self.config["model"].get("num_classes"):
                 labels = batch[LABEL].to(self.device).long()
@@ -483,6 +487,10 @@ class Trainer:
                                    run["seed"], self.step, run["steps"])
         loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=run["num_workers"],
                             pin_memory=self.device.type == "cuda", persistent_workers=False)
+        restored_rng = torch.get_rng_state() if checkpoint is not None else None
+        batches = iter(loader)  # draws its base seed from torch's global RNG, as at the start of the original run:
+        if restored_rng is not None:  # so a resumed run restores the saved state after it (global-RNG draws in the
+            torch.set_rng_state(restored_rng)  # dataset or the loss, e.g. an autoencoder's, then repeat exactly)
         bar = tqdm(total=run["steps"], initial=self.step, disable=not (self.is_main and run["progress"]),
                    desc=f"train {run['name']}", unit="step", dynamic_ncols=True)
         history: list[tuple[int, float]] = []
@@ -490,7 +498,7 @@ class Trainer:
         micro: list[dict] = []
         self.net.train()
         try:
-            for batch in loader:
+            for batch in batches:
                 micro.append(batch)
                 if len(micro) < run["grad_accum"]:
                     continue
