@@ -23,6 +23,8 @@ def register(subparsers) -> None:
                         help="class index for a class-conditional model (default: all classes in turn)")
     parser.add_argument("--guidance-scale", type=float, default=1.0,
                         help="classifier-free guidance: 1 = conditional model, 0 = unconditional, >1 = stronger")
+    parser.add_argument("--label-map", help="3D label map (NIfTI) for a label-conditioned latent model such as "
+                        "brain3d_ldm: the raw DLMUSE parcellation or the merged 10-class map, on the training grid")
     parser.add_argument("--no-clip", action="store_true",
                         help="do not clamp the x0 estimates to [-1, 1] at each step (default: clamp unless the "
                              "training data was z-scored)")
@@ -35,13 +37,31 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from meddiff.tasks.synthesis import sample_to_folder
+    from meddiff.tasks.synthesis3d import is_ldm
     from meddiff.training.shipped import default_checkpoint
 
     checkpoint = args.checkpoint or default_checkpoint("sample")
+    if args.label_map is not None or is_ldm(checkpoint):  # latent diffusion of whole heads (issue 27)
+        return _run_ldm(args, checkpoint)
     result = sample_to_folder(checkpoint, args.out, args.n, sampler=args.sampler, steps=args.steps,
                               class_label=args.class_label, guidance_scale=args.guidance_scale, seed=args.seed,
                               batch_size=args.batch_size, device=args.device, clip_denoised=False if args.no_clip else None,
                               progress=lambda done, total: print(f"sampled {done}/{total}", flush=True))
     print(f"wrote {args.n} samples ({result['sampler']}, {result['steps']} steps, {result['seconds']:.1f} s) to {args.out}: "
           + ", ".join(sorted(result["files"])[:6]))
+    return 0
+
+
+def _run_ldm(args: argparse.Namespace, checkpoint) -> int:
+    from meddiff.errors import MeddiffError
+    from meddiff.tasks.synthesis3d.output import sample_to_folder
+
+    if args.class_label is not None:
+        raise MeddiffError(f"--class: {checkpoint} is a latent model conditioned by label maps, not classes; "
+                           "use --label-map")
+    result = sample_to_folder(checkpoint, args.out, args.n, label_map=args.label_map, sampler=args.sampler,
+                              steps=args.steps, seed=args.seed, guidance_scale=args.guidance_scale,
+                              progress=lambda done, total: print(f"sampled {done}/{total}", flush=True))
+    print(f"wrote {args.n} heads ({result['seconds_per_volume']:.1f} s each) to {args.out}: "
+          + ", ".join(result["files"][:4]))
     return 0
