@@ -88,6 +88,9 @@ def generate(checkpoint: str | Path, num: int, *, sampler: str | None = None, st
         model, meta = load_checkpoint(checkpoint, device=torch_device)
     if meta.get("task") != "synthesis":
         raise MeddiffError(f"{checkpoint}: is a {meta.get('task')!r} checkpoint; sampling needs a synthesis model")
+    if "ldm" in meta:  # whole-head latent diffusion: its own pipeline (meddiff.tasks.synthesis3d)
+        raise MeddiffError(f"{checkpoint}: is a latent diffusion bundle; sample it with `meddiff sample --checkpoint "
+                           f"{checkpoint}` or meddiff.tasks.synthesis3d.output.sample_to_folder")
     schedule = make_schedule(meta["schedule"])
     sampler, steps, grid = sampling_plan(meta, sampler, steps)
     distilled_scale = (meta.get("sampling") or {}).get("guidance_scale")
