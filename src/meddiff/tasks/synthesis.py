@@ -21,6 +21,8 @@ from meddiff.data.io import write_nifti
 from meddiff.files import atomic_path, write_png
 from meddiff.device import resolve_device
 from meddiff.data.transforms import denormalize
+from meddiff.diffusion.distill import (BOUNDARY_SIGMA, CONSISTENCY_SAMPLER, ConsistencyFunction,
+                                       sample_consistency)
 from meddiff.diffusion.guidance import ClassifierFreeGuidance, ClipDenoised, HookChain
 from meddiff.diffusion.parametrization import ModelDenoiser
 from meddiff.diffusion.samplers import get_sampler, network_evaluations, recommended_spacing
@@ -63,6 +65,8 @@ def sampling_plan(meta: dict, sampler: str | None = None, steps: int | None = No
     if student.get("times") and sampler == student.get("sampler") and steps == student.get("steps"):
         return sampler, steps, TimeGrid.from_times(schedule, student["times"])
     steps = min(steps, getattr(schedule, "num_train_steps", steps))
+    if sampler == CONSISTENCY_SAMPLER:  # consistency students (meddiff distill --method consistency): trailing grids
+        return sampler, steps, make_grid(schedule, steps, "trailing")
     return sampler, steps, make_grid(schedule, steps, recommended_spacing(sampler, schedule))
 
 
@@ -104,7 +108,11 @@ def generate(checkpoint: str | Path, num: int, *, sampler: str | None = None, st
     shape = (meta["channels"], *meta["image_size"])
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn((num, *shape), generator=generator) * grid.prior_std()
-    run = get_sampler(sampler)
+    if sampler == CONSISTENCY_SAMPLER:  # multistep consistency sampling of f(x, t) (Song et al. 2023, Alg. 1)
+        boundary = (meta.get("sampling") or {}).get("boundary_sigma", BOUNDARY_SIGMA)
+        denoiser, run = ConsistencyFunction(denoiser, schedule, boundary), sample_consistency
+    else:
+        run = get_sampler(sampler)
     out = []
     for start in range(0, num, batch_size):
         x = noise[start:start + batch_size].to(torch_device)
@@ -193,7 +201,7 @@ def sample_to_folder(checkpoint: str | Path, out_dir: str | Path, num: int, *, s
                                guidance_scale=guidance_scale, seed=seed, batch_size=batch_size, device=device,
                                clip_denoised=clip_denoised, model=model, meta=meta, progress=progress)
     seconds = time.perf_counter() - started
-    per_step = network_evaluations(sampler, min(steps, getattr(make_schedule(meta["schedule"]), "num_train_steps", steps)))
+    per_step = steps if sampler == CONSISTENCY_SAMPLER else network_evaluations(sampler, min(steps, getattr(make_schedule(meta["schedule"]), "num_train_steps", steps)))
     manifest = {"checkpoint": str(path), "num": num, "sampler": sampler, "steps": steps, "seed": seed,
                 "class": class_label, "guidance_scale": guidance_scale,
                 "clip_denoised": bounded(meta) if clip_denoised is None else clip_denoised, "seconds": round(seconds, 3),
