@@ -12,6 +12,13 @@ done, ``student/``: a checkpoint whose meta.json records ``sampling`` (sampler "
 the guidance scale the teacher was distilled at), which `meddiff sample` uses by default.
 Class-conditional teachers are distilled at one classifier-free guidance scale (Ho & Salimans 2022), so the student
 needs one network evaluation per step; the CFG-scale-as-input variant of Meng et al. 2023 is not implemented.
+
+``method: consistency`` (Song et al. 2023, consistency distillation, `meddiff.diffusion.distill`): one round
+(``consistency_<N>/``) of `ConsistencyTrainer`: the student (started from the teacher) learns a consistency function
+on the teacher's N-step trailing grid (N = start_steps), pairs of adjacent grid times joined by one teacher DDIM step,
+against an EMA target network (decay ``target_decay``, default 0.95 as in the paper's CD runs; saved in state.pt for
+exact resume); the student's Trainer EMA is what is shipped. The student samples with multistep consistency
+sampling (sampler "consistency") on the ``steps``-step trailing grid, which nests in the N-step one.
 """
 
 from __future__ import annotations
@@ -27,15 +34,18 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from meddiff.diffusion import ClassifierFreeGuidance, ClipDenoised, ModelDenoiser, TimeGrid, make_grid, make_schedule
-from meddiff.diffusion.distill import WEIGHTINGS, distillation_loss, two_step_target
+from meddiff.diffusion.distill import (BOUNDARY_SIGMA, CONSISTENCY_SAMPLER, WEIGHTINGS, ConsistencyFunction,
+                                       consistency_loss, consistency_target, distillation_loss, sample_consistency,
+                                       two_step_target)
 from meddiff.diffusion.samplers import initial_noise, sample_ddim
 from meddiff.errors import MeddiffError, check_choice
 from meddiff.files import atomic_path, read_yaml_mapping, write_text
 from meddiff.nets import CLASS_LABELS
-from meddiff.training.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint
+from meddiff.training.checkpoint import list_checkpoints, load_checkpoint, load_state, resolve_checkpoint
 from meddiff.training.trainer import IMAGE, LABEL, Trainer
 
-METHODS = ("progressive",)
+METHODS = ("progressive", "consistency")
+TARGET_DECAY = 0.95  # consistency distillation: EMA decay of the target network (Song et al. 2023, CD runs)
 SUPPORTED_PREDICTIONS = ("eps", "x0", "v")
 GRID_SPACING = "trailing"  # nests under halving (see the module docstring)
 STUDENT_DIR = "student"
@@ -58,6 +68,8 @@ DISTILL_DEFAULTS: dict = {
     "log_every": 10,
     "sample_every": 0,
     "progress": True,
+    "target_decay": None,       # consistency: EMA decay mu of the target network (None: 0.95)
+    "boundary_sigma": None,     # consistency: s_b of c_skip/c_out (None: 0.002, meddiff.diffusion.distill)
 }
 
 
@@ -77,6 +89,16 @@ def plan_rounds(start_steps: int, steps: int) -> list[int]:
         n //= 2
         rounds.append(n)
     return rounds
+
+
+def consistency_grid_check(start_steps: int, steps: int) -> None:
+    """Consistency distillation: the student's ``steps``-step grid must nest in the teacher's ``start_steps`` grid."""
+    for name, value in (("--steps", steps), ("--start-steps", start_steps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise MeddiffError(f"{name} {value!r} must be a positive integer")
+    if steps > start_steps or start_steps % steps:
+        raise MeddiffError(f"--steps {steps} must divide --start-steps {start_steps} (the student samples on a grid "
+                           "nested in the teacher's); e.g. --start-steps 32 with --steps 1, 2, 4 or 8")
 
 
 def distill_grid(schedule, steps: int) -> TimeGrid:
@@ -121,7 +143,14 @@ def resolve_distill_config(settings: dict) -> dict:
               **{k: v for k, v in settings.items() if k != "teacher" and v is not None}}
     check_choice("--method", config["method"], METHODS)
     check_choice("weighting", config["weighting"], WEIGHTINGS)
-    plan_rounds(config["start_steps"], config["steps"])
+    if config["method"] == "progressive":
+        plan_rounds(config["start_steps"], config["steps"])
+    else:
+        consistency_grid_check(config["start_steps"], config["steps"])
+        if config["target_decay"] is not None and not 0 <= config["target_decay"] < 1:
+            raise MeddiffError(f"target_decay={config['target_decay']} must be in [0, 1)")
+        if config["boundary_sigma"] is not None and not config["boundary_sigma"] > 0:
+            raise MeddiffError(f"boundary_sigma={config['boundary_sigma']} must be positive")
     for key in ("iterations", "batch_size", "checkpoint_every", "log_every"):
         if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 1:
             raise MeddiffError(f"{key}={config[key]!r} must be a positive integer")
@@ -209,6 +238,93 @@ class DistillTrainer(Trainer):
         return sample_ddim(denoiser, x, self.student_grid, cond=cond, hook=ClipDenoised(-1.0, 1.0)).float()
 
 
+class ConsistencyTrainer(Trainer):
+    """Consistency distillation (Song et al. 2023, Alg. 2): the Trainer's loop with the consistency loss.
+
+    The student network (this trainer's, started from run.init_from = the teacher) is the consistency function's
+    x0 estimate; ``target_net`` is the EMA target (decay ``target_decay``), updated after every optimiser step and
+    stored in state.pt. A training draw is a grid index n (B,) in 0..N-1 and noise: x at the grid's time n, one
+    teacher DDIM step to time n + 1 (CLEAN_TIME for n = N - 1, where the target is that step itself).
+    """
+
+    def __init__(self, config: dict, teacher: torch.nn.Module, teacher_meta: dict, grid_steps: int,
+                 student_steps: int, *, guidance_scale: float = 1.0, clip_denoised: bool = True,
+                 target_decay: float = TARGET_DECAY, boundary_sigma: float = BOUNDARY_SIGMA,
+                 sampling: dict | None = None, dataset: Dataset | None = None, run_dir: str | Path | None = None
+                 ) -> None:
+        super().__init__(config, dataset, run_dir=run_dir)
+        self.grid_steps, self.student_steps, self.guidance_scale = grid_steps, student_steps, guidance_scale
+        self.grid = distill_grid(self.schedule, grid_steps)
+        self.student_grid = distill_grid(self.schedule, student_steps)
+        if not torch.equal(self.grid.times[::grid_steps // student_steps], self.student_grid.times):
+            raise AssertionError("trailing grids must nest")  # guaranteed when student_steps divides grid_steps
+        teacher = teacher.to(self.device).eval().requires_grad_(False)
+        denoiser = ModelDenoiser(teacher, self.schedule, teacher_meta["prediction"])
+        self.teacher = GuidedDenoiser(denoiser, guidance_scale) if guidance_scale != 1.0 else denoiser
+        self.clip = (-1.0, 1.0) if clip_denoised else None
+        self.target_decay, self.boundary_sigma = target_decay, boundary_sigma
+        self.target_net = copy.deepcopy(self.net).eval().requires_grad_(False)
+        self.sampling = sampling or {}
+
+    def _function(self, network) -> ConsistencyFunction:
+        return ConsistencyFunction(ModelDenoiser(network, self.schedule, self.config["diffusion"]["prediction"]),
+                                   self.schedule, self.boundary_sigma)
+
+    def _draws(self, batch: int) -> tuple[Tensor, Tensor, None]:
+        """(grid indices n (B,) int64 in 0..N-1, noise (B, C, *spatial), None): all from the run's generator."""
+        model = self.config["model"]
+        index = torch.randint(0, self.grid_steps, (batch,), generator=self.generator)
+        noise = torch.randn((batch, model["in_channels"], *model["image_size"]), generator=self.generator)
+        return index, noise, None
+
+    def _micro_loss(self, batch: dict, index: Tensor, noise: Tensor, drop: None) -> Tensor:
+        x0 = batch[IMAGE].to(self.device, non_blocking=True)
+        noise = noise.to(self.device, non_blocking=True)
+        t, t_next = self.grid.times[index], self.grid.times[index + 1]
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        shape = (-1,) + (1,) * (x0.ndim - 1)
+        x_t = alpha.reshape(shape).to(x0) * x0 + sigma.reshape(shape).to(x0) * noise
+        cond = {CLASS_LABELS: batch[LABEL].to(self.device).long()} if self.config["model"].get("num_classes") else {}
+        t_dev = t.float().to(self.device)
+        with torch.no_grad():
+            target = consistency_target(self.teacher, self._function(self.target_net), x_t, t_dev,
+                                        t_next.float().to(self.device), self.schedule, cond=cond, clip=self.clip)
+        return consistency_loss(self._function(self.train_model), x_t, t_dev, target, cond=cond)
+
+    def _train_step(self, micro_batches: list[dict]):
+        result = super()._train_step(micro_batches)
+        with torch.no_grad():  # theta_minus <- mu theta_minus + (1 - mu) theta (Alg. 2)
+            for target, online in zip(self.target_net.parameters(), self.net.parameters()):
+                target.lerp_(online.detach(), 1.0 - self.target_decay)
+        return result
+
+    def _state(self) -> dict:
+        return {**super()._state(), "target": {k: v.detach().cpu() for k, v in self.target_net.state_dict().items()}}
+
+    def _restore(self, checkpoint: Path) -> None:
+        super()._restore(checkpoint)
+        self.target_net.load_state_dict(load_state(checkpoint)["target"])
+
+    def meta(self) -> dict:
+        times = [float(v) for v in self.student_grid.times[:-1]]
+        return {**super().meta(), "sampling": {
+            **self.sampling, "sampler": CONSISTENCY_SAMPLER, "steps": self.student_steps, "spacing": GRID_SPACING,
+            "times": times, "guidance_scale": self.guidance_scale, "boundary_sigma": self.boundary_sigma}}
+
+    @torch.no_grad()
+    def sample(self, num: int | None = None, seed: int | None = None) -> Tensor:
+        """EMA student samples by multistep consistency sampling on its grid (x0 clamped to [-1, 1])."""
+        run, model = self.config["run"], self.config["model"]
+        num = num or run["num_samples"]
+        generator = torch.Generator().manual_seed(run["seed"] if seed is None else seed)
+        x = initial_noise(self.student_grid, (num, model["in_channels"], *model["image_size"]), generator=generator,
+                          device=self.device)
+        cond = {CLASS_LABELS: torch.arange(num, device=self.device) % model["num_classes"]} \
+            if model.get("num_classes") else {}
+        return sample_consistency(self._function(self.ema.module), x, self.student_grid, cond=cond,
+                                  generator=generator, hook=ClipDenoised(-1.0, 1.0)).float()
+
+
 def round_config(settings: dict, teacher_meta: dict, init_from: str, name: str, out_dir: Path) -> dict:
     """The Trainer config of one round: the teacher's network, schedule, parametrisation and data."""
     return {
@@ -269,7 +385,11 @@ def distill(settings: dict, out_dir: str | Path, *, resume: bool = False, datase
     bounded = (teacher_meta.get("normalisation") or {}).get("mode") != "zscore"
     clip = bounded if settings["clip_denoised"] is None else bool(settings["clip_denoised"])
     teacher_source = str(teacher_path)
-    for steps in plan_rounds(settings["start_steps"], settings["steps"]):
+    if settings["method"] == "consistency":
+        teacher_source = _consistency_round(settings, teacher_path, teacher_meta, out_dir, scale, clip, resume,
+                                            dataset, on_round)
+    for steps in (plan_rounds(settings["start_steps"], settings["steps"]) if settings["method"] == "progressive"
+                  else []):
         name = f"steps_{steps:03d}"
         done = _round_done(out_dir / name, settings["iterations"])
         if done is None:
@@ -295,11 +415,38 @@ def distill(settings: dict, out_dir: str | Path, *, resume: bool = False, datase
     return final
 
 
+def _consistency_round(settings: dict, teacher_path: Path, teacher_meta: dict, out_dir: Path, scale: float,
+                       clip: bool, resume: bool, dataset: Dataset | None, on_round) -> str:
+    """The one round of consistency distillation (``consistency_<N>/``); returns its final checkpoint."""
+    name = f"consistency_{settings['start_steps']:03d}"
+    done = _round_done(out_dir / name, settings["iterations"])
+    if done is None:
+        teacher, meta = load_checkpoint(str(teacher_path))
+        target_decay = TARGET_DECAY if settings["target_decay"] is None else settings["target_decay"]
+        boundary = BOUNDARY_SIGMA if settings["boundary_sigma"] is None else settings["boundary_sigma"]
+        sampling = {"method": "consistency", "teacher": settings["teacher"], "teacher_steps": settings["start_steps"],
+                    "start_steps": settings["start_steps"], "distilled_from": str(teacher_path),
+                    "iterations_per_round": settings["iterations"], "target_decay": target_decay,
+                    "clip_denoised": clip}
+        trainer = ConsistencyTrainer(round_config(settings, teacher_meta, str(teacher_path), name, out_dir), teacher,
+                                     meta, settings["start_steps"], settings["steps"], guidance_scale=scale,
+                                     clip_denoised=clip, target_decay=target_decay, boundary_sigma=boundary,
+                                     sampling=sampling, dataset=dataset, run_dir=out_dir / name)
+        try:
+            trainer.fit(resume=resume and bool(list_checkpoints(out_dir / name / "checkpoints")))
+        finally:
+            trainer.close()
+        done = _round_done(out_dir / name, settings["iterations"])
+    if on_round is not None:
+        on_round(settings["steps"], done)
+    return str(done)
+
+
 def student_sampling(meta: dict) -> dict | None:
     """The ``sampling`` entry of a distilled student's meta (sampler, steps, times, guidance), or None."""
     sampling = meta.get("sampling")
     return sampling if isinstance(sampling, dict) and sampling.get("steps") else None
 
 
-__all__ = ["DISTILL_DEFAULTS", "DistillTrainer", "GuidedDenoiser", "METHODS", "SUPPORTED_PREDICTIONS", "check_teacher",
+__all__ = ["ConsistencyTrainer", "DISTILL_DEFAULTS", "DistillTrainer", "consistency_grid_check", "GuidedDenoiser", "METHODS", "SUPPORTED_PREDICTIONS", "check_teacher",
            "distill", "distill_grid", "load_distill_settings", "plan_rounds", "resolve_distill_config", "round_config", "student_sampling"]
