@@ -1,5 +1,6 @@
-"""`meddiff distill --teacher C --steps 4 [--method progressive] --out RUN_DIR [--resume]`: distil a diffusion
-checkpoint into a student that samples in a few DDIM steps (progressive distillation, Salimans & Ho 2022)."""
+"""`meddiff distill --teacher C --steps 4 [--method progressive|consistency] --out RUN_DIR [--resume]`: distil a
+diffusion checkpoint into a student that samples in a few steps (progressive distillation, Salimans & Ho 2022, or
+consistency distillation, Song et al. 2023)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ def register(subparsers) -> None:
     from meddiff.training.distill import METHODS
 
     parser = subparsers.add_parser(
-        "distill", help="distil a diffusion model into a 1-4 step sampler (progressive distillation)",
+        "distill", help="distil a diffusion model into a 1-4 step sampler (progressive or consistency distillation)",
         description="Progressive distillation (Salimans & Ho 2022): rounds halve the teacher's DDIM steps from "
                     "--start-steps down to --steps; each student step matches two teacher steps. The run directory "
                     "holds distill.yaml, one Trainer run per round (steps_<N>/: checkpoints, log.jsonl, log.csv) and "
                     "student/, an ordinary checkpoint that `meddiff sample --checkpoint RUN_DIR/student` runs with its "
-                    "own sampler and steps. Class-conditional teachers are distilled at one guidance scale.",
+                    "own sampler and steps. Class-conditional teachers are distilled at one guidance scale. --method "
+                    "consistency (Song et al. 2023): one round (consistency_<N>/) on the teacher's N = --start-steps grid "
+                    "against an EMA target network; the student samples by multistep consistency sampling in --steps "
+                    "steps (a divisor of N).",
     )
     parser.add_argument("--teacher", help="teacher checkpoint: run dir, checkpoint dir or shipped name")
     parser.add_argument("--steps", type=int, help="the student's sampling steps (default 4); start-steps / 2^k")
@@ -30,6 +34,8 @@ def register(subparsers) -> None:
     parser.add_argument("--guidance-scale", type=float,
                         help="class-conditional teachers: classifier-free guidance scale distilled into the student "
                              "(default 1.0, the default of `meddiff sample`)")
+    parser.add_argument("--target-decay", type=float,
+                        help="--method consistency: EMA decay of the target network (default 0.95)")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -42,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     settings = load_distill_settings(args.config) if args.config else {}
     overrides = {"teacher": args.teacher, "steps": args.steps, "method": args.method, "start_steps": args.start_steps,
                  "iterations": args.iterations, "batch_size": args.batch_size, "lr": args.lr,
-                 "guidance_scale": args.guidance_scale, "seed": args.seed}
+                 "guidance_scale": args.guidance_scale, "seed": args.seed, "target_decay": args.target_decay}
     settings.update({k: v for k, v in overrides.items() if v is not None})
     if args.no_progress:
         settings["progress"] = False
