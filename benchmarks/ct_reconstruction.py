@@ -11,13 +11,22 @@ noise variance 10, -log): 30 and 60 views over 180 degrees and 120 views over a 
 I0 = 1e5, and 180 views at low dose I0 = 1e4 photons per ray.
 Methods: FBP (ramp; Hann too), SIRT (iterations tuned over 50/100/200/400 on the dev slices), TV (Chambolle-Pock,
 200 iterations, weight tuned over ``TV_GRID`` on the dev slices), each setting tuned separately, then fixed for the
-test slices. Diffusion rows come when a CT prior exists (issue 23).
+test slices.
+Diffusion rows (``--diffusion``, issue 23) use the shipped prior ``ct_chest_prior`` (trained on the train block only,
+128 x 128 slices, so run them with ``--size 128``): DDNM, DPS and PC slice by slice on the same slices, and
+DiffusionMBIR on a contiguous stack of ``--stack`` slices from the middle of each block (with FBP and TV of the same
+slices beside it). Each solver's candidate settings (``CANDIDATES``) are scored on the dev slices and the best (PSNR)
+is fixed for the test slices. Controls on the test block, with the tuned settings: every solver with a random-weight
+prior of the same architecture (``-untrained``: ``meddiff.tasks.prior.untrained_prior``; MONAI zero-initialises the
+output layer, so it predicts x0 = alpha_t x_t, no image knowledge: the solver without its learned part), and MBIR
+without its z term (``mbir-no-ztv``: lam_z = 0).
 Metrics: PSNR / SSIM in HU after clipping both images to the [-1000, 1000] window (data range 2000), within a body
 mask (reference > -500 HU, largest connected component, holes filled); seconds per slice (one slice at a time, the
 projector's one-off matrix build excluded and reported per setting).
 
     python benchmarks/ct_reconstruction.py --out runs/ct.json               # writes runs/ct.json + runs/ct.md
     python benchmarks/ct_reconstruction.py --dev-slices 1 --test-slices 2 --out runs/ct_check.json
+    python benchmarks/ct_reconstruction.py --size 128 --diffusion ddnm dps pc mbir --out runs/ct_diffusion.json
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ from meddiff.data.io import read_dicom_series, write_json
 from meddiff.metrics.image import psnr, ssim
 from meddiff.physics.ct import ParallelBeamCT, fbp, simulate_sinogram, sirt, tv, view_angles
 from meddiff.physics.ct.dose import MU_WATER
+from meddiff.tasks.ct import CTProblem, solve, solve_stack
+from meddiff.tasks.prior import load_prior, untrained_prior
 
 SERIES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct_chest_dicom" / "dicom"
 BLOCKS = {"train": (0, 60), "dev": (62, 75), "test": (77, 99)}  # [start, stop) in sorted slice order
@@ -47,6 +58,16 @@ SETTINGS = {  # name: (views, arc in degrees, I0)
 TV_GRID = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
 SIRT_GRID = (50, 100, 200, 400)
 WINDOW = (-1000.0, 1000.0)
+DIFFUSION = ("ddnm", "dps", "pc", "mbir")
+CANDIDATES = {  # dev grid per solver: overrides of meddiff.tasks.ct.SOLVER_DEFAULTS. Every run starts from the TV
+    # image (the setting's tuned weight) noised to a small ``start`` (t = 20 / 50 of 1000: 79 / 173 HU of noise; at
+    # 0.15-0.5 a probe on dev slice 68 lost 3-4 dB to TV): full runs from noise (50+ network evaluations per slice
+    # at 0.7 s each on this session's shared CPU) were out of budget
+    "ddnm": [{"start": 0.02, "steps": 10, "cg_iters": 10}, {"start": 0.05, "steps": 10, "cg_iters": 10}],
+    "dps": [{"start": 0.05, "steps": 10, "zeta": 0.3}, {"start": 0.05, "steps": 10, "zeta": 1.0}],
+    "pc": [{"start": 0.05, "steps": 10, "snr": 0.05, "cg_iters": 10}],
+    "mbir": [{"start": 0.05, "steps": 10, "lam_z": 0.002}, {"start": 0.05, "steps": 10, "lam_z": 0.01}],
+}
 
 
 def load_slices(indices: list[int], size: int) -> tuple[torch.Tensor, float]:
@@ -98,19 +119,29 @@ def reconstructions(op, y: torch.Tensor, angles, size: int, sirt_iters, tv_lams)
     return out
 
 
-def run_setting(name: str, hu: torch.Tensor, pixel: float, seeds: list[int], sirt_iters, tv_lams) -> tuple[list, float]:
+def measure(name: str, hu: torch.Tensor, pixel: float, seeds: list[int]):
+    """The setting's operator, angles, seconds to build its matrices, and per slice the noisy sinogram in water units
+    (V, D) (noise seeded by the slice index: the same for every method)."""
     views, arc, i0 = SETTINGS[name]
     angles = view_angles(views, arc)
-    size = hu.shape[-1]
-    op = ParallelBeamCT(size, angles)
+    op = ParallelBeamCT(hu.shape[-1], angles)
     t = time.perf_counter()
     op.matrices("cpu", torch.float32)
     build = time.perf_counter() - t
+    ys = []
+    for k in range(len(hu)):
+        generator = torch.Generator().manual_seed(seeds[k])
+        sino, _ = simulate_sinogram(hu[k], op, pixel_size=pixel, i0=i0, generator=generator)
+        ys.append(sino / (MU_WATER * pixel))
+    return op, angles, build, ys
+
+
+def run_setting(name: str, hu: torch.Tensor, pixel: float, seeds: list[int], sirt_iters, tv_lams) -> tuple[list, float]:
+    op, angles, build, ys = measure(name, hu, pixel, seeds)
+    size = hu.shape[-1]
     rows = []
     for k in range(len(hu)):
-        generator = torch.Generator().manual_seed(seeds[k])  # the slice index: same noise for every method
-        sino, _ = simulate_sinogram(hu[k], op, pixel_size=pixel, i0=i0, generator=generator)
-        y = sino / (MU_WATER * pixel)  # water units
+        y = ys[k]
         mask = body_mask(hu[k])
         for method, (x, seconds) in reconstructions(op, y, angles, size, sirt_iters, tv_lams).items():
             rows.append({"setting": name, "slice": seeds[k], "method": method, "seconds": seconds,
@@ -118,8 +149,145 @@ def run_setting(name: str, hu: torch.Tensor, pixel: float, seeds: list[int], sir
     return rows, build
 
 
+def diffusion_rows(name: str, hu: torch.Tensor, pixel: float, seeds: list[int], runs: dict,
+                   keep: dict | None = None) -> list[dict]:
+    """Rows of the 2D solvers: ``runs`` maps a row label to (solver, settings, prior); every slice of ``hu`` alone.
+    ``keep``: label -> list that collects the HU images (for the figure)."""
+    op, angles, _, ys = measure(name, hu, pixel, seeds)
+    rows = []
+    for k in range(len(hu)):
+        mask = body_mask(hu[k])
+        problem = CTProblem(op, ys[k][None], angles, pixel, MU_WATER)
+        for label, (method, settings, which) in runs.items():
+            t = time.perf_counter()
+            image, nfe, _ = solve(method, problem, which, seed=seeds[k], **settings)
+            seconds = time.perf_counter() - t
+            rows.append({"setting": name, "slice": seeds[k], "method": label, "seconds": seconds, "nfe": nfe,
+                         **score(image[0], hu[k], mask)})
+            if keep is not None:
+                keep.setdefault(label, []).append(image[0])
+            print(f"    {label:18s} slice {seeds[k]:3d}  PSNR {rows[-1]['psnr']:6.2f}  {seconds:6.1f} s", flush=True)
+    return rows
+
+
+def stack_rows(name: str, hu: torch.Tensor, pixel: float, seeds: list[int], runs: dict, tv_lam: float) -> list[dict]:
+    """Rows of DiffusionMBIR on the stack ``hu`` (D, H, W) (``runs``: label -> (settings, prior)), and of FBP and TV
+    (weight ``tv_lam``) on the same slices; seconds per slice = stack seconds / D."""
+    op, angles, _, ys = measure(name, hu, pixel, seeds)
+    y = torch.stack(ys)
+    masks = [body_mask(h) for h in hu]
+    out = {}
+    t = time.perf_counter()
+    out["fbp (stack)"] = (1000.0 * (fbp(y, angles, hu.shape[-1]) - 1.0), time.perf_counter() - t)
+    t = time.perf_counter()
+    out["tv (stack)"] = (1000.0 * (tv(op, y, lam=tv_lam) - 1.0), time.perf_counter() - t)
+    for label, (settings, which) in runs.items():
+        t = time.perf_counter()
+        image, _, _ = solve_stack(CTProblem(op, y, angles, pixel, MU_WATER), which, seed=0, **settings)
+        out[label] = (image[0], time.perf_counter() - t)
+    rows = []
+    for label, (images, seconds) in out.items():
+        for k in range(len(hu)):
+            rows.append({"setting": name, "slice": seeds[k], "method": label, "seconds": seconds / len(hu),
+                         "z_jump_hu": float((images[1:] - images[:-1]).abs().mean()),
+                         **score(images[k], hu[k], masks[k])})
+        print(f"    {label:18s} stack {seeds[0]}-{seeds[-1]}  PSNR {mean_by(rows, 'psnr', label):6.2f}  "
+              f"{seconds / len(hu):6.1f} s/slice", flush=True)
+    return rows
+
+
+def contiguous(block: str, n: int) -> list[int]:
+    """``n`` consecutive slices from the middle of a block (the MBIR stack)."""
+    start, stop = BLOCKS[block]
+    first = start + max(0, (stop - start - n) // 2)
+    return list(range(first, min(first + n, stop)))
+
+
 def mean_by(rows: list[dict], key: str, method: str) -> float:
     return statistics.mean(r[key] for r in rows if r["method"] == method)
+
+
+def figure(path: Path, ref: torch.Tensor, images: dict[str, torch.Tensor], error_max: float = 300.0) -> Path:
+    """Top row: reference and ``images`` in the [-1000, 1000] HU window; bottom row: |image - reference| on
+    [0, ``error_max``] HU (black = 0). 8-bit PNG."""
+    from meddiff.files import write_png
+
+    def gray(x, lo, hi):
+        return ((x.clamp(lo, hi) - lo) / (hi - lo) * 255).round().to(torch.uint8)
+
+    top = [gray(ref, *WINDOW)] + [gray(x, *WINDOW) for x in images.values()]
+    bottom = [torch.zeros_like(top[0])] + [gray((x - ref).abs(), 0.0, error_max) for x in images.values()]
+    sep = torch.full((ref.shape[0], 2), 255, dtype=torch.uint8)
+    rows = [torch.cat([t for im in row for t in (im, sep)][:-1], 1) for row in (top, bottom)]
+    grid = torch.cat([rows[0], torch.full((2, rows[0].shape[1]), 255, dtype=torch.uint8), rows[1]], 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_png(path, grid.numpy())
+
+
+def run_diffusion(results: dict, name: str, args, prior, control, hu: dict, idx: dict, pixel: float,
+                  keep: dict | None) -> None:
+    """Dev tuning, then test rows with the controls, of the diffusion solvers in ``args.diffusion`` for one setting;
+    appends to ``results`` (diffusion_dev_rows, diffusion_test_rows, diffusion_tuned)."""
+    flat = [m for m in args.diffusion if m != "mbir"]
+    tuned = results["diffusion_tuned"].setdefault(name, {})
+    init = {"init": "tv", "init_lam": results["tuned"][name]["tv_lam"]}
+    grid = {m: [{**init, **c} for c in CANDIDATES[m]] for m in args.diffusion}
+    if flat:
+        print(f"[{name}] diffusion: tuning {', '.join(flat)} on dev slices {idx['ddev']}", flush=True)
+        runs = {f"{m}#{i}": (m, c, prior) for m in flat for i, c in enumerate(grid[m])}
+        rows = diffusion_rows(name, hu["ddev"], pixel, idx["ddev"], runs)
+        results["diffusion_dev_rows"] += rows
+        for m in flat:
+            best = max(range(len(grid[m])), key=lambda i: mean_by(rows, "psnr", f"{m}#{i}"))
+            tuned[m] = grid[m][best]
+        print(f"[{name}] tuned: {tuned}; testing on {idx['test']}", flush=True)
+        runs = {}
+        for m in flat:
+            runs[m] = (m, tuned[m], prior)
+            if args.controls:
+                runs[f"{m}-untrained"] = (m, tuned[m], control)
+        results["diffusion_test_rows"] += diffusion_rows(name, hu["test"], pixel, idx["test"], runs, keep)
+    if "mbir" in args.diffusion:
+        lam = results["tuned"][name]["tv_lam"]
+        print(f"[{name}] mbir: tuning on the dev stack {idx['sdev']}", flush=True)
+        runs = {f"mbir#{i}": (c, prior) for i, c in enumerate(grid["mbir"])}
+        rows = stack_rows(name, hu["sdev"], pixel, idx["sdev"], runs, lam)
+        results["diffusion_dev_rows"] += rows
+        best = grid["mbir"][max(range(len(grid["mbir"])), key=lambda i: mean_by(rows, "psnr", f"mbir#{i}"))]
+        tuned["mbir"] = best
+        runs = {"mbir": (best, prior), "mbir-no-ztv": ({**best, "lam_z": 0.0}, prior)}
+        if args.controls:
+            runs["mbir-untrained"] = (best, control)
+        print(f"[{name}] mbir tuned {best}; test stack {idx['stest']}", flush=True)
+        results["diffusion_test_rows"] += stack_rows(name, hu["stest"], pixel, idx["stest"], runs, lam)
+
+
+def markdown(results: dict, args, test_idx, dev_idx, pixel) -> str:
+    lines = [f"CT baselines, chest CT test block slices {test_idx} ({args.size}x{args.size}, {pixel:.3f} mm), "
+             "PSNR/SSIM in HU within the body mask, window [-1000, 1000]; weights tuned on dev slices "
+             f"{dev_idx}.", "", "| setting | method | PSNR (dB) | SSIM | s/slice | tuned |",
+             "|---|---|---|---|---|---|"]
+    for name in args.settings:
+        rows = [r for r in results["test_rows"] if r["setting"] == name]
+        tuned = results["tuned"][name]
+        for method in ("fbp", "fbp-hann", "sirt", "tv"):
+            note = {"sirt": f"{tuned['sirt_iters']} iterations", "tv": f"lam {tuned['tv_lam']:g}"}.get(method, "")
+            lines.append(f"| {name} | {method} | {mean_by(rows, 'psnr', method):.2f} | "
+                         f"{mean_by(rows, 'ssim', method):.4f} | {mean_by(rows, 'seconds', method):.2f} | {note} |")
+        rows = [r for r in results.get("diffusion_test_rows", []) if r["setting"] == name]
+        tuned = results.get("diffusion_tuned", {}).get(name, {})
+        for method in dict.fromkeys(r["method"] for r in rows):
+            base = method.split("-")[0].split(" ")[0]
+            note = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                             for k, v in tuned.get(base, {}).items()) if base in tuned and "(stack)" not in method else ""
+            if method.startswith("mbir-no-ztv"):
+                note = "as mbir, lam_z 0"
+            stack = {r["slice"] for r in rows if r["method"] == method}
+            first = next(r for r in rows if r["method"] == method)
+            where = f" (stack {min(stack)}-{max(stack)})" if "z_jump_hu" in first and "(stack)" not in method else ""
+            lines.append(f"| {name} | {method}{where} | {mean_by(rows, 'psnr', method):.2f} | "
+                         f"{mean_by(rows, 'ssim', method):.4f} | {mean_by(rows, 'seconds', method):.2f} | {note} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -129,6 +297,16 @@ def main(argv=None) -> int:
     parser.add_argument("--test-slices", type=int, default=6, help="slices of the test block (default 6)")
     parser.add_argument("--size", type=int, default=256, help="in-plane size after 2^k x 2^k averaging (default 256)")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--diffusion", nargs="*", default=[], choices=DIFFUSION,
+                        help="diffusion solvers to add (default none; the prior is trained at 128: use --size 128)")
+    parser.add_argument("--diffusion-settings", nargs="*", help="settings that get diffusion rows (default: all)")
+    parser.add_argument("--diffusion-dev-slices", type=int, default=2, help="dev slices for the solvers (default 2)")
+    parser.add_argument("--stack", type=int, default=4, help="consecutive slices of the MBIR stack (default 4)")
+    parser.add_argument("--prior", default="ct_chest_prior", help="prior checkpoint (default: the shipped one)")
+    parser.add_argument("--no-controls", dest="controls", action="store_false",
+                        help="skip the random-weight-prior rows")
+    parser.add_argument("--figure", help="PNG: reference, FBP, TV, best diffusion and error maps (first test slice "
+                                         "of the first diffusion setting)")
     args = parser.parse_args(argv)
     if not SERIES.is_dir():
         print(f"error: {SERIES} not found (the shared data folder sits beside the checkout)", file=sys.stderr)
@@ -137,12 +315,29 @@ def main(argv=None) -> int:
         print("error: --size must divide 512", file=sys.stderr)
         return 1
     torch.set_num_threads(1)
-    dev_idx, test_idx = pick("dev", args.dev_slices), pick("test", args.test_slices)
-    hu_all, pixel = load_slices(dev_idx + test_idx, args.size)
-    dev, test = hu_all[:len(dev_idx)], hu_all[len(dev_idx):]
+    idx = {"dev": pick("dev", args.dev_slices), "test": pick("test", args.test_slices)}
+    if args.diffusion:
+        idx.update(ddev=pick("dev", args.diffusion_dev_slices), sdev=contiguous("dev", args.stack),
+                   stest=contiguous("test", args.stack))
+    every = sorted({i for v in idx.values() for i in v})
+    hu_all, pixel = load_slices(every, args.size)
+    hu = {k: hu_all[[every.index(i) for i in v]] for k, v in idx.items()}
+    dev_idx, test_idx, dev, test = idx["dev"], idx["test"], hu["dev"], hu["test"]
     results = {"blocks": BLOCKS, "dev_slices": dev_idx, "test_slices": test_idx, "size": args.size,
                "pixel_mm": pixel, "settings": {k: SETTINGS[k] for k in args.settings}, "mu_water_per_mm": MU_WATER,
                "tuned": {}, "dev_rows": [], "test_rows": [], "build_seconds": {}}
+    prior = control = None
+    if args.diffusion:
+        prior = load_prior(args.prior)
+        control = untrained_prior(prior, seed=0)
+        results.update(prior=str(args.prior), prior_image_size=prior.meta.get("image_size"),
+                       prior_step=prior.meta.get("step"), candidates={m: CANDIDATES[m] for m in args.diffusion},
+                       diffusion_slices={k: idx[k] for k in ("ddev", "sdev", "stest")}, diffusion_tuned={},
+                       diffusion_dev_rows=[], diffusion_test_rows=[])
+    diffusion_settings = args.diffusion_settings if args.diffusion_settings is not None else args.settings
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    keep: dict = {}
     for name in args.settings:
         print(f"[{name}] tuning on dev slices {dev_idx}", flush=True)
         rows, build = run_setting(name, dev, pixel, dev_idx, SIRT_GRID, TV_GRID)
@@ -159,21 +354,23 @@ def main(argv=None) -> int:
         for method in ("fbp", "fbp-hann", "sirt", "tv"):
             print(f"  {method:9s} PSNR {mean_by(rows, 'psnr', method):6.2f} dB  SSIM "
                   f"{mean_by(rows, 'ssim', method):.4f}  {mean_by(rows, 'seconds', method):6.2f} s/slice", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(results, out)
-    lines = [f"CT baselines, chest CT test block slices {test_idx} ({args.size}x{args.size}, {pixel:.3f} mm), "
-             "PSNR/SSIM in HU within the body mask, window [-1000, 1000]; weights tuned on dev slices "
-             f"{dev_idx}.", "", "| setting | method | PSNR (dB) | SSIM | s/slice | tuned |",
-             "|---|---|---|---|---|---|"]
-    for name in args.settings:
-        rows = [r for r in results["test_rows"] if r["setting"] == name]
-        tuned = results["tuned"][name]
-        for method in ("fbp", "fbp-hann", "sirt", "tv"):
-            note = {"sirt": f"{tuned['sirt_iters']} iterations", "tv": f"lam {tuned['tv_lam']:g}"}.get(method, "")
-            lines.append(f"| {name} | {method} | {mean_by(rows, 'psnr', method):.2f} | "
-                         f"{mean_by(rows, 'ssim', method):.4f} | {mean_by(rows, 'seconds', method):.2f} | {note} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        if args.diffusion and name in diffusion_settings:
+            first = args.figure and "figure" not in results
+            run_diffusion(results, name, args, prior, control, hu, idx, pixel, keep if first else None)
+            if first:
+                flat = [m for m in args.diffusion if m != "mbir"]
+                rows = [r for r in results["diffusion_test_rows"] if r["setting"] == name]
+                best = max(flat, key=lambda m: mean_by(rows, "psnr", m)) if flat else None
+                op, angles, _, ys = measure(name, test[:1], pixel, test_idx[:1])
+                images = {"FBP": 1000.0 * (fbp(ys[0], angles, args.size) - 1.0),
+                          "TV": 1000.0 * (tv(op, ys[0], lam=best_tv) - 1.0)}
+                if best:
+                    images[best.upper()] = keep[best][0]
+                figure(Path(args.figure), test[0], images)
+                results["figure"] = {"path": args.figure, "setting": name, "slice": test_idx[0],
+                                     "panels": ["reference"] + list(images), "error_window_hu": [0, 300]}
+        write_json(results, out)  # after every setting: a partial run keeps what it measured
+        out.with_suffix(".md").write_text(markdown(results, args, test_idx, dev_idx, pixel))
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
 

@@ -26,8 +26,8 @@ from torch import Tensor
 from meddiff.errors import MeddiffError
 from meddiff.physics.operators import conjugate_gradient
 
-MBIR_DEFAULTS = {"steps": 50, "samples": 1, "eta": 0.85, "start": 1.0, "init": "fbp", "cg_iters": 5, "rho": 0.05,
-                 "lam_z": 0.002}
+MBIR_DEFAULTS = {"steps": 50, "samples": 1, "eta": 0.85, "start": 1.0, "init": "fbp", "init_lam": None, "cg_iters": 5,
+                 "rho": 0.05, "lam_z": 0.002}
 
 
 def diff_z(v: Tensor) -> Tensor:

@@ -17,7 +17,8 @@ scale alpha is A v = alpha b (``CTImageModel``):
   is the same solver without the z term.
 Every x0 prediction is first clamped to ``V_RANGE`` (air to 3071 HU: attenuation >= 0). The image is padded with
 air (v = -alpha) to the prior's multiple and cropped back. ``start`` < 1 noises an
-initial image (``init``: fbp, sirt or tv) to that fraction of the diffusion time ("come closer, diffuse faster",
+initial image (``init``: fbp, sirt or tv, the latter with weight ``init_lam``, default
+``meddiff.physics.ct.DEFAULTS``) to that fraction of the diffusion time ("come closer, diffuse faster",
 Chung et al. 2022). The default prior is the shipped ``ct_chest_prior`` (128 x 128 slices at 2.26 mm, v = HU / 1000;
 its README); ``SOLVER_DEFAULTS`` are the settings benchmarks/ct_reconstruction.py chose on its dev block at 30 views.
 """
@@ -45,9 +46,9 @@ INITS = BASELINES
 CT_WINDOW = (-1000.0, 1000.0)  # HU mapped to [-1, 1] for the prior: v = HU / 1000
 V_RANGE = (-1.0, 3.071)  # x0 predictions clamped to air .. 3071 HU (mu >= 0; the largest stored CT value)
 SOLVER_DEFAULTS: dict[str, dict] = {
-    "ddnm": {"steps": 50, "samples": 1, "eta": 0.85, "start": 1.0, "init": "fbp", "cg_iters": 30},
-    "dps": {"steps": 50, "samples": 1, "zeta": 1.0, "start": 1.0, "init": "fbp"},
-    "pc": {"steps": 50, "samples": 1, "snr": 0.05, "start": 1.0, "init": "fbp", "cg_iters": 30},
+    "ddnm": {"steps": 50, "samples": 1, "eta": 0.85, "start": 1.0, "init": "fbp", "init_lam": None, "cg_iters": 30},
+    "dps": {"steps": 50, "samples": 1, "zeta": 1.0, "start": 1.0, "init": "fbp", "init_lam": None},
+    "pc": {"steps": 50, "samples": 1, "snr": 0.05, "start": 1.0, "init": "fbp", "init_lam": None, "cg_iters": 30},
     "mbir": dict(MBIR_DEFAULTS),
 }
 DEFAULT_CT_PRIOR = "reconstruct-ct"  # the default_for entry of the shipped CT prior's card
@@ -130,7 +131,8 @@ def _initial(settings: dict, grid, model: CTImageModel, problem: CTProblem, rows
     x = initial_noise(grid, (batch, 1) + model.padded, generator=generator)
     if settings["start"] < 1:
         sub = CTProblem(problem.op, problem.y[rows], problem.angles, problem.pixel_size, problem.mu_water)
-        v0 = model.embed(baseline(settings["init"], sub) / 1000.0)
+        extra = {"lam": settings["init_lam"]} if settings["init"] == "tv" and settings.get("init_lam") else {}
+        v0 = model.embed(baseline(settings["init"], sub, **extra) / 1000.0)
         x = float(grid.alphas[0]) * v0 + x * (float(grid.sigmas[0]) / grid.prior_std())
     return x
 
