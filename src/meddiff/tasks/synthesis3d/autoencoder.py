@@ -61,12 +61,14 @@ def _cache_part(heads: str | Path, split_file: str | Path, part: str) -> tuple[n
 
 
 @torch.no_grad()
-def evaluate_reconstruction(ae: KLAutoencoder, heads: str | Path, split_file: str | Path, part: str = "val") -> dict:
+def evaluate_reconstruction(ae: KLAutoencoder, heads: str | Path, split_file: str | Path, part: str = "val",
+                            limit: int | None = None) -> dict:
     """Mean L1 and PSNR (model range [-1, 1], width 2) of posterior-mean reconstructions of whole padded heads,
     over the voxels of the original 90 x 120 x 120 grid (padding excluded), per subject and averaged."""
     from meddiff.data.heads import unpad_volume
 
     images, _, subjects = _cache_part(heads, split_file, part)
+    images, subjects = images[:limit], subjects[:limit]
     shape = tuple(int(s) for s in np.load(heads)["shape"])
     rows = []
     for image, subject in zip(images, subjects):
