@@ -104,3 +104,26 @@ def test_export_cli_reports_a_non_synthesis_checkpoint(tmp_path, capsys):
     assert main(["export", "--checkpoint", "brats_classifier", "--format", "torchscript",
                  "--out", str(tmp_path / "f.pt")]) != 0
     assert "synthesis" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_sample_cli_runs_an_export_like_its_checkpoint(checkpoint, tmp_path, fmt):
+    """`meddiff sample --checkpoint F.onnx|F.pt` samples through the exported network with the checkpoint's meta: the
+    same images (within ATOL_SAMPLES) as sampling the checkpoint itself; a GPU device is refused in one line."""
+    import numpy as np
+
+    out = tmp_path / f"net{SUFFIX[fmt]}"
+    export_checkpoint_network(checkpoint, fmt, out)
+    args = ["--n", "3", "--sampler", "ddim", "--steps", "4", "--seed", "5", "--class", "1"]
+    assert main(["sample", "--checkpoint", str(checkpoint), *args, "--out", str(tmp_path / "eager")]) == 0
+    assert main(["sample", "--checkpoint", str(out), *args, "--out", str(tmp_path / "export")]) == 0
+    manifest = json.loads((tmp_path / "export" / "manifest.json").read_text())
+    assert manifest["checkpoint"] == str(out) and manifest["steps"] == 4
+    eager, exported = (np.load(tmp_path / name / "samples.npy") for name in ("eager", "export"))
+    assert eager.shape[0] == 3 and np.abs(eager).max() > 0.05
+    np.testing.assert_allclose(exported, eager, atol=ATOL_SAMPLES, rtol=0)
+    from meddiff.tasks.synthesis import sample_to_folder
+
+    with pytest.raises(MeddiffError, match="runs on the CPU|CUDA is not available") as error:  # with / without CUDA
+        sample_to_folder(out, tmp_path / "gpu", 1, device="cuda")
+    assert "\n" not in str(error.value)
