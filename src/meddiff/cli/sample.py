@@ -14,7 +14,8 @@ def register(subparsers) -> None:
                     "default: the shipped chest X-ray model). Writes grid PNGs, samples.npy in the original "
                     "intensity range, labels.npy, NIfTI volumes for 3D models and manifest.json.",
     )
-    parser.add_argument("--checkpoint", help="run dir, checkpoint dir or shipped name (meddiff checkpoints list)")
+    parser.add_argument("--checkpoint", help="run dir, checkpoint dir or shipped name (meddiff checkpoints list), or a "
+                                             "network file of meddiff export (.onnx, .pt)")
     parser.add_argument("--n", type=int, default=16, help="number of samples (default: 16)")
     parser.add_argument("--sampler", choices=sorted(SAMPLERS),
                         help="default: dpmpp_2m, or a distilled student's own sampler (meddiff distill)")

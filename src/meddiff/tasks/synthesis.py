@@ -192,9 +192,18 @@ def write_samples(out_dir: str | Path, samples: Tensor, labels: Tensor | None, m
 def sample_to_folder(checkpoint: str | Path, out_dir: str | Path, num: int, *, sampler: str | None = None,
                      steps: int | None = None, class_label: int | None = None, guidance_scale: float = 1.0, seed: int = 0,
                      batch_size: int = 64, device: str = "cpu", clip_denoised: bool | None = None, progress=None) -> dict:
-    """`generate` then `write_samples`; returns the manifest (with wall time and network evaluations)."""
-    path = resolve_checkpoint(checkpoint)
-    model, meta = load_checkpoint(path, device=resolve_device(device))
+    """`generate` then `write_samples`; returns the manifest (with wall time and network evaluations). ``checkpoint``
+    may also be a network file written by `meddiff export` (.onnx under onnxruntime, .pt TorchScript; CPU only)."""
+    if Path(checkpoint).suffix in (".onnx", ".pt") and Path(checkpoint).is_file():
+        from meddiff.training.export_onnx import load_exported
+
+        if device != "auto" and resolve_device(device).type != "cpu":
+            raise MeddiffError(f"--checkpoint {checkpoint}: an exported network runs on the CPU; drop --device")
+        path, device = Path(checkpoint), "cpu"
+        model, meta = load_exported(path)
+    else:
+        path = resolve_checkpoint(checkpoint)
+        model, meta = load_checkpoint(path, device=resolve_device(device))
     sampler, steps, _ = sampling_plan(meta, sampler, steps)
     started = time.perf_counter()
     samples, labels = generate(path, num, sampler=sampler, steps=steps, class_label=class_label,
