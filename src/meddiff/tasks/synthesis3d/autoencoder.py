@@ -40,10 +40,56 @@ def encode(ae: KLAutoencoder, volumes: Tensor, batch: int = 1) -> Tensor:
     return torch.cat([ae.encode(volumes[i:i + batch].float())[0] for i in range(0, len(volumes), batch)])
 
 
+DECODE_TILE, DECODE_OVERLAP = 8, 2  # latent cells: the training patches (32^3 voxels = 8^3 latent cells), 2 overlap
+
+
+def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of ``tile`` cells covering ``size`` with at least ``overlap`` cells shared."""
+    if size <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, size - tile, stride))
+    return starts + [size - tile]
+
+
+def _ramp(tile: int, overlap: int, factor: int) -> Tensor:
+    """1D blending weights (tile x factor voxels): linear ramps over the ``overlap`` x factor voxels at each end."""
+    n, r = tile * factor, overlap * factor
+    w = torch.ones(n)
+    if r:
+        ramp = (torch.arange(r, dtype=torch.float32) + 0.5) / r
+        w[:r], w[-r:] = ramp, ramp.flip(0)
+    return w
+
+
 @torch.no_grad()
-def decode(ae: KLAutoencoder, latents: Tensor, batch: int = 1) -> Tensor:
-    """Unscaled latents (N, latent_channels, *s) -> volumes (N, 1, *s x f)."""
-    return torch.cat([ae.decode(latents[i:i + batch].float()) for i in range(0, len(latents), batch)])
+def decode(ae: KLAutoencoder, latents: Tensor, batch: int = 1, tile: int | None = DECODE_TILE,
+           overlap: int = DECODE_OVERLAP) -> Tensor:
+    """Unscaled latents (N, latent_channels, *s) -> volumes (N, 1, *s x f).
+
+    ``tile`` (latent cells per side; None: the whole grid at once): decode overlapping tiles of the size the
+    autoencoder was trained on and blend them with linear ramps over the ``overlap`` cells. The decoder's group
+    norms were fitted on 32^3-voxel patches; a whole head (mostly air) shifts their statistics and the decoded air
+    drifts away from -1 (whole-head L1 0.35 against 0.12 tiled, 1 val head). Tiling also bounds the peak memory."""
+    if tile is None:
+        return torch.cat([ae.decode(latents[i:i + batch].float()) for i in range(0, len(latents), batch)])
+    f = ae.factor
+    n, _, *grid = latents.shape
+    out = torch.zeros(n, 1, *(g * f for g in grid))
+    weight = torch.zeros(*(g * f for g in grid))
+    sizes = [min(tile, g) for g in grid]
+    ramps = [_ramp(t, overlap if g > t else 0, f) for t, g in zip(sizes, grid)]
+    w = ramps[0][:, None, None] * ramps[1][None, :, None] * ramps[2][None, None, :]
+    for a in _tile_starts(grid[0], sizes[0], overlap):
+        for b in _tile_starts(grid[1], sizes[1], overlap):
+            for c in _tile_starts(grid[2], sizes[2], overlap):
+                part = latents[:, :, a:a + sizes[0], b:b + sizes[1], c:c + sizes[2]]
+                region = (slice(a * f, (a + sizes[0]) * f), slice(b * f, (b + sizes[1]) * f),
+                          slice(c * f, (c + sizes[2]) * f))
+                for i in range(0, n, batch):
+                    out[(slice(i, i + batch), slice(None), *region)] += ae.decode(part[i:i + batch].float()) * w
+                weight[region] += w
+    return out / weight
 
 
 def psnr(x: Tensor, y: Tensor, data_range: float = 2.0) -> float:
