@@ -13,7 +13,8 @@ Methods: FBP (ramp; Hann too), SIRT (iterations tuned over 50/100/200/400 on the
 200 iterations, weight tuned over ``TV_GRID`` on the dev slices), each setting tuned separately, then fixed for the
 test slices.
 Diffusion rows (``--diffusion``, issue 23) use the shipped prior ``ct_chest_prior`` (trained on the train block only,
-128 x 128 slices, so run them with ``--size 128``): DDNM, DPS and PC slice by slice on the same slices, and
+128 x 128 slices, so run them with ``--size 128``): DDNM, DPS and PC slice by slice on the same slices (with
+``--samples K`` the image is the mean of K samples, an estimate of the posterior mean), and
 DiffusionMBIR on a contiguous stack of ``--stack`` slices from the middle of each block (with FBP and TV of the same
 slices beside it). Each solver's candidate settings (``CANDIDATES``) are scored on the dev slices and the best (PSNR)
 is fixed for the test slices. Controls on the test block, with the tuned settings: every solver with a random-weight
@@ -64,7 +65,7 @@ CANDIDATES = {  # dev grid per solver: overrides of meddiff.tasks.ct.SOLVER_DEFA
     # 0.15-0.5 a probe on dev slice 68 lost 3-4 dB to TV): full runs from noise (50+ network evaluations per slice
     # at 0.7 s each on this session's shared CPU) were out of budget
     "ddnm": [{"start": 0.02, "steps": 10, "cg_iters": 10}, {"start": 0.05, "steps": 10, "cg_iters": 10}],
-    "dps": [{"start": 0.05, "steps": 10, "zeta": 0.3}, {"start": 0.05, "steps": 10, "zeta": 1.0}],
+    "dps": [{"start": 0.05, "steps": 10, "zeta": 0.05}, {"start": 0.05, "steps": 10, "zeta": 0.3}],
     "pc": [{"start": 0.05, "steps": 10, "snr": 0.05, "cg_iters": 10}],
     "mbir": [{"start": 0.05, "steps": 10, "lam_z": 0.002}, {"start": 0.05, "steps": 10, "lam_z": 0.01}],
 }
@@ -160,7 +161,8 @@ def diffusion_rows(name: str, hu: torch.Tensor, pixel: float, seeds: list[int], 
         problem = CTProblem(op, ys[k][None], angles, pixel, MU_WATER)
         for label, (method, settings, which) in runs.items():
             t = time.perf_counter()
-            image, nfe, _ = solve(method, problem, which, seed=seeds[k], **settings)
+            images, nfe, _ = solve(method, problem, which, seed=seeds[k], **settings)
+            image = images.mean(0, keepdim=True)  # K samples -> their mean (K = 1: the sample)
             seconds = time.perf_counter() - t
             rows.append({"setting": name, "slice": seeds[k], "method": label, "seconds": seconds, "nfe": nfe,
                          **score(image[0], hu[k], mask)})
@@ -232,6 +234,8 @@ def run_diffusion(results: dict, name: str, args, prior, control, hu: dict, idx:
     tuned = results["diffusion_tuned"].setdefault(name, {})
     init = {"init": "tv", "init_lam": results["tuned"][name]["tv_lam"]}
     grid = {m: [{**init, **c} for c in CANDIDATES[m]] for m in args.diffusion}
+    if args.samples > 1:  # the 2D solvers' images are the mean of K samples (a posterior-mean estimate)
+        grid.update({m: [{**c, "samples": args.samples} for c in grid[m]] for m in flat})
     if flat:
         print(f"[{name}] diffusion: tuning {', '.join(flat)} on dev slices {idx['ddev']}", flush=True)
         runs = {f"{m}#{i}": (m, c, prior) for m in flat for i, c in enumerate(grid[m])}
@@ -267,7 +271,7 @@ def markdown(results: dict, args, test_idx, dev_idx, pixel) -> str:
              "PSNR/SSIM in HU within the body mask, window [-1000, 1000]; weights tuned on dev slices "
              f"{dev_idx}.", "", "| setting | method | PSNR (dB) | SSIM | s/slice | tuned |",
              "|---|---|---|---|---|---|"]
-    for name in args.settings:
+    for name in results["tuned"]:  # the settings measured so far (written after each)
         rows = [r for r in results["test_rows"] if r["setting"] == name]
         tuned = results["tuned"][name]
         for method in ("fbp", "fbp-hann", "sirt", "tv"):
@@ -302,6 +306,8 @@ def main(argv=None) -> int:
     parser.add_argument("--diffusion-settings", nargs="*", help="settings that get diffusion rows (default: all)")
     parser.add_argument("--diffusion-dev-slices", type=int, default=2, help="dev slices for the solvers (default 2)")
     parser.add_argument("--stack", type=int, default=4, help="consecutive slices of the MBIR stack (default 4)")
+    parser.add_argument("--samples", type=int, default=1, help="samples per slice of DDNM/DPS/PC, their mean is the "
+                                                                "image (default 1)")
     parser.add_argument("--prior", default="ct_chest_prior", help="prior checkpoint (default: the shipped one)")
     parser.add_argument("--no-controls", dest="controls", action="store_false",
                         help="skip the random-weight-prior rows")
