@@ -61,7 +61,8 @@ def ship(args) -> None:
     from meddiff.data.heads import HEAD_GRID
     from meddiff.files import write_text
     from meddiff.tasks.segment.labels import CLASS_NAMES, NUM_CLASSES
-    from meddiff.tasks.synthesis3d.autoencoder import AE_META, AE_WEIGHTS, load_autoencoder
+    from meddiff.tasks.synthesis3d.autoencoder import (AE_META, AE_WEIGHTS, DECODE_OVERLAP, DECODE_TILE,
+                                                        load_autoencoder)
     from meddiff.tasks.synthesis3d.pipeline import LABEL_MAPS, label_map_counts, write_autoencoder
     from meddiff.training.checkpoint import read_meta, resolve_checkpoint
     from meddiff.training.shipped import export_checkpoint
@@ -94,6 +95,7 @@ def ship(args) -> None:
         "affine": heads["affines"][picks[0]].tolist(), "num_classes": NUM_CLASSES, "class_names": list(CLASS_NAMES),
         "label_conditioning": True, "cfg": False, "autoencoder_step": read_meta(ae_checkpoint)["step"],
         "autoencoder_network": ae.config, "reference_subject": subjects[picks[0]],
+        "decode_tile": DECODE_TILE, "decode_overlap": DECODE_OVERLAP,
     }
     write_text(folder / "meta.json", json.dumps(meta, indent=2, default=str))
     print(f"shipped {folder}: " + ", ".join(f"{f.name} {f.stat().st_size / 2**20:.2f} MB" for f in sorted(folder.iterdir())))

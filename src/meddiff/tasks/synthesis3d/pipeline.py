@@ -21,7 +21,8 @@ from torch import Tensor
 from meddiff.errors import MeddiffError
 from meddiff.nets.autoencoder_kl import KLAutoencoder
 from meddiff.nets.unet import COND_IMAGE
-from meddiff.tasks.synthesis3d.autoencoder import AE_META, AE_WEIGHTS, decode, load_autoencoder
+from meddiff.tasks.synthesis3d.autoencoder import (AE_META, AE_WEIGHTS, DECODE_OVERLAP, DECODE_TILE, decode,
+                                                    load_autoencoder)
 
 LABEL_MAPS = "label_maps.npz"  # pooled label maps of a few training subjects: the default conditioning
 
@@ -29,7 +30,8 @@ LABEL_MAPS = "label_maps.npz"  # pooled label maps of a few training subjects: t
 @dataclass
 class LatentDiffusion:
     """A loaded bundle: latent UNet (eval), autoencoder (eval), the checkpoint's meta and its ``ldm`` section
-    (scale_factor, latent_shape, head_grid, ras_shape, spacing, affine, num_classes, cfg)."""
+    (scale_factor, latent_shape, head_grid, ras_shape, spacing, affine, num_classes, cfg; decode_tile and
+    decode_overlap in latent cells, the tiled decoding of ``autoencoder.decode``)."""
 
     unet: torch.nn.Module
     ae: KLAutoencoder
@@ -108,7 +110,8 @@ def sample_heads(ldm: LatentDiffusion, cond: Tensor, *, sampler: str | None = No
         parts = [sample_latents(ldm, cond[i:i + 1], sampler=sampler, steps=steps, seed=seed + i,
                                 guidance_scale=guidance_scale) for i in range(start, min(start + batch, len(cond)))]
         z = torch.cat(parts) / float(ldm.info["scale_factor"])
-        out.append(decode(ldm.ae, z).clamp(-1.0, 2.0))
+        out.append(decode(ldm.ae, z, tile=ldm.info.get("decode_tile", DECODE_TILE),
+                          overlap=ldm.info.get("decode_overlap", DECODE_OVERLAP)).clamp(-1.0, 2.0))
     return torch.cat(out)
 
 
