@@ -236,6 +236,9 @@ def main() -> None:
                              "0: time them in full")
     parser.add_argument("--compile-steps", type=int, nargs="*",
                         help="students (by step count) that get the torch.compile lever (default: all)")
+    parser.add_argument("--ddpm-latency-probe", action="store_true",
+                        help="extrapolate DDPM-1000's batch-1 latency from --ddpm-probe-steps steps too (the brain "
+                             "default; each DDPM step is one network call)")
     parser.add_argument("--ddpm-fid", action="store_true", help="recompute DDPM-1000's FID (1000 x batch n)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile lever")
     parser.add_argument("--no-export", action="store_true", help="skip the ONNX / TorchScript rows and levers")
@@ -256,7 +259,7 @@ def main() -> None:
     ddpm = {"model": teacher_name, "method": "meddiff ddpm", "steps": args.ddpm_steps,
             "run": meddiff_sampler(teacher_name, teacher, teacher_meta, "ddpm", args.ddpm_steps),
             "probe": meddiff_sampler(teacher_name, teacher, teacher_meta, "ddpm", args.ddpm_probe_steps),
-            "probe_steps": args.ddpm_probe_steps, "latency_probe": preset["extrapolate_ddpm_latency"]}
+            "probe_steps": args.ddpm_probe_steps, "latency_probe": preset["extrapolate_ddpm_latency"] or args.ddpm_latency_probe}
     rows = [
         ddpm,
         {"model": teacher_name, "method": "meddiff dpmpp_2m", "steps": 20,
