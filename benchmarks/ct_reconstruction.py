@@ -173,14 +173,16 @@ def diffusion_rows(name: str, hu: torch.Tensor, pixel: float, seeds: list[int], 
 
 
 def stack_rows(name: str, hu: torch.Tensor, pixel: float, seeds: list[int], runs: dict, tv_lam: float) -> list[dict]:
-    """Rows of DiffusionMBIR on the stack ``hu`` (D, H, W) (``runs``: label -> (settings, prior)), and of FBP and TV
-    (weight ``tv_lam``) on the same slices; seconds per slice = stack seconds / D."""
+    """Rows of DiffusionMBIR on the stack ``hu`` (D, H, W) (``runs``: label -> (settings, prior)), and of FBP (ramp,
+    Hann) and TV (weight ``tv_lam``) on the same slices; seconds per slice = stack seconds / D."""
     op, angles, _, ys = measure(name, hu, pixel, seeds)
     y = torch.stack(ys)
     masks = [body_mask(h) for h in hu]
     out = {}
     t = time.perf_counter()
     out["fbp (stack)"] = (1000.0 * (fbp(y, angles, hu.shape[-1]) - 1.0), time.perf_counter() - t)
+    t = time.perf_counter()
+    out["fbp-hann (stack)"] = (1000.0 * (fbp(y, angles, hu.shape[-1], filter="hann") - 1.0), time.perf_counter() - t)
     t = time.perf_counter()
     out["tv (stack)"] = (1000.0 * (tv(op, y, lam=tv_lam) - 1.0), time.perf_counter() - t)
     for label, (settings, which) in runs.items():
