@@ -284,8 +284,9 @@ def markdown(results: dict, args, test_idx, dev_idx, pixel) -> str:
         tuned = results.get("diffusion_tuned", {}).get(name, {})
         for method in dict.fromkeys(r["method"] for r in rows):
             base = method.split("-")[0].split(" ")[0]
-            note = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
-                             for k, v in tuned.get(base, {}).items()) if base in tuned and "(stack)" not in method else ""
+            note = ""
+            if base in tuned and "(stack)" not in method:
+                note = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in tuned[base].items())
             if method.startswith("mbir-no-ztv"):
                 note = "as mbir, lam_z 0"
             stack = {r["slice"] for r in rows if r["method"] == method}
