@@ -48,7 +48,8 @@ def register(subparsers) -> None:
                         "image starts from (default per method: ddnm 0.03, mc-ddpm "
                         f"{SOLVER_DEFAULTS['mc-ddpm']['start']:g}; 0.01 makes ddnm a CS "
                         "refinement that scores 0-0.6 dB higher but barely uses the prior, benchmarks/README.md; "
-                        "larger starts spread the samples more, benchmarks/mri_uncertainty.py)")
+                        "larger starts spread the samples more, benchmarks/mri_uncertainty.py; CT: the noised TV "
+                        "image, ddnm 0.02, dps/pc/mbir 0.05, 10 steps)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--checkpoint", help="prior checkpoint: directory, run directory or shipped name "
                                              "(default: the shipped prior for reconstruct; --modality ct: the "
