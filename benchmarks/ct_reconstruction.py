@@ -11,7 +11,9 @@ noise variance 10, -log): 30 and 60 views over 180 degrees and 120 views over a 
 I0 = 1e5, and 180 views at low dose I0 = 1e4 photons per ray.
 Methods: FBP (ramp; Hann too), SIRT (iterations tuned over 50/100/200/400 on the dev slices), TV (Chambolle-Pock,
 200 iterations, weight tuned over ``TV_GRID`` on the dev slices), each setting tuned separately, then fixed for the
-test slices.
+test slices. ``--lowdose-unet DIR`` adds the supervised low-dose baseline to the low-dose-1e4 setting: a residual UNet
+from the Hann FBP to the slice, trained on the train block at 128 x 128 (``scripts/train_ct_prior.py lowdose-unet``;
+``meddiff.tasks.ct.lowdose``), so with ``--size 128``.
 Diffusion rows (``--diffusion``, issue 23) use the shipped prior ``ct_chest_prior`` (trained on the train block only,
 128 x 128 slices, so run them with ``--size 128``): DDNM, DPS and PC slice by slice on the same slices (with
 ``--samples K`` the image is the mean of K samples, an estimate of the posterior mean), and
@@ -59,6 +61,8 @@ SETTINGS = {  # name: (views, arc in degrees, I0)
 TV_GRID = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
 SIRT_GRID = (50, 100, 200, 400)
 WINDOW = (-1000.0, 1000.0)
+CLASSICAL = ("fbp", "fbp-hann", "sirt", "tv")
+UNET = "unet (supervised)"
 DIFFUSION = ("ddnm", "dps", "pc", "mbir")
 CANDIDATES = {  # dev grid per solver: overrides of meddiff.tasks.ct.SOLVER_DEFAULTS. Every run starts from the TV
     # image (the setting's tuned weight) noised to a small ``start`` (t = 20 / 50 of 1000: 79 / 173 HU of noise; at
@@ -148,6 +152,23 @@ def run_setting(name: str, hu: torch.Tensor, pixel: float, seeds: list[int], sir
             rows.append({"setting": name, "slice": seeds[k], "method": method, "seconds": seconds,
                          **score(1000.0 * (x - 1.0), hu[k], mask)})
     return rows, build
+
+
+def unet_rows(name: str, hu: torch.Tensor, pixel: float, seeds: list[int], folder: str) -> list[dict]:
+    """Rows of the supervised low-dose UNet (``meddiff.tasks.ct.lowdose``) on the Hann FBP of each slice's sinogram
+    (the same noisy sinograms as every other method)."""
+    from meddiff.tasks.ct.lowdose import denoise
+    from meddiff.training.regression import load_regression
+
+    model = load_regression(folder)
+    _, angles, _, ys = measure(name, hu, pixel, seeds)
+    rows = []
+    for k in range(len(hu)):
+        t = time.perf_counter()
+        v = denoise(model, fbp(ys[k], angles, hu.shape[-1], filter="hann")[None] - 1.0)[0]
+        rows.append({"setting": name, "slice": seeds[k], "method": UNET, "seconds": time.perf_counter() - t,
+                     **score(1000.0 * v, hu[k], body_mask(hu[k]))})
+    return rows
 
 
 def diffusion_rows(name: str, hu: torch.Tensor, pixel: float, seeds: list[int], runs: dict,
@@ -276,8 +297,9 @@ def markdown(results: dict, args, test_idx, dev_idx, pixel) -> str:
     for name in results["tuned"]:  # the settings measured so far (written after each)
         rows = [r for r in results["test_rows"] if r["setting"] == name]
         tuned = results["tuned"][name]
-        for method in ("fbp", "fbp-hann", "sirt", "tv"):
-            note = {"sirt": f"{tuned['sirt_iters']} iterations", "tv": f"lam {tuned['tv_lam']:g}"}.get(method, "")
+        for method in CLASSICAL + ((UNET,) if any(r["method"] == UNET for r in rows) else ()):
+            note = {"sirt": f"{tuned['sirt_iters']} iterations", "tv": f"lam {tuned['tv_lam']:g}",
+                    UNET: "train block, 180 views, I0 1e4"}.get(method, "")
             lines.append(f"| {name} | {method} | {mean_by(rows, 'psnr', method):.2f} | "
                          f"{mean_by(rows, 'ssim', method):.4f} | {mean_by(rows, 'seconds', method):.2f} | {note} |")
         rows = [r for r in results.get("diffusion_test_rows", []) if r["setting"] == name]
@@ -311,6 +333,8 @@ def main(argv=None) -> int:
     parser.add_argument("--stack", type=int, default=4, help="consecutive slices of the MBIR stack (default 4)")
     parser.add_argument("--samples", type=int, default=1, help="samples per slice of DDNM/DPS/PC, their mean is the "
                                                                 "image (default 1)")
+    parser.add_argument("--lowdose-unet", help="folder of the supervised low-dose UNet (scripts/train_ct_prior.py "
+                                               "lowdose-unet): a row in the low-dose-1e4 setting")
     parser.add_argument("--prior", default="ct_chest_prior", help="prior checkpoint (default: the shipped one)")
     parser.add_argument("--no-controls", dest="controls", action="store_false",
                         help="skip the random-weight-prior rows")
@@ -359,8 +383,10 @@ def main(argv=None) -> int:
         results["build_seconds"][name] = build
         for r in rows:
             r["method"] = {f"sirt-{best_sirt}": "sirt", f"tv-{best_tv:g}": "tv"}.get(r["method"], r["method"])
+        if args.lowdose_unet and name == "low-dose-1e4":
+            rows += unet_rows(name, test, pixel, test_idx, args.lowdose_unet)
         results["test_rows"] += rows
-        for method in ("fbp", "fbp-hann", "sirt", "tv"):
+        for method in CLASSICAL + ((UNET,) if any(r["method"] == UNET for r in rows) else ()):
             print(f"  {method:9s} PSNR {mean_by(rows, 'psnr', method):6.2f} dB  SSIM "
                   f"{mean_by(rows, 'ssim', method):.4f}  {mean_by(rows, 'seconds', method):6.2f} s/slice", flush=True)
         if args.diffusion and name in diffusion_settings:

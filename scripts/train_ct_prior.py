@@ -6,6 +6,8 @@ Training itself is plain ``meddiff train`` (one thread, resumable):
 Then:
     .venv/bin/python scripts/train_ct_prior.py dev-loss [--watch]   # runs/ct_prior/dev_loss.csv, per checkpoint
     .venv/bin/python scripts/train_ct_prior.py export                 # ships the latest checkpoint
+The supervised low-dose baseline (issue 23, low-dose item; not shipped; benchmarks/ct_reconstruction.py --lowdose-unet):
+    nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python scripts/train_ct_prior.py lowdose-unet [--minutes 15]
 
 Held-out loss: the v-prediction MSE (unweighted; the same noise, seeded per time, for every checkpoint) of the EMA
 weights on all 13 slices of the dev block (sorted slices 62-74, never trained on) at ``TIMES``; step 0 is the same
@@ -91,6 +93,32 @@ def score_run(path: Path) -> None:
                       flush=True)
 
 
+def train_lowdose_unet(out: Path, minutes: float, realisations: int) -> None:
+    """A residual MONAI UNet (16-32-64-128) from the Hann FBP of 180-view I0 = 1e4 sinograms to the slice, on the train
+    block (sorted slices 0-59 at 128 x 128, ``realisations`` noise draws each), L1, Adam 1e-3, batch 16."""
+    import yaml
+
+    from meddiff.data.ct_slices import read_ct_volume
+    from meddiff.tasks.ct.lowdose import lowdose_pairs
+    from meddiff.training.regression import build_regression_unet, save_regression, train_regression
+
+    data = yaml.safe_load(Path(CONFIG).read_text())["data"]
+    volume, spacing = read_ct_volume(data["path"])
+    start, stop = data["blocks"]["train"]
+    hu = torch.from_numpy(volume[start:stop]).clamp_min(-1000.0)
+    factor = hu.shape[-1] // data["size"]
+    hu = torch.nn.functional.avg_pool2d(hu[:, None], factor)[:, 0]
+    pairs = lowdose_pairs(hu, spacing * factor, realisations=realisations, seed=0)
+    print(f"{len(pairs)} pairs ({len(hu)} train slices x {realisations} noise draws)", flush=True)
+    model = build_regression_unet(1, 1, channels=(16, 32, 64, 128), strides=(2, 2, 2), residual=True)
+    stats = train_regression(model, pairs, loss="l1", batch_size=16, lr=1e-3, max_seconds=60 * minutes, seed=0,
+                             run_dir=out, log=print)
+    save_regression(model.eval(), out, meta={"trained_on": f"ct_chest train block {start}-{stop - 1}, 128 x 128, "
+                                             "v = HU / 1000", "views": 180, "i0": 1e4, "filter": "hann",
+                                             "realisations": realisations, **stats})
+    print(f"saved {out}: {stats}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -100,8 +128,15 @@ def main(argv=None) -> int:
     export = sub.add_parser("export")
     export.add_argument("--description", default="CT prior (chest, 128x128 at 2.26 mm, v = HU/1000) for "
                                                   "reconstruct --modality ct")
+    unet = sub.add_parser("lowdose-unet")
+    unet.add_argument("--out", default="runs/ct_prior/lowdose_unet")
+    unet.add_argument("--minutes", type=float, default=15.0, help="training wall time (default 15)")
+    unet.add_argument("--realisations", type=int, default=8, help="noise draws per train slice (default 8)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.what == "lowdose-unet":
+        train_lowdose_unet(Path(args.out), args.minutes, args.realisations)
+        return 0
     if args.what == "dev-loss":
         while True:
             score_run(Path(args.out))

@@ -11,7 +11,8 @@ Units (``problem``): sinograms hold int mu dl with mu in 1/mm and the detector s
 turns an HU image into such a sinogram (optionally with low-dose noise) and its angles.
 
 Modules: ``data`` (HU images, sinograms, angles, the geometry sidecar), ``problem`` (operator, units, simulation),
-``baselines``, ``mbir`` (the z-TV consistency step), ``solvers`` (``reconstruct``, the one entry point).
+``baselines``, ``mbir`` (the z-TV consistency step), ``solvers`` (``reconstruct``, the one entry point),
+``lowdose`` (the supervised low-dose UNet baseline: training pairs and inference).
 """
 
 from meddiff.tasks.ct.baselines import BASELINE_PARAMS, BASELINES, baseline
