@@ -119,6 +119,7 @@ def test_every_shipped_model_has_a_quality_test():
               "pneumonia_cond_student",  # its quality test: tests/test_distill.py
               "brain_slices_2d_student",  # its quality test: tests/test_distill_brain_student.py
               "brain_parcellation_ixi",  # its quality test: tests/test_segment.py
+              "brain3d_ldm",  # its quality test: tests/test_ldm_quality.py
               "sr3_ixi_4x", "unet_sr_ixi_4x",  # their quality tests: tests/test_sr3.py
               "t1_to_t2_flair",  # its quality test: tests/test_translate.py
               "ct_chest_prior",  # its quality test: tests/test_ct_prior.py
