@@ -11,9 +11,9 @@ students (their own samplers and grids), the same students with their network ru
 - Latency: one image (batch 1) per call, median over ``--repeats`` (>= 5) calls, as wall time and as the process's
   CPU time (one thread: on a machine shared with other jobs the CPU time is close to the cost on an idle core, the
   wall time is what a user waited; both are reported, and the machine's load average); throughput: images/s at
-  batch 64, median over the repeats. Calls are interleaved (round-robin over the rows, repeat after repeat) so drift in the
-  machine's load hits every row alike. DDPM-1000 at batch 64 is timed with ``--ddpm-probe-steps`` steps and scaled
-  to 1000 (each DDPM step costs the same): marked ``throughput_extrapolated``; with ``--model brain`` its batch-1
+  batch 64, median over the repeats. Calls are interleaved (round-robin over the rows, repeat after repeat) so drift
+  in the machine's load hits every row alike. DDPM-1000 at batch 64 is timed with ``--ddpm-probe-steps`` steps and
+  scaled to 1000 (each DDPM step costs the same): marked ``throughput_extrapolated``; with ``--model brain`` its batch-1
   latency is extrapolated the same way (``latency_extrapolated``; 1000 calls of ~40 ms per repeat otherwise). With
   ``--throughput-probe-steps K`` the teacher's other samplers of more than K steps are timed at batch 64 the same
   way (K steps of the same sampler, scaled; marked too): on a busy shared CPU the full batch-64 runs cost tens of
@@ -259,7 +259,8 @@ def main() -> None:
     ddpm = {"model": teacher_name, "method": "meddiff ddpm", "steps": args.ddpm_steps,
             "run": meddiff_sampler(teacher_name, teacher, teacher_meta, "ddpm", args.ddpm_steps),
             "probe": meddiff_sampler(teacher_name, teacher, teacher_meta, "ddpm", args.ddpm_probe_steps),
-            "probe_steps": args.ddpm_probe_steps, "latency_probe": preset["extrapolate_ddpm_latency"] or args.ddpm_latency_probe}
+            "probe_steps": args.ddpm_probe_steps,
+            "latency_probe": preset["extrapolate_ddpm_latency"] or args.ddpm_latency_probe}
     rows = [
         ddpm,
         {"model": teacher_name, "method": "meddiff dpmpp_2m", "steps": 20,
@@ -273,7 +274,8 @@ def main() -> None:
                      "run": meddiff_sampler(path, model, meta, None, None), "student": True})
         if "onnx" in exports.get(path, {}):
             network, exported_meta = exports[path]["onnx"]
-            rows.append({"model": path, "method": f"student {sampler} + onnxruntime", "steps": meta["sampling"]["steps"],
+            rows.append({"model": path, "method": f"student {sampler} + onnxruntime",
+                         "steps": meta["sampling"]["steps"],
                          "run": meddiff_sampler(path, network, exported_meta, None, None), "student": True})
     rows += [
         {"model": teacher_name, "method": "MONAI DDIMScheduler", "steps": 50,
@@ -285,7 +287,8 @@ def main() -> None:
     if probe:  # the teacher's long samplers at batch 64: a probe-step run of the same sampler, scaled
         for row in rows:
             if "probe" not in row and not row.get("student") and row["steps"] > probe:
-                kind = {"meddiff dpmpp_2m": None, "MONAI DDIMScheduler": "monai_ddim"}.get(row["method"], "diffusers_dpm")
+                kinds = {"meddiff dpmpp_2m": None, "MONAI DDIMScheduler": "monai_ddim"}
+                kind = kinds.get(row["method"], "diffusers_dpm")
                 row["probe"] = (meddiff_sampler(teacher_name, teacher, teacher_meta, "dpmpp_2m", probe) if kind is None
                                 else external_sampler(kind, teacher, teacher_meta, probe))
                 row["probe_steps"] = probe
@@ -382,7 +385,8 @@ def main() -> None:
             out["meets_target_cpu_time"] = bool(quality_ok and out["latency_cpu_ms"] <= 100)
         results.append(out)
 
-    header = ("| model | method | steps | latency ms (batch 1) | CPU ms (batch 1) | images/s (batch 64) | FID | KID x1e3 | precision | "
+    header = ("| model | method | steps | latency ms (batch 1) | CPU ms (batch 1) | images/s (batch 64) | FID | "
+              "KID x1e3 | precision | "
               "recall | TSTR acc | FID ratio vs DPM++ 20 | speed-up vs MONAI DDIM-50 |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
@@ -392,14 +396,16 @@ def main() -> None:
                      f"{r['latency_cpu_ms']:.1f}{'*' if r['latency_extrapolated'] else ''} | "
                      f"{r['images_per_s']:.1f}{'*' if r['throughput_extrapolated'] else ''} | "
                      f"{fmt(r.get('fid'), '.3f')}{'**' if r.get('fid_source') else ''} | "
-                     f"{fmt(None if r.get('kid') is None else 1e3 * r['kid'], '.2f')} | {fmt(r.get('precision'), '.2f')} | "
+                     f"{fmt(None if r.get('kid') is None else 1e3 * r['kid'], '.2f')} | "
+                     f"{fmt(r.get('precision'), '.2f')} | "
                      f"{fmt(r.get('recall'), '.2f')} | {fmt(r.get('tstr_accuracy'), '.3f')} | "
                      f"{fmt(r.get('fid_ratio'), '.2f')} | {fmt(r.get('speedup_vs_monai_ddim50'), '.1f')} |")
     lever_lines = ["| student steps | variant | latency ms (batch 1) | CPU ms | speed-up |", "|---|---|---|---|---|"]
     for lever in levers:
         lever_lines.append(f"| {lever['steps']} | {lever['variant']} | {fmt(lever.get('latency_ms'), '.1f')} | "
                            f"{fmt(lever.get('cpu_ms'), '.1f')} | "
-                           f"{fmt(lever.get('speedup'), '.2f')}{' (' + lever['error'] + ')' if 'error' in lever else ''} |")
+                           f"{fmt(lever.get('speedup'), '.2f')}"
+                           f"{' (' + lever['error'] + ')' if 'error' in lever else ''} |")
     table, lever_table = "\n".join(lines), "\n".join(lever_lines)
     floor = reference.get("floor")
     print(table + "\n\n" + lever_table + (f"\n\nfloor ({floor['what']}): FID {floor['fid']:.3f}, KID x1e3 "
