@@ -10,7 +10,7 @@ import torch
 
 from meddiff.physics.ct import ParallelBeamCT, fbp, simulate_sinogram, view_angles
 from meddiff.physics.ct.dose import MU_WATER
-from meddiff.tasks.ct.lowdose import denoise, lowdose_fbp, lowdose_pairs
+from meddiff.tasks.ct.lowdose import denoise, lowdose_fbp, lowdose_pairs, shifted
 from meddiff.training.regression import build_regression_unet, save_regression, train_regression
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -40,6 +40,26 @@ def test_pairs_are_the_clean_slice_and_its_low_dose_fbp():
     assert not torch.equal(pairs[0]["cond_image"], pairs[3]["cond_image"])  # another draw of the same slice
     noiseless = fbp(simulate_sinogram(hu[0], op, pixel_size=2.0)[0] / (MU_WATER * 2.0), angles, 32, filter="hann") - 1
     assert (pairs[0]["cond_image"][0] - noiseless).abs().mean() > 0.02  # the dose is low enough to matter
+
+
+def test_augmented_pairs_are_moved_slices_and_their_own_fbp():
+    hu = _slices()
+    x = torch.arange(12.0).reshape(3, 4)
+    assert torch.equal(shifted(x, 1, -1, False)[1:, :3], x[:2, 1:]) and (shifted(x, 1, -1, False)[0] == -1000).all()
+    assert torch.equal(shifted(x, 0, 0, True), x.flip(-1))
+    pairs = lowdose_pairs(hu, 2.0, realisations=3, seed=1, shift=3, flip=True, views=40, i0=2e3)
+    torch.testing.assert_close(pairs[0]["image"][0], hu[0] / 1000)  # the first draw is the slices as they are
+    moved = [p["image"][0] * 1000 for p in pairs[3:]]
+    assert any(not torch.equal(m, h) for m, h in zip(moved, list(hu) * 2))
+    for m in moved:  # a mirrored / shifted copy of one of the slices: same body area, air entering at the edge
+        assert any(abs(int((m > -500).sum()) - int((h > -500).sum())) <= 2 for h in hu)
+    # each input is the low-dose FBP of its own (moved) target, not of the original slice
+    clean_fbp = [fbp(simulate_sinogram(p["image"][0] * 1000, ParallelBeamCT(32, view_angles(40, 180.0)),
+                                       pixel_size=2.0)[0] / (MU_WATER * 2.0), view_angles(40, 180.0), 32,
+                     filter="hann") - 1 for p in pairs[3:]]
+    for p, c in zip(pairs[3:], clean_fbp):
+        assert float((p["cond_image"][0] - c).abs().mean()) < float((p["cond_image"][0] - c.flip(-1)).abs().mean()) \
+            or torch.allclose(c, c.flip(-1))
 
 
 def test_a_tiny_unet_beats_the_fbp_it_starts_from(tmp_path):

@@ -30,15 +30,33 @@ def lowdose_fbp(hu: Tensor, pixel_size: float, *, views: int = 180, arc: float =
     return torch.stack(out)
 
 
-def lowdose_pairs(hu: Tensor, pixel_size: float, *, realisations: int = 4, seed: int = 0, **kwargs) -> list[dict]:
+def shifted(hu: Tensor, dy: int, dx: int, flip: bool) -> Tensor:
+    """HU slice (H, W) mirrored left-right (``flip``) and moved by whole pixels (dy, dx), air (-1000) entering."""
+    x = hu.flip(-1) if flip else hu
+    h, w = x.shape
+    out = torch.full_like(x, -1000.0)
+    src = (slice(max(-dy, 0), h - max(dy, 0)), slice(max(-dx, 0), w - max(dx, 0)))
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = x[src]
+    return out
+
+
+def lowdose_pairs(hu: Tensor, pixel_size: float, *, realisations: int = 4, seed: int = 0, shift: int = 0,
+                  flip: bool = False, **kwargs) -> list[dict]:
     """Training pairs {"cond_image": low-dose FBP v (1, H, W), "image": clean v (1, H, W)} for every slice of ``hu``
-    (N, H, W) and ``realisations`` noise draws (seeded: ``seed``); ``kwargs`` go to ``lowdose_fbp``."""
+    (N, H, W) and ``realisations`` noise draws (seeded: ``seed``); ``kwargs`` go to ``lowdose_fbp``. Augmentation
+    before the simulation (so each pair is an exact pair of a plausible slice): from the second draw on, each slice is
+    mirrored left-right with probability 1/2 (``flip``) and moved by up to ``shift`` pixels in each axis."""
     generator = torch.Generator().manual_seed(seed)
-    clean = hu.clamp_min(-1000.0) / 1000.0
+    hu = hu.clamp_min(-1000.0)
     pairs = []
-    for _ in range(realisations):
-        noisy = lowdose_fbp(hu, pixel_size, generator=generator, **kwargs)
-        pairs += [{"cond_image": noisy[k][None], "image": clean[k][None]} for k in range(len(hu))]
+    for draw in range(realisations):
+        moved = hu
+        if draw and (shift or flip):
+            moves = torch.randint(-shift, shift + 1, (len(hu), 2), generator=generator).tolist()
+            flips = (torch.rand(len(hu), generator=generator) < 0.5).tolist() if flip else [False] * len(hu)
+            moved = torch.stack([shifted(hu[k], *moves[k], flips[k]) for k in range(len(hu))])
+        noisy = lowdose_fbp(moved, pixel_size, generator=generator, **kwargs)
+        pairs += [{"cond_image": noisy[k][None], "image": moved[k][None] / 1000.0} for k in range(len(hu))]
     return pairs
 
 
