@@ -26,7 +26,7 @@ LATENTS = ROOT / "runs" / "ldm" / "latents.npz"
 
 
 def cache_heads(args) -> None:
-    from meddiff.data.heads import build_head_cache
+    from meddiff.tasks.synthesis3d.cache import build_head_cache
     from meddiff.data.splits import SPLITS
 
     split = json.loads(Path(args.split).read_text())

@@ -5,7 +5,8 @@ percentile of the voxels above 10 % of the max -> 1, air -> -1, not clipped) and
 ``HEAD_GRID`` = 96 x 128 x 128 (a multiple of 4 for the 4x autoencoder and of 8 for the latent UNet: latents
 24 x 32 x 32). Labels are merged to the 10 classes of ``meddiff.tasks.segment.labels`` and padded with background.
 
-``build_head_cache`` reads the subjects once into an .npz (images float16, labels uint8), which the dataset kinds
+``meddiff.tasks.synthesis3d.cache.build_head_cache`` reads the subjects once into an .npz (images float16, labels
+uint8; it lives with the task because the labels come from ``meddiff.tasks.segment``), which the dataset kinds
 ``heads`` (whole heads or random patches, for the autoencoder) and ``latents`` (scaled latents + the one-hot label
 map pooled to the latent grid, for the latent UNet) read.
 """
@@ -65,29 +66,6 @@ def one_hot_latent(labels: torch.Tensor, num_classes: int, factor: int) -> torch
     onehot = F.one_hot(labels.long(), num_classes).movedim(-1, 1).float()
     pool = F.avg_pool3d if labels.ndim == 4 else F.avg_pool2d
     return pool(onehot, factor) if factor > 1 else onehot
-
-
-def build_head_cache(root: str | Path, subjects: Sequence[str], out: str | Path, grid: Sequence[int] = HEAD_GRID,
-                     log=print) -> Path:
-    """Read, normalise and pad the subjects' T1 and merged labels into ``out`` (.npz: images (N, *grid) float16,
-    labels (N, *grid) uint8, subjects, affines (N, 4, 4) of the source files, shape (3,) RAS shape)."""
-    from meddiff.data.io import read_nifti
-    from meddiff.files import atomic_path
-    from meddiff.tasks.segment.data import load_labelled, subject_files
-
-    images, labels, affines, shape = [], [], [], None
-    for n, subject in enumerate(subjects):
-        s = load_labelled(root, subject)
-        shape = s.image.shape
-        images.append(pad_volume(normalize_head(s.image), grid, -1.0, subject).astype(np.float16))
-        labels.append(pad_volume(s.labels.astype(np.uint8), grid, 0, subject))
-        affines.append(np.asarray(read_nifti(subject_files(root, subject)["t1"])[1].affine, dtype=np.float64))
-        if log and (n + 1) % 20 == 0:
-            log(f"cached {n + 1}/{len(subjects)} heads")
-    with atomic_path(out) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, images=np.stack(images), labels=np.stack(labels), subjects=np.asarray(list(subjects)),
-                 affines=np.stack(affines), shape=np.asarray(shape))
-    return Path(out)
 
 
 def _read_cache(path: str | Path, keys: Sequence[str]) -> dict:
