@@ -58,6 +58,15 @@ def ct_slices_scaled(volume_hu: np.ndarray, size: int | None, hu_range: Sequence
     return hu / 1000.0
 
 
+def shift_slice(x: torch.Tensor, dy: int, dx: int, fill: float = 0.0) -> torch.Tensor:
+    """(..., H, W) moved by whole pixels (dy down, dx right), ``fill`` entering at the edges."""
+    h, w = x.shape[-2:]
+    moved = torch.full_like(x, fill)
+    moved[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        x[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return moved
+
+
 def augment_slice(v: torch.Tensor, rng: np.random.Generator, *, flip_prob: float = 0.0, shift: int = 0,
                   rotate_degrees: float = 0.0, rotate_prob: float = 0.0, scale: float = 0.0) -> torch.Tensor:
     """One random draw of the augmentations above on v (1, H, W); works in water units x = v + 1 so that the zero
@@ -74,11 +83,7 @@ def augment_slice(v: torch.Tensor, rng: np.random.Generator, *, flip_prob: float
                                             align_corners=False)[0]
     if shift > 0:
         dy, dx = (int(d) for d in rng.integers(-shift, shift + 1, size=2))
-        h, w = x.shape[-2:]
-        moved = torch.zeros_like(x)
-        moved[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-            x[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
-        x = moved
+        x = shift_slice(x, dy, dx)
     if scale > 0:
         x = x * float(rng.uniform(1.0 - scale, 1.0 + scale))
     return x - 1.0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from meddiff.data.ct_slices import shift_slice
 from meddiff.physics.ct import ParallelBeamCT, fbp, simulate_sinogram, view_angles
 from meddiff.physics.ct.dose import MU_WATER
 
@@ -32,12 +33,7 @@ def lowdose_fbp(hu: Tensor, pixel_size: float, *, views: int = 180, arc: float =
 
 def shifted(hu: Tensor, dy: int, dx: int, flip: bool) -> Tensor:
     """HU slice (H, W) mirrored left-right (``flip``) and moved by whole pixels (dy, dx), air (-1000) entering."""
-    x = hu.flip(-1) if flip else hu
-    h, w = x.shape
-    out = torch.full_like(x, -1000.0)
-    src = (slice(max(-dy, 0), h - max(dy, 0)), slice(max(-dx, 0), w - max(dx, 0)))
-    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = x[src]
-    return out
+    return shift_slice(hu.flip(-1) if flip else hu, dy, dx, fill=-1000.0)
 
 
 def lowdose_pairs(hu: Tensor, pixel_size: float, *, realisations: int = 4, seed: int = 0, shift: int = 0,
