@@ -44,10 +44,10 @@ import numpy as np
 import torch
 
 from meddiff.data.io import read_dicom_series, write_json
-from meddiff.metrics.image import psnr, ssim
 from meddiff.physics.ct import ParallelBeamCT, fbp, simulate_sinogram, sirt, tv, view_angles
 from meddiff.physics.ct.dose import MU_WATER
 from meddiff.tasks.ct import CTProblem, solve, solve_stack
+from meddiff.tasks.ct.evaluation import body_mask, error_figure, score
 from meddiff.tasks.prior import load_prior, untrained_prior
 
 SERIES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct_chest_dicom" / "dicom"
@@ -60,7 +60,6 @@ SETTINGS = {  # name: (views, arc in degrees, I0)
 }
 TV_GRID = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
 SIRT_GRID = (50, 100, 200, 400)
-WINDOW = (-1000.0, 1000.0)
 CLASSICAL = ("fbp", "fbp-hann", "sirt", "tv")
 UNET = "unet (supervised)"
 DIFFUSION = ("ddnm", "dps", "pc", "mbir")
@@ -87,22 +86,6 @@ def load_slices(indices: list[int], size: int) -> tuple[torch.Tensor, float]:
 def pick(block: str, n: int) -> list[int]:
     start, stop = BLOCKS[block]
     return [int(round(v)) for v in np.linspace(start, stop - 1, n + 2)[1:-1]] if n else []
-
-
-def body_mask(hu: torch.Tensor) -> torch.Tensor:
-    from scipy import ndimage
-
-    labels, count = ndimage.label((hu > -500).numpy())
-    if count == 0:
-        return torch.ones_like(hu, dtype=torch.bool)
-    largest = 1 + int(np.argmax(ndimage.sum(np.ones_like(labels), labels, range(1, count + 1))))
-    return torch.from_numpy(ndimage.binary_fill_holes(labels == largest))
-
-
-def score(x_hu: torch.Tensor, ref_hu: torch.Tensor, mask: torch.Tensor) -> dict:
-    a, b = x_hu.clamp(*WINDOW)[None, None].double(), ref_hu.clamp(*WINDOW)[None, None].double()
-    m = mask.double()
-    return {"psnr": float(psnr(a, b, data_range=2000.0, mask=m)), "ssim": float(ssim(a, b, data_range=2000.0, mask=m))}
 
 
 def reconstructions(op, y: torch.Tensor, angles, size: int, sirt_iters, tv_lams) -> dict:
@@ -230,23 +213,6 @@ def contiguous(block: str, n: int) -> list[int]:
 
 def mean_by(rows: list[dict], key: str, method: str) -> float:
     return statistics.mean(r[key] for r in rows if r["method"] == method)
-
-
-def figure(path: Path, ref: torch.Tensor, images: dict[str, torch.Tensor], error_max: float = 300.0) -> Path:
-    """Top row: reference and ``images`` in the [-1000, 1000] HU window; bottom row: |image - reference| on
-    [0, ``error_max``] HU (black = 0). 8-bit PNG."""
-    from meddiff.files import write_png
-
-    def gray(x, lo, hi):
-        return ((x.clamp(lo, hi) - lo) / (hi - lo) * 255).round().to(torch.uint8)
-
-    top = [gray(ref, *WINDOW)] + [gray(x, *WINDOW) for x in images.values()]
-    bottom = [torch.zeros_like(top[0])] + [gray((x - ref).abs(), 0.0, error_max) for x in images.values()]
-    sep = torch.full((ref.shape[0], 2), 255, dtype=torch.uint8)
-    rows = [torch.cat([t for im in row for t in (im, sep)][:-1], 1) for row in (top, bottom)]
-    grid = torch.cat([rows[0], torch.full((2, rows[0].shape[1]), 255, dtype=torch.uint8), rows[1]], 0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_png(path, grid.numpy())
 
 
 def run_diffusion(results: dict, name: str, args, prior, control, hu: dict, idx: dict, pixel: float,
@@ -401,7 +367,7 @@ def main(argv=None) -> int:
                           "TV": 1000.0 * (tv(op, ys[0], lam=best_tv) - 1.0)}
                 if best:
                     images[best.upper()] = keep[best][0]
-                figure(Path(args.figure), test[0], images)
+                error_figure(args.figure, test[0], images)
                 results["figure"] = {"path": args.figure, "setting": name, "slice": test_idx[0],
                                      "panels": ["reference"] + list(images), "error_window_hu": [0, 300]}
         write_json(results, out)  # after every setting: a partial run keeps what it measured

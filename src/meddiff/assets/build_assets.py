@@ -101,6 +101,29 @@ def kspace(shared: Path) -> None:
         shutil.copyfile(shared / "mri_kspace_brain_8ch" / name, dest / name)
 
 
+CT_SLICE = 80  # sorted slice index in the chest CT series: the first test-block slice of benchmarks/ct_reconstruction.py
+
+
+def ct_slice(shared: Path) -> None:
+    """One chest CT slice of the benchmark's test block (never seen by ``ct_chest_prior``, trained on slices 0-59),
+    averaged 4 x 4 to 128 x 128 (the prior's size), clamped below at -1000 HU, stored as int16 HU."""
+    import json
+
+    import torch
+
+    from meddiff.data.io import read_dicom_series
+
+    volume, meta = read_dicom_series(shared / "ct_chest_dicom" / "dicom")
+    hu = torch.from_numpy(volume[CT_SLICE].astype(np.float32)).clamp_min(-1000.0)
+    factor = hu.shape[-1] // 128
+    hu = torch.nn.functional.avg_pool2d(hu[None, None], factor)[0, 0]
+    dest = HERE / "ct_chest_slice"
+    dest.mkdir(exist_ok=True)
+    np.save(dest / "slice_hu.npy", np.round(hu.numpy()).astype(np.int16))
+    (dest / "meta.json").write_text(json.dumps({"series_index": CT_SLICE, "pixel_mm": float(meta.spacing[-1]) * factor,
+                                                "units": "HU"}, indent=1) + "\n")
+
+
 if __name__ == "__main__":
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "/work/shared/data")
     pneumoniamnist(root)
@@ -108,3 +131,4 @@ if __name__ == "__main__":
     brats_slices(root)
     brats_volume_2mm(root)
     kspace(root)
+    ct_slice(root)

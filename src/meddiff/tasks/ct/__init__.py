@@ -12,7 +12,8 @@ turns an HU image into such a sinogram (optionally with low-dose noise) and its 
 
 Modules: ``data`` (HU images, sinograms, angles, the geometry sidecar), ``problem`` (operator, units, simulation),
 ``baselines``, ``mbir`` (the z-TV consistency step), ``solvers`` (``reconstruct``, the one entry point),
-``lowdose`` (the supervised low-dose UNet baseline: training pairs and inference).
+``lowdose`` (the supervised low-dose UNet baseline: training pairs and inference), ``evaluation`` (body mask,
+windowed PSNR / SSIM in HU, error-map figures), ``report`` (the demo report's CT section).
 """
 
 from meddiff.tasks.ct.baselines import BASELINE_PARAMS, BASELINES, baseline
