@@ -171,6 +171,15 @@ class GuidedDenoiser:
         return self.guidance.denoised(x, self.denoiser(x, t, **cond), t)
 
 
+def _index_and_noise(trainer: Trainer, batch: int, steps: int) -> tuple[Tensor, Tensor, None]:
+    """A distillation trainer's random draws for one batch, in a fixed order from the run's generator (so a resumed
+    run draws the same): grid indices (B,) int64 in 0..steps-1, noise (B, C, *spatial), and no condition dropout."""
+    model = trainer.config["model"]
+    index = torch.randint(0, steps, (batch,), generator=trainer.generator)
+    noise = torch.randn((batch, model["in_channels"], *model["image_size"]), generator=trainer.generator)
+    return index, noise, None
+
+
 class DistillTrainer(Trainer):
     """One progressive-distillation round: the Trainer's loop with the loss of Salimans & Ho 2022, Alg. 2.
 
@@ -197,10 +206,7 @@ class DistillTrainer(Trainer):
 
     def _draws(self, batch: int) -> tuple[Tensor, Tensor, None]:
         """(student step indices (B,) int64, noise (B, C, *spatial), None): all from the run's generator."""
-        model = self.config["model"]
-        index = torch.randint(0, self.student_steps, (batch,), generator=self.generator)
-        noise = torch.randn((batch, model["in_channels"], *model["image_size"]), generator=self.generator)
-        return index, noise, None
+        return _index_and_noise(self, batch, self.student_steps)
 
     def _micro_loss(self, batch: dict, index: Tensor, noise: Tensor, drop: None) -> Tensor:
         x0 = batch[IMAGE].to(self.device, non_blocking=True)
@@ -272,10 +278,7 @@ class ConsistencyTrainer(Trainer):
 
     def _draws(self, batch: int) -> tuple[Tensor, Tensor, None]:
         """(grid indices n (B,) int64 in 0..N-1, noise (B, C, *spatial), None): all from the run's generator."""
-        model = self.config["model"]
-        index = torch.randint(0, self.grid_steps, (batch,), generator=self.generator)
-        noise = torch.randn((batch, model["in_channels"], *model["image_size"]), generator=self.generator)
-        return index, noise, None
+        return _index_and_noise(self, batch, self.grid_steps)
 
     def _micro_loss(self, batch: dict, index: Tensor, noise: Tensor, drop: None) -> Tensor:
         x0 = batch[IMAGE].to(self.device, non_blocking=True)
