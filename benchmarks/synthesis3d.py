@@ -74,6 +74,55 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def distribution_rows(args, volumes: dict, train_heads, ldm, subjects: list[str]) -> dict:
+    """2.5D FID/KID/precision/recall (random-cnn features) of each row's heads against the real test heads, the
+    MS-SSIM diversity of each row's heads (different label maps), the real floor (as many real TRAIN heads against
+    the test heads) and, for ldm, the diversity of ``--diversity-seeds`` heads drawn from one label map."""
+    from meddiff.data.heads import HEAD_GRID, pad_volume, unpad_volume
+    from meddiff.metrics.features import get_feature_extractor
+    from meddiff.tasks.segment.data import load_labelled
+    from meddiff.tasks.synthesis3d import sample_heads
+    from meddiff.tasks.synthesis3d.evaluate import distribution_scores, ms_ssim_diversity
+    from meddiff.tasks.synthesis3d.labelmap import condition_from_labels
+
+    extractor = get_feature_extractor("random-cnn")
+    real = volumes.get("real")
+    if not real:
+        raise SystemExit("--distribution needs the real row (the reference heads)")
+    out = {}
+    for row, heads in volumes.items():
+        entry = {"ms_ssim_diversity": ms_ssim_diversity(heads)}
+        if row != "real":
+            entry.update(distribution_scores(real, heads, extractor))
+        out[row] = entry
+        print(f"distribution {row}: {json.dumps({k: round(v, 4) for k, v in entry.items() if isinstance(v, float)})}",
+              flush=True)
+    if train_heads is not None:
+        floor = train_heads[:len(real)]
+        out["real_train"] = {"ms_ssim_diversity": ms_ssim_diversity(floor),
+                             **distribution_scores(real, floor, extractor)}
+    if "ldm" in volumes and args.diversity_seeds > 1:
+        s = load_labelled(DATA, subjects[0])
+        cond = condition_from_labels(pad_volume(s.labels, HEAD_GRID, 0), 10, ldm.ae.factor)
+        draws = [volumes["ldm"][0]] + [
+            unpad_volume(sample_heads(ldm, cond, steps=args.steps, seed=1000 + k)[0, 0].numpy(), s.image.shape)
+            for k in range(1, args.diversity_seeds)]
+        out["ldm"]["ms_ssim_same_label_map"] = ms_ssim_diversity(draws)
+        out["ldm"]["same_label_map_draws"] = len(draws)
+    return out
+
+
+def distribution_table(dist: dict) -> str:
+    """Markdown: 2.5D FID / KID / precision / recall against the real test heads and MS-SSIM diversity per row."""
+    lines = ["| row | 2.5D FID | KID | precision | recall | MS-SSIM between heads |",
+             "|---|---|---|---|---|---|"]
+    for key, d in dist.items():
+        title = ROWS.get(key, "real TRAIN heads (the real-vs-real floor)")
+        cells = [f"{d[k]:.3f}" if k in d else "-" for k in ("fid", "kid", "precision", "recall")]
+        lines.append(f"| {title} | " + " | ".join(cells) + f" | {d['ms_ssim_diversity']:.3f} |")
+    return "\n".join(lines)
+
+
 def random_unet(ldm):
     from meddiff.nets import build_network
 
@@ -138,6 +187,12 @@ def main(argv=None) -> int:
     parser.add_argument("--figure", default=str(ROOT / "benchmarks" / "figures" / "ldm_label_vs_generated.png"))
     parser.add_argument("--rows", help=f"comma-separated rows to measure (default: all of {', '.join(ROWS)})")
     parser.add_argument("--merge", help="an earlier --out JSON whose other rows join this one's")
+    parser.add_argument("--distribution", action="store_true",
+                        help="also 2.5D FID/KID/precision/recall of each row's heads against the real test heads "
+                             "(random-cnn features) and MS-SSIM diversity")
+    parser.add_argument("--diversity-seeds", type=int, default=3,
+                        help="with --distribution: heads drawn from the first test label map for the ldm row's "
+                             "same-condition diversity (default 3)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -181,6 +236,7 @@ def main(argv=None) -> int:
     elif {"painting", "retrieval"} & set(wanted):
         raise SystemExit(f"--heads {args.heads}: missing; the painting and retrieval rows need the training heads")
     rows = {k: [] for k in wanted}
+    volumes = {k: [] for k in wanted}  # kept for --distribution only
     seconds, memorisation, figure = [], [], None
     for n, subject in enumerate(subjects):
         s = load_labelled(DATA, subject)
@@ -206,6 +262,8 @@ def main(argv=None) -> int:
 
         for row in wanted:
             volume = make(row)
+            if args.distribution:
+                volumes[row].append(volume.astype(np.float32))
             rows[row].append({"subject": subject, **label_fidelity(volume, s.labels, segmenter)})
             if row == "ldm":
                 if train_heads is not None:
@@ -226,6 +284,8 @@ def main(argv=None) -> int:
         result["cli_sample"] = peak_memory_run(args.checkpoint, subject_files(DATA, subjects[0])["seg"], args.steps,
                                                out_dir.parent / (out_dir.name + "_cli_sample"))
         result["memorisation"] = memorisation
+    if args.distribution:
+        result["distribution"] = distribution_rows(args, volumes, train_heads, ldm, subjects)
     if args.merge:  # rows measured by an earlier run (e.g. the controls, run while the model trained)
         earlier = json.loads(Path(args.merge).read_text())
         result["merged_from"] = {"file": str(args.merge), "test_subjects": earlier["test_subjects"]}
@@ -235,6 +295,8 @@ def main(argv=None) -> int:
         write_png(args.figure, figure)
     print(json.dumps({k: round(v["mean_dice"], 3) for k, v in result["rows"].items()}), json.dumps(result.get("cli_sample")))
     print(markdown_table(result))
+    if "distribution" in result:
+        print(distribution_table(result["distribution"]))
     return 0
 
 
