@@ -108,7 +108,7 @@ def test_register_bad_input_one_line_errors(pair, capsys, tmp_path):
         (["--labels", pair["labels"]], "--labels and --labels-out go together"),
         (["--moving", tmp_path / "missing.nii.gz"], "file not found"),
         (["--field-out", tmp_path / "ddf.png"], "must be a NIfTI file"),
-        (["--method", "voxelmorph", "--checkpoint", tmp_path / "nothing"], "no registration checkpoint there"),
+        (["--method", "voxelmorph", "--checkpoint", tmp_path / "nothing"], "no voxelmorph registration checkpoint there"),
     ]
     for args, message in cases:
         opts = {"--moving": pair["moving"], "--fixed": pair["fixed"], "--out": tmp_path / "out.nii.gz"}

@@ -192,7 +192,7 @@ def test_velocity_net_starts_near_identity_and_checkpoint_round_trip(tmp_path):
     (tmp_path / "other" / "meta.json").write_text('{"task": "segmentation"}')
     with pytest.raises(MeddiffError, match="not a voxelmorph registration checkpoint"):
         load_voxelmorph(tmp_path / "other")
-    with pytest.raises(MeddiffError, match="no registration checkpoint there"):
+    with pytest.raises(MeddiffError, match="no voxelmorph registration checkpoint there"):
         load_voxelmorph(tmp_path / "missing")
 
 

@@ -120,7 +120,7 @@ def registration_loss(warped: torch.Tensor, fixed: torch.Tensor, ddf: torch.Tens
     else:
         sim = F.mse_loss(warped, fixed)
     reg = (DiffusionLoss() if config.regulariser == "diffusion" else BendingEnergyLoss())(ddf)
-    return sim + config.reg_weight * reg, {"similarity": float(sim), "smoothness": float(reg)}
+    return sim + config.reg_weight * reg, {"similarity": float(sim.detach()), "smoothness": float(reg.detach())}
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, list[slice]]:
@@ -168,8 +168,10 @@ class LoadedRegistration:
     folder: Path | None = None
 
 
-def save_voxelmorph(folder: str | Path, net: VelocityNet, meta: dict, files: dict[str, str] | None = None) -> Path:
-    """Write a registration checkpoint (atomically): float16 weights, ``meta.json`` (+ the given text files)."""
+def save_registration(folder: str | Path, net: nn.Module, meta: dict, method: str,
+                      files: dict[str, str] | None = None) -> Path:
+    """Write a registration checkpoint of ``method`` (atomically): float16 weights, ``meta.json`` with the network's
+    ``config`` dataclass (+ the given text files). Shared by the VoxelMorph-style and DiffuseMorph/DDM models."""
     from safetensors.torch import save_file
 
     from meddiff.files import atomic_path
@@ -178,31 +180,44 @@ def save_voxelmorph(folder: str | Path, net: VelocityNet, meta: dict, files: dic
     weights = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in net.state_dict().items()}
     with atomic_path(folder, directory=True) as tmp:
         save_file(weights, tmp / "ema.safetensors")
-        full = {"task": "registration", "method": "voxelmorph", "config": asdict(net.config), **meta}
+        full = {"task": "registration", "method": method, "config": asdict(net.config), **meta}
         (tmp / "meta.json").write_text(json.dumps(full, indent=1, default=str) + "\n")
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
     return folder
 
 
-def load_voxelmorph(checkpoint: str | Path | None = None) -> LoadedRegistration:
-    """A voxelmorph checkpoint folder or shipped name (default ``voxelmorph_ixi``)."""
+def read_registration(checkpoint: str | Path, method: str, default: str) -> tuple[Path, dict, dict]:
+    """(folder, meta, float32 weights) of a ``method`` checkpoint folder or shipped name; one-line errors."""
     from safetensors.torch import load_file
 
     from meddiff.training.shipped import shipped_path
 
-    checkpoint = checkpoint or DEFAULT_CHECKPOINT
     folder = Path(checkpoint)
     if not (folder / "meta.json").is_file():
         shipped = shipped_path(str(checkpoint)) if not folder.exists() else None
         if shipped is None:
-            raise MeddiffError(f"--checkpoint {checkpoint}: no registration checkpoint there (expected a folder with "
-                               f"meta.json and ema.safetensors, or a shipped name such as {DEFAULT_CHECKPOINT})")
+            raise MeddiffError(f"--checkpoint {checkpoint}: no {method} registration checkpoint there (expected a folder with "
+                               f"meta.json and ema.safetensors, or a shipped name such as {default})")
         folder = shipped
     meta = json.loads((folder / "meta.json").read_text())
-    if meta.get("task") != "registration" or meta.get("method") != "voxelmorph":
-        raise MeddiffError(f"--checkpoint {checkpoint}: not a voxelmorph registration checkpoint (task "
+    if meta.get("task") != "registration" or meta.get("method") != method:
+        raise MeddiffError(f"--checkpoint {checkpoint}: not a {method} registration checkpoint (task "
                            f"{meta.get('task')!r}, method {meta.get('method')!r}); see `meddiff checkpoints list`")
+    if not (folder / "ema.safetensors").is_file():
+        raise MeddiffError(f"--checkpoint {checkpoint}: ema.safetensors is missing in {folder}")
+    weights = {k: v.float() for k, v in load_file(folder / "ema.safetensors").items()}
+    return folder, meta, weights
+
+
+def save_voxelmorph(folder: str | Path, net: VelocityNet, meta: dict, files: dict[str, str] | None = None) -> Path:
+    """Write a voxelmorph checkpoint (atomically): float16 weights, ``meta.json`` (+ the given text files)."""
+    return save_registration(folder, net, meta, "voxelmorph", files)
+
+
+def load_voxelmorph(checkpoint: str | Path | None = None) -> LoadedRegistration:
+    """A voxelmorph checkpoint folder or shipped name (default ``voxelmorph_ixi``)."""
+    folder, meta, weights = read_registration(checkpoint or DEFAULT_CHECKPOINT, "voxelmorph", DEFAULT_CHECKPOINT)
     net = VelocityNet(VoxelMorphConfig.from_dict(meta["config"]))
-    net.load_state_dict({k: v.float() for k, v in load_file(folder / "ema.safetensors").items()})
+    net.load_state_dict(weights)
     return LoadedRegistration(net.eval(), meta, folder)
