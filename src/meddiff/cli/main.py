@@ -16,7 +16,7 @@ COMMAND_MODULES = ("meddiff.cli.demo", "meddiff.cli.train", "meddiff.cli.sample"
                    "meddiff.cli.reconstruct", "meddiff.cli.detect", "meddiff.cli.turing", "meddiff.cli.federated",
                    "meddiff.cli.simulate_kspace", "meddiff.cli.restore", "meddiff.cli.simulate_ct", "meddiff.cli.distill",
                    "meddiff.cli.segment", "meddiff.cli.translate", "meddiff.cli.register",
-                   "meddiff.cli.export")
+                   "meddiff.cli.export", "meddiff.cli.interpolate")
 
 
 def build_parser() -> argparse.ArgumentParser:
