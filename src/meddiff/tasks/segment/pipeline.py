@@ -23,7 +23,7 @@ from meddiff.tasks.segment.data import SlicePrep, unpad, volume_slices
 from meddiff.tasks.segment.labels import CLASSES, labels_json, read_labels
 from meddiff.tasks.segment.postprocess import CLEANUPS, DEFAULT_CLEANUP, clean_labels
 
-METHOD_KINDS = ("diffusion_features", "unet")
+METHOD_KINDS = ("diffusion_features", "unet", "medsegdiff")
 MIN_SLICE_FOREGROUND = 0.01  # slices with less head than this (fraction above air) are background without a model
 
 
@@ -113,6 +113,16 @@ def load_segmenter(checkpoint: str | Path) -> LoadedSegmenter:
         net = build_unet(len(classes), meta.get("unet"))
         net.load_state_dict(weights)
         return LoadedSegmenter(UNetSegmenter(net), prep, classes, meta)
+    if meta["method"] == "medsegdiff":
+        from meddiff.diffusion import make_schedule
+        from meddiff.nets import build_network
+        from meddiff.tasks.segment.medsegdiff import MedSegDiffSegmenter
+
+        m = meta["medsegdiff"]
+        net = build_network(m["network"])
+        net.load_state_dict(weights)
+        segmenter = MedSegDiffSegmenter(net, make_schedule(m["schedule"]), len(classes), int(m["sampling_steps"]))
+        return LoadedSegmenter(segmenter, prep, classes, meta)
     from meddiff.tasks.prior import load_prior
     from meddiff.tasks.segment.features import DiffusionFeatures
     from meddiff.tasks.segment.methods import FeatureSegmenter, PixelEnsemble
