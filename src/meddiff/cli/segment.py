@@ -11,18 +11,20 @@ def register(subparsers) -> None:
     from meddiff.tasks.segment.postprocess import CLEANUPS, DEFAULT_CLEANUP, MIN_FRACTION
 
     parser = subparsers.add_parser(
-        "segment", help="brain parcellation of a 3D T1 volume (diffusion features or UNet)",
+        "segment", help="brain parcellation of a 3D T1 volume (diffusion features, UNet or MedSegDiff)",
         description="Segment a 3D T1 NIfTI volume into the checkpoint's classes (labels.json beside it; `meddiff "
                     "checkpoints list` shows them). The volume is reoriented to RAS, cut into axial slices, each "
                     "scaled as the checkpoint's prior was trained (the 2 mm IXI grid: axial slices of at most 96 x 120 "
                     "voxels), segmented, and the labels are written on the input's grid and affine. --samples K "
                     "averages the class probabilities over K noise draws of the diffusion features (on top of the "
-                    "classifier ensemble); the uncertainty map is the entropy (nats) of the mean probabilities.")
+                    "classifier ensemble); for a MedSegDiff checkpoint (method medsegdiff) it draws K label maps "
+                    "(DDIM) and the probabilities are their vote frequencies (the labels: the majority); the "
+                    "uncertainty map is the entropy (nats) of the mean probabilities.")
     parser.add_argument("--checkpoint", default="brain_parcellation_ixi",
                         help="segmentation checkpoint folder or shipped name (default: brain_parcellation_ixi)")
     parser.add_argument("--input", required=True, help="3D T1 volume (.nii.gz or .nii)")
     parser.add_argument("--out", required=True, help="label map (.nii.gz or .nii), integer class ids")
-    parser.add_argument("--samples", type=int, default=1, help="noise draws of the features K (default 1)")
+    parser.add_argument("--samples", type=int, default=1, help="noise draws of the features, or MedSegDiff label samples, K (default 1)")
     parser.add_argument("--uncertainty-out", help="per-voxel entropy of the mean class probabilities (.nii.gz)")
     parser.add_argument("--probabilities-out", help="per-class mean probabilities, 4D (X, Y, Z, classes) (.nii.gz)")
     parser.add_argument("--cleanup", choices=CLEANUPS, default=DEFAULT_CLEANUP,
