@@ -18,7 +18,9 @@ def register(subparsers) -> None:
                     "super-resolution: the input is the low-resolution image and the output has --scale times its "
                     "size in-plane (NIfTI: in-plane spacing divided by the scale); the degradation model is area "
                     "averaging (the mean over scale x scale blocks) unless --kernel says otherwise. inpaint: --mask "
-                    "marks the missing pixels (1 = fill). denoise: --sigma is the noise sd in the input's units "
+                    "marks the missing pixels (1 = fill); on a 3D volume a mask of whole slices along the last axis fills those "
+                    "slices from the known ones (linear, cubic, biharmonic, or ddnm / sdedit: the axial prior refining "
+                    "the linear interpolation). denoise: --sigma is the noise sd in the input's units "
                     f"(estimated when left out). Methods per task: {by_task}. Zero-shot methods (ddnm, dps, "
                     "repaint, diffusion) draw --samples posterior samples; the output is their mean and --std-out "
                     "their per-pixel standard deviation.",
@@ -31,7 +33,8 @@ def register(subparsers) -> None:
                         help="super-resolution degradation: area = mean over scale x scale blocks (default), "
                              "gaussian = Gaussian blur of sd scale/2 sampled at the block centres")
     parser.add_argument("--mask", help="inpainting mask (.npy, .png, .nii.gz), 1 = missing pixel; (H, W) for every "
-                                       "slice or the input's shape")
+                                       "slice or the input's shape (whole missing slices of a volume: linear, cubic, "
+                                       "biharmonic, ddnm, sdedit)")
     parser.add_argument("--sigma", type=float, help="denoising: noise sd in the input's intensity units")
     parser.add_argument("--noise", choices=NOISES, default="gaussian", help="denoising: noise model (default gaussian)")
     parser.add_argument("--lam", type=float, help="tv: regularisation weight (default per task)")

@@ -97,7 +97,9 @@ def tv_restore(problem: Problem, lam: float | None = None, *, iters: int = TV_IT
 
 def start_image(problem: Problem) -> Tensor:
     """A cheap first estimate: bicubic (super-resolution), biharmonic (inpainting; TV's ADMM fills a hole only slowly
-    from the mean), the (bias-corrected) noisy image (denoising)."""
+    from the mean), the (bias-corrected) noisy image (denoising); ``problem.start`` when it is set."""
+    if problem.start is not None:
+        return problem.start.clone()
     if problem.task == "super-resolution":
         return upsample(problem.y, problem.scale, "bicubic")
     if problem.task == "inpaint":
@@ -105,20 +107,32 @@ def start_image(problem: Problem) -> Tensor:
     return denoising_input(problem).clone()
 
 
-def biharmonic(problem: Problem) -> Tensor:
-    """Fill the hole with the solution of L^T L u = 0 (L: 5-point Laplacian, Neumann boundary) that equals y on the
-    known pixels: the minimiser of ||L u||^2, solved for the hole pixels only (sparse LU)."""
+def laplacian(shape: tuple[int, ...]):
+    """The 2N+1-point Laplacian with Neumann boundary of an N-D grid (scipy CSR, C order): sum over the axes of the
+    second difference along one axis (Kronecker sums)."""
     import scipy.sparse as sp
-    from scipy.sparse.linalg import spsolve
-
-    h, w = problem.shape
 
     def second_difference(n: int):
         main = -2.0 * np.ones(n)
         main[[0, -1]] = -1.0  # Neumann ends
         return sp.diags([np.ones(n - 1), main, np.ones(n - 1)], [-1, 0, 1]) if n > 1 else sp.csr_matrix((1, 1))
 
-    lap = (sp.kron(sp.identity(h), second_difference(w)) + sp.kron(second_difference(h), sp.identity(w))).tocsr()
+    total = None
+    for axis in range(len(shape)):
+        term = sp.identity(1)
+        for other, n in enumerate(shape):
+            term = sp.kron(term, second_difference(n) if other == axis else sp.identity(n))
+        total = term if total is None else total + term
+    return total.tocsr()
+
+
+def biharmonic(problem: Problem) -> Tensor:
+    """Fill the hole with the solution of L^T L u = 0 (L: 5-point Laplacian, Neumann boundary) that equals y on the
+    known pixels: the minimiser of ||L u||^2, solved for the hole pixels only (sparse LU)."""
+    from scipy.sparse.linalg import spsolve
+
+    h, w = problem.shape
+    lap = laplacian((h, w))
     bih = (lap.T @ lap).tocsr()
     known = problem.known.numpy().reshape(-1)
     hole = ~known

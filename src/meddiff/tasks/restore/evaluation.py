@@ -24,3 +24,24 @@ def scores(x, ref, brain=None, hole=None) -> dict:
     if hole is not None:
         out["psnr_hole"] = float(psnr(x, ref, top, mask=torch.as_tensor(np.asarray(hole, dtype=bool))))
     return out
+
+
+def volume_scores(x, ref, missing, brain=None) -> dict:
+    """Scores of a volume (H, W, D) inside its ``missing`` slices (indices along the last axis): {"psnr_missing",
+    "psnr_missing_brain" (all missing voxels pooled), "ssim_missing", "ssim_missing_brain" (2D SSIM of each missing
+    slice, mean over them)}. Data range: the reference volume's max; ``brain`` (H, W, D) bool, default ref >
+    FOREGROUND x max."""
+    x, ref = np.asarray(x, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    missing = np.asarray(missing, dtype=int)
+    top = float(ref.max())
+    brain = ref > FOREGROUND * top if brain is None else np.asarray(brain, dtype=bool)
+    err = (x[..., missing] - ref[..., missing]) ** 2
+    inside = brain[..., missing]
+
+    def to_db(mse: float) -> float:
+        return float(10 * np.log10(top**2 / max(mse, 1e-30)))
+
+    per_slice = [scores(x[..., z], ref[..., z], brain[..., z]) for z in missing]
+    return {"psnr_missing": to_db(float(err.mean())), "psnr_missing_brain": to_db(float(err[inside].mean())),
+            "ssim_missing": float(np.mean([s["ssim"] for s in per_slice])),
+            "ssim_missing_brain": float(np.mean([s["ssim_brain"] for s in per_slice]))}

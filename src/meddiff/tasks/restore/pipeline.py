@@ -17,11 +17,15 @@ from meddiff.tasks.restore.baselines import BASELINES, baseline
 from meddiff.tasks.restore.learned import LEARNED, SRModel, load_sr_model, solve_learned
 from meddiff.tasks.restore.methods import ZERO_SHOT, solve
 from meddiff.tasks.restore.problems import TASKS, check_mask, make_problem
+from meddiff.tasks.restore.slices3d import SLICE_METHODS, SLICE_SAMPLING, missing_slices, restore_slices
 
 METHODS = {task: BASELINES[task] + ZERO_SHOT[task] + LEARNED[task] for task in TASKS}
 # methods that draw samples (an uncertainty map): the zero-shot solvers and SR3
 SAMPLING = {task: ZERO_SHOT[task] + tuple(m for m in LEARNED[task] if m == "sr3") for task in TASKS}
-ALL_METHODS = tuple(dict.fromkeys(m for task in TASKS for m in METHODS[task]))
+SAMPLING["inpaint"] += tuple(m for m in SLICE_SAMPLING if m not in SAMPLING["inpaint"])
+# whole missing slices of a 3D volume (--task inpaint with a mask of whole slices; ``slices3d``)
+SLICE_ONLY = tuple(m for m in SLICE_METHODS if m not in METHODS["inpaint"])
+ALL_METHODS = tuple(dict.fromkeys([m for task in TASKS for m in METHODS[task]] + list(SLICE_ONLY)))
 OUTPUT_SUFFIXES = (".npy", ".nii.gz", ".nii")
 
 
@@ -50,7 +54,7 @@ def restore_prior(checkpoint: str | Path | None = None) -> Prior:
 
 def check_method(task: str, method: str) -> None:
     check_choice("--task", task, TASKS)
-    if method not in METHODS[task]:
+    if method not in METHODS[task] and not (task == "inpaint" and method in SLICE_ONLY):
         raise MeddiffError(f"--method {method!r} is not a method for --task {task}; choose one of: "
                            f"{', '.join(METHODS[task])}")
 
@@ -61,7 +65,8 @@ def restore(image, task: str, method: str, *, scale: int | None = None, kernel: 
             prior: Prior | None = None, model: SRModel | None = None, **params) -> Restoration:
     """Restore ``image`` (2D (H, W), or 3D (H, W, D) slice by slice): super-resolution (the low-resolution input ->
     ``scale`` x its in-plane size; ``kernel`` "area" = the mean over scale x scale blocks by default), inpainting
-    (``mask``: 1 = missing, (H, W) or the image's shape) or denoising (``sigma``: noise sd in the image's units,
+    (``mask``: 1 = missing, (H, W) or the image's shape; a 3D mask of whole slices along the last axis fills those
+    slices from the others, ``slices3d``: linear, cubic, biharmonic, ddnm, sdedit) or denoising (``sigma``: noise sd in the image's units,
     estimated when None; ``noise`` "gaussian" or "rician"). ``params``: method parameters (``lam`` for tv; steps,
     eta, zeta, start, jump, resample for the zero-shot solvers, ``methods.SOLVER_DEFAULTS``; eta for sr3).
     ``checkpoint``: the prior of the zero-shot solvers, or the trained network of sr3 / unet (``learned``; ``model``
@@ -86,6 +91,15 @@ def restore(image, task: str, method: str, *, scale: int | None = None, kernel: 
             masks = [m[..., z] for z in range(m.shape[-1])]
         else:
             check_mask(m, image.shape)  # raises, naming both shapes
+    if task == "inpaint" and image.ndim == 3 and masks is not None:
+        check_mask(np.stack(masks, -1), volume.shape)  # 0/1 values
+        missing = missing_slices(np.stack(masks, -1))
+        if missing is not None:
+            return _restore_slices(volume, missing, method, prior=prior, checkpoint=checkpoint, steps=steps,
+                                   samples=samples, seed=seed, **params)
+    if method in SLICE_ONLY:
+        raise MeddiffError(f"--method {method} fills whole missing slices of a 3D volume (a --mask of whole slices "
+                           f"along the last axis); for holes choose one of: {', '.join(METHODS[task])}")
     if method in ZERO_SHOT[task] and prior is None:
         prior = restore_prior(checkpoint)
     if method in LEARNED[task] and model is None:
@@ -117,6 +131,17 @@ def restore(image, task: str, method: str, *, scale: int | None = None, kernel: 
         info.update({"scale": scale, "kernel": kernel})
     if task == "denoise":
         info.update({"sigma": problem.sigma, "noise": noise})
+    return Restoration(out, std, nfe, time.perf_counter() - start, info)
+
+
+def _restore_slices(volume: np.ndarray, missing, method: str, *, prior: Prior | None, checkpoint, **kwargs
+                    ) -> Restoration:
+    """Whole missing slices of a volume (``slices3d.restore_slices``)."""
+    if method in SLICE_SAMPLING and prior is None:
+        prior = restore_prior(checkpoint)
+    start = time.perf_counter()
+    out, std, nfe, settings = restore_slices(volume, missing, method, prior=prior, **kwargs)
+    info = {"task": "inpaint", "method": method, "mode": "missing slices", **settings}
     return Restoration(out, std, nfe, time.perf_counter() - start, info)
 
 

@@ -102,7 +102,8 @@ def degradation_operator(scale: int, kernel: str = "area") -> LinearOperator:
 @dataclass
 class Problem:
     """One 2D restoration problem: ``op`` maps the restored image (H, W) to the measurement ``y`` (float32 tensor);
-    ``known`` (H, W) bool (inpainting: 1 = known pixel), ``sigma`` the noise sd (denoising) in y's units."""
+    ``known`` (H, W) bool (inpainting: 1 = known pixel), ``sigma`` the noise sd (denoising) in y's units; ``start``
+    an optional first estimate (H, W) for the solvers' ``start`` < 1 (default: ``baselines.start_image``)."""
 
     task: str
     op: LinearOperator
@@ -113,6 +114,7 @@ class Problem:
     known: Tensor | None = None
     sigma: float | None = None
     noise: str = "gaussian"
+    start: Tensor | None = None
 
 
 def make_problem(task: str, y, *, scale: int | None = None, kernel: str = "area", mask=None,
@@ -244,4 +246,37 @@ def stroke_mask(shape: tuple[int, int], *, strokes: int = 6, width: float | None
                 mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= (width / 2) ** 2
             y = float(np.clip(y + step * np.sin(angle), 0, h - 1))
             x = float(np.clip(x + step * np.cos(angle), 0, w - 1))
+    return torch.from_numpy(mask)
+
+
+def missing_slices_mask(shape: tuple[int, ...], *, every: int | None = None, fraction: float | None = None,
+                        axis: int = -1, offset: int = 1, seed: int = 0) -> Tensor:
+    """Hole mask of a volume ``shape`` (bool, 1 = missing) where whole slices along ``axis`` are missing: every
+    ``every``-th slice (indices offset, offset + every, ...; offset 1 keeps the first slice), or a random ``fraction``
+    of the inner slices (drawn with ``seed``; the first and last slice stay known, so every gap has two sides)."""
+    shape = tuple(int(n) for n in shape)
+    if len(shape) != 3:
+        raise MeddiffError(f"missing slices need a 3D volume shape, got {shape}")
+    if (every is None) == (fraction is None):
+        raise MeddiffError("missing_slices_mask: give exactly one of every=k or fraction=f")
+    axis = axis % 3
+    n = shape[axis]
+    if every is not None:
+        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 2:
+            raise MeddiffError(f"every={every!r} must be an integer >= 2 (every k-th slice missing)")
+        if not 0 <= offset < every:
+            raise MeddiffError(f"offset={offset!r} must be in [0, every)")
+        missing = np.arange(offset, n, every)
+    else:
+        if not 0 < fraction < 1:
+            raise MeddiffError(f"fraction={fraction!r} must be in (0, 1)")
+        inner = np.arange(1, n - 1)
+        count = int(round(fraction * len(inner)))
+        missing = np.sort(np.random.default_rng(seed).choice(inner, size=count, replace=False))
+    if len(missing) >= n:
+        raise MeddiffError(f"every slice of {n} along axis {axis} would be missing")
+    mask = np.zeros(shape, dtype=bool)
+    index = [slice(None)] * 3
+    index[axis] = missing
+    mask[tuple(index)] = True
     return torch.from_numpy(mask)
