@@ -20,13 +20,26 @@ extractor's 28 x 28 input, which erases the detail super-resolution restores, an
 covariance). Restored images are kept in FILE.images/ for it.
 Weights: the TV weight is tuned per setting on slices of the VAL subjects (``--val-subjects``, the same slice rule)
 over ``TV_GRID`` (best mean whole-image PSNR), stored under "tuning" in the JSON and reused on resume; the test
-subjects are never used for tuning. The zero-shot solvers run at ``restore.SOLVER_DEFAULTS`` (not tuned yet).
+subjects are never used for tuning. The zero-shot solvers run at ``restore.SOLVER_DEFAULTS``, or with
+``--tune-zero-shot`` at the ``ZERO_SHOT_GRID`` entry with the best mean val PSNR (K = 2 on the val slices; stored
+under "tuning" -> setting -> "zero_shot"; the test rows then use it with K = ``--samples``).
+
+Setting "slices3d" (missing-slice inpainting of volumes, ``restore.slices3d``): per test subject a block of
+``SLICES3D_BLOCK`` axial slices centred on the brain's extent, 88 x 120 in-plane, divided by the block's
+``magnitude_scale``; every second slice missing (``missing_slices_mask(every=2)``: 12 of 25, the first and last
+known): an interleaved / thick-slice acquisition at twice the slice distance. Methods ``restore.SLICE_METHODS``
+(linear, cubic, 3D biharmonic; ddnm and sdedit refining the linear interpolation with the axial prior). Scores
+(``restore.volume_scores``) inside the missing slices, whole and brain (DLMUSE > 0), seconds per volume. The
+diffusion settings are chosen on VAL volumes (13-slice blocks, 6 missing; ``SLICES3D_GRID``, best mean PSNR in the
+missing slices at K = 2), stored under "tuning" -> "slices3d"; the test rows use them with K = ``--samples`` or 4.
 
 Incremental: every finished row is written to the JSON at once (atomic); a re-run with the same --out skips rows
 already there (subject, slice, setting, method). Output: FILE.json and FILE.md (mean +- std per setting and method).
 
     python benchmarks/restoration.py --out restoration.json                      # the whole table (hours on a CPU)
     python benchmarks/restoration.py --out dev.json --subjects 1 --slices 1 --settings sr4   # a smoke run
+    python benchmarks/restoration.py --out slices.json --settings slices3d                    # missing slices
+    python benchmarks/restoration.py --out a.json --settings sr4 --figure fig.png --figure-from a.json,b.json
 """
 
 from __future__ import annotations
@@ -62,6 +75,18 @@ SETTINGS = {
     "noise5": {"task": "denoise", "percent": 5},
     "noise10": {"task": "denoise", "percent": 10},
 }
+VOLUME_SETTINGS = {"slices3d": {"task": "inpaint", "every": 2}}
+SLICES3D_BLOCK, SLICES3D_VAL_BLOCK = 25, 13
+# diffusion settings tried on val (K = 2, 10 steps): low-pass factor / start of ddnm, noise level of sdedit
+# (a first look on the same val blocks: ddnm factor 4 from start 0.4 lost 2.2 dB to linear, from factor 2 / start
+# 0.2 0.5 dB; sdedit at level 0.1 0.3 dB, at 0.04 (K = 4) +0.2 dB; planes through the slice axis: below)
+SLICES3D_GRID = [("ddnm", {"factor": 2, "start": 0.1}), ("ddnm", {"factor": 2, "start": 0.2}),
+                 ("sdedit", {"level": 0.02}), ("sdedit", {"level": 0.05})]
+# --tune-zero-shot: settings tried on the val slices for super-resolution (steps, and DPS's step size zeta / DDNM's eta)
+ZERO_SHOT_GRID = {
+    "dps": [{"steps": 20, "zeta": 30.0}, {"steps": 20, "zeta": 50.0}, {"steps": 40, "zeta": 30.0}],
+    "ddnm": [{"steps": 20, "eta": 0.85}, {"steps": 20, "eta": 1.0}, {"steps": 50, "eta": 0.85}],
+}
 BOX_FRACTION = 0.1
 TV_GRID = [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1]
 KEY = ("subject", "slice", "setting", "method")
@@ -81,6 +106,61 @@ def load_slices(subjects: list[str], per_subject: int) -> list[dict]:
             image = (image / magnitude_scale(image)).astype(np.float32)
             out.append({"subject": subject, "slice": int(z), "image": image, "brain": brain})
     return out
+
+
+def load_volumes(subjects: list[str], block: int) -> list[dict]:
+    """[{subject, slice (the block's centre), image (88, 120, block) float32 scaled, brain bool}]: ``block`` axial
+    slices centred on the extent of the DLMUSE brain, in-plane as ``load_slices`` crops."""
+    out = []
+    for subject in subjects:
+        files = {"t1": DATA / "t1" / f"{subject}_T1.nii.gz", "seg": DATA / "dlmuse_seg" / f"{subject}_T1_DLMUSE.nii.gz"}
+        vol, seg, _ = load_subject(files, ["t1"], with_seg=True, normalize_cfg="none", canonical=True, spacing=None)
+        zs = np.flatnonzero((seg[0] > 0).any((0, 1)))
+        centre = int(zs[0] + zs[-1]) // 2
+        z0 = centre - block // 2
+        top, left = (vol.shape[1] - CROP[0]) // 2, (vol.shape[2] - CROP[1]) // 2
+        crop = (slice(top, top + CROP[0]), slice(left, left + CROP[1]), slice(z0, z0 + block))
+        image, brain = vol[0][crop], seg[0][crop] > 0
+        out.append({"subject": subject, "slice": centre, "image": (image / magnitude_scale(image)).astype(np.float32),
+                    "brain": brain})
+    return out
+
+
+def run_volume(method: str, case: dict, setting: str, prior, params: dict, samples: int | None,
+               out: Path | None = None) -> dict:
+    """One missing-slice row: every ``every``-th slice of the block removed and filled by ``method``."""
+    vol = case["image"]
+    mask = R.missing_slices_mask(vol.shape, every=VOLUME_SETTINGS[setting]["every"]).numpy()
+    kwargs = {}
+    if method in ("ddnm", "sdedit"):
+        kwargs = {"prior": prior, "samples": samples, **params.get(method, {})}
+    start = time.perf_counter()
+    result = R.restore(np.where(mask, 0, vol), "inpaint", method, mask=mask, **kwargs)
+    seconds = time.perf_counter() - start
+    missing = np.flatnonzero(mask.all((0, 1)))
+    row = {"subject": case["subject"], "slice": case["slice"], "setting": setting, "method": method,
+           **R.volume_scores(result.image, vol, missing, case["brain"]), "seconds": seconds, "nfe": result.nfe,
+           "samples": result.settings.get("samples", 0), "missing": len(missing),
+           "settings": {k: v for k, v in result.settings.items() if isinstance(v, (int, float, str))}}
+    if out is not None:
+        write_npy(image_file(out, row), result.image)
+    return row
+
+
+def tune_volumes(setting: str, val_cases: list[dict], prior) -> dict:
+    """Per diffusion method the ``SLICES3D_GRID`` entry with the best mean PSNR in the missing val slices (K = 2);
+    the classical rows are scored too, for the record."""
+    rows = []
+    for method, params in [("linear", {}), ("cubic", {}), ("biharmonic", {})] + SLICES3D_GRID:
+        grid = {method: params} if params else {}
+        values = [run_volume(method, c, setting, prior, grid, 2)["psnr_missing"] for c in val_cases]
+        rows.append({"method": method, **params, "mean_psnr_missing": statistics.mean(values)})
+        print(f"tune {setting} {method} {params}: {rows[-1]['mean_psnr_missing']:.2f} dB", flush=True)
+    best = {}
+    for method in ("ddnm", "sdedit"):
+        top = max((r for r in rows if r["method"] == method), key=lambda r: r["mean_psnr_missing"])
+        best[method] = {k: v for k, v in top.items() if k not in ("method", "mean_psnr_missing")}
+    return {**best, "grid": rows}
 
 
 def degrade(case: dict, setting: str) -> dict:
@@ -151,7 +231,8 @@ def add_fids(result: dict, cases: list[dict], out: Path) -> None:
     truth = {(c["subject"], c["slice"]): c["image"] for c in cases}
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in result["rows"]:
-        if (row["subject"], row["slice"]) in truth and image_file(out, row).is_file():
+        if row["setting"] not in VOLUME_SETTINGS and (row["subject"], row["slice"]) in truth \
+                and image_file(out, row).is_file():
             groups.setdefault((row["setting"], row["method"]), []).append(row)
     fids = {}
     for (setting, method), rows in groups.items():
@@ -181,6 +262,8 @@ def run_method(method: str, case: dict, setting: str, priors: dict, params: dict
         kwargs.update(model=learned[method], samples=samples if base == "sr3" else None)
     if base == "tv":
         kwargs["lam"] = params["tv_lam"]
+    if not method.endswith("-untrained"):
+        kwargs.update(params.get("zero_shot", {}).get(base, {}))
     start = time.perf_counter()
     result = R.restore(given["input"], spec["task"], base, **kwargs)
     seconds = time.perf_counter() - start
@@ -210,10 +293,27 @@ def tune(setting: str, val_cases: list[dict]) -> dict:
     return {"tv_lam": best["lam"], "grid": rows, "at_grid_edge": best["lam"] in (TV_GRID[0], TV_GRID[-1])}
 
 
+def tune_zero_shot(setting: str, val_cases: list[dict], priors: dict, tv_lam: float) -> dict:
+    """{method: the ``ZERO_SHOT_GRID`` entry with the best mean whole-image val PSNR (K = 2)}, and the grid's scores."""
+    best, rows = {}, []
+    for method, grid in ZERO_SHOT_GRID.items():
+        if method not in R.ZERO_SHOT[SETTINGS[setting]["task"]]:
+            continue
+        for params in grid:
+            values = [run_method(method, c, setting, priors, {"tv_lam": tv_lam, "zero_shot": {method: params}}, 2)
+                      ["psnr"] for c in val_cases]
+            rows.append({"method": method, **params, "mean_psnr": statistics.mean(values)})
+            print(f"tune {setting} {method} {params}: {rows[-1]['mean_psnr']:.2f} dB", flush=True)
+        top = max((r for r in rows if r["method"] == method), key=lambda r: r["mean_psnr"])
+        best[method] = {k: v for k, v in top.items() if k not in ("method", "mean_psnr")}
+    return {**best, "grid": rows}
+
+
 def summary(result: dict) -> str:
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in result["rows"]:
-        groups.setdefault((row["setting"], row["method"]), []).append(row)
+        if row["setting"] not in VOLUME_SETTINGS:
+            groups.setdefault((row["setting"], row["method"]), []).append(row)
 
     def ms(values):
         return f"{statistics.mean(values):.2f} ± {statistics.pstdev(values):.2f}" if len(values) > 1 else \
@@ -237,12 +337,138 @@ def summary(result: dict) -> str:
                       "features (meddiff.metrics.features; texture statistics, not anatomy); lower is closer."]
     if result.get("learned"):
         lines += ["", "Trained networks: " + ", ".join(f"{k} {v}" for k, v in result["learned"].items())]
-    tuning = result.get("tuning", {})
+    tuning = {s: t for s, t in result.get("tuning", {}).items() if s not in VOLUME_SETTINGS}
     if tuning:
         lines += ["", "TV weights (tuned on val slices unless marked default): " + ", ".join(
             f"{s} {t['tv_lam']:g}" + (" (default)" if t.get("untuned") else " (grid edge)" if t["at_grid_edge"] else "")
             for s, t in tuning.items())]
+    chosen = [f"{s} {m} {t['zero_shot'][m]}" for s, t in tuning.items() if "zero_shot" in t
+              for m in ZERO_SHOT_GRID if m in t["zero_shot"]]
+    if chosen:
+        lines += ["", "Zero-shot settings chosen on val slices (K = 2): " + "; ".join(chosen)]
+    return "\n".join(lines) + "\n" + volume_summary(result)
+
+
+def volume_summary(result: dict) -> str:
+    """The missing-slice table (mean +- std over test volumes)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in result["rows"]:
+        if row["setting"] in VOLUME_SETTINGS:
+            groups.setdefault((row["setting"], row["method"]), []).append(row)
+    if not groups:
+        return ""
+
+    def ms(values):
+        return f"{statistics.mean(values):.2f} ± {statistics.pstdev(values):.2f}"
+
+    lines = ["", "Missing slices (every second axial slice of a 25-slice block removed); scores inside the missing "
+             "slices; mean ± std over test volumes.", "",
+             "| setting | method | PSNR missing | PSNR missing brain | SSIM missing | SSIM missing brain | s / volume "
+             "| NFE x K per slice |", "|---|---|---|---|---|---|---|---|"]
+    for (setting, method), rows in groups.items():
+        lines.append(f"| {setting} | {method} | {ms([r['psnr_missing'] for r in rows])} | "
+                     f"{ms([r['psnr_missing_brain'] for r in rows])} | {ms([r['ssim_missing'] for r in rows])} | "
+                     f"{ms([r['ssim_missing_brain'] for r in rows])} | "
+                     f"{statistics.mean(r['seconds'] for r in rows):.1f} | {rows[0]['nfe']} x {rows[0]['samples']} |")
+    for setting in VOLUME_SETTINGS:
+        t = result.get("tuning", {}).get(setting)
+        if t:
+            lines += ["", f"{setting}: chosen on val volumes: " + ", ".join(
+                f"{m} {t[m]}" for m in ("ddnm", "sdedit") if m in t)]
     return "\n".join(lines) + "\n"
+
+
+def run_volume_setting(setting: str, result: dict, args, prior, wanted, done: set, out: Path) -> None:
+    """Tune on val volumes (once), then the test rows of a missing-slice setting."""
+    if setting not in result["tuning"]:
+        val = load_volumes(split_subjects("val", args.val_subjects), SLICES3D_VAL_BLOCK)
+        result["tuning"][setting] = tune_volumes(setting, val, prior)
+        write_json(result, out)
+    for case in load_volumes(split_subjects("test", args.subjects), SLICES3D_BLOCK):
+        for method in R.SLICE_METHODS:
+            if (wanted is not None and method not in wanted) or (case["subject"], case["slice"], setting,
+                                                                   method) in done:
+                continue
+            row = run_volume(method, case, setting, prior, result["tuning"][setting], args.samples or 4, out)
+            result["rows"].append(row)
+            write_json(result, out)
+            print(f"{case['subject']} {setting} {method}: PSNR missing {row['psnr_missing']:.2f} (brain "
+                  f"{row['psnr_missing_brain']:.2f}) SSIM {row['ssim_missing']:.3f}, {row['seconds']:.1f} s",
+                  flush=True)
+
+
+def _rows_with_images(jsons: list[Path], setting: str) -> dict[tuple[str, str], list[tuple[dict, Path]]]:
+    """{(json stem, method): [(row, image file)]} of ``setting`` over the benchmark files ``jsons``."""
+    groups: dict[tuple[str, str], list[tuple[dict, Path]]] = {}
+    for path in jsons:
+        for row in json.loads(Path(path).read_text())["rows"]:
+            if row["setting"] == setting and image_file(Path(path), row).is_file():
+                groups.setdefault((Path(path).stem, row["method"]), []).append((row, image_file(Path(path), row)))
+    return groups
+
+
+def _best(groups: dict, methods: tuple[str, ...], key: str):
+    """The (json stem, method) among ``methods`` with the best mean ``key``."""
+    candidates = [g for g in groups if g[1] in methods]
+    return max(candidates, key=lambda g: statistics.mean(r[key] for r, _ in groups[g]))
+
+
+def _panel(image: np.ndarray, top: float, zoom: int = 2) -> np.ndarray:
+    """(H, W) axial slice (RAS: rows left-right) -> uint8, anterior up, ``zoom`` x nearest."""
+    from meddiff.report.html import to_uint8
+
+    shown = np.rot90(np.asarray(image, np.float64))
+    return to_uint8(np.kron(shown, np.ones((zoom, zoom))), 0.0, top)
+
+
+def draw_figure(png: Path, jsons: list[Path], setting: str) -> None:
+    """benchmarks/figures/restoration_*.png from the images kept by earlier runs (``jsons``), first test case.
+    Super-resolution: input (nearest) / bicubic / TV / best diffusion / SR3 / UNet / truth / |error| of bicubic and
+    of the best diffusion (x 2). slices3d: the middle missing slice: known slice below / linear / biharmonic / best
+    diffusion / truth / known slice above / |error| of linear and of the best diffusion (x 2)."""
+    from meddiff.report.html import labelled_row
+
+    groups = _rows_with_images(jsons, setting)
+    if not groups:
+        raise SystemExit(f"no kept images of {setting} in {', '.join(map(str, jsons))}")
+    first = next(iter(groups.values()))[0][0]
+    subject, z = first["subject"], first["slice"]
+
+    def image_of(group):
+        return next(np.load(f) for r, f in groups[group] if r["subject"] == subject and r["slice"] == z)
+
+    if setting in VOLUME_SETTINGS:
+        case = next(c for c in load_volumes([subject], SLICES3D_BLOCK) if c["slice"] == z)
+        vol = case["image"]
+        missing = np.flatnonzero(R.missing_slices_mask(vol.shape, every=VOLUME_SETTINGS[setting]["every"]).numpy()
+                                 .all((0, 1)))
+        m = int(missing[len(missing) // 2])
+        best = _best(groups, ("ddnm", "sdedit"), "psnr_missing")
+        stem = next(iter(groups))[0]
+        lin, bih, dif = (image_of((stem, "linear"))[..., m], image_of((stem, "biharmonic"))[..., m],
+                         image_of(best)[..., m])
+        truth, top = vol[..., m], float(vol.max())
+        tiles = [vol[..., m - 1], lin, bih, dif, truth, vol[..., m + 1], 2 * np.abs(lin - truth),
+                 2 * np.abs(dif - truth)]
+        labels = ["slice below", "linear", "biharmonic", best[1], "truth", "slice above", "linear error x2",
+                  f"{best[1]} error x2"]
+    else:
+        case = next(c for c in load_slices([subject], 3) if c["slice"] == z)
+        truth, top = case["image"], float(case["image"].max())
+        scale = SETTINGS[setting]["scale"]
+        given = R.upsample(torch.from_numpy(degrade(case, setting)["input"]), scale, "nearest").numpy()
+        best = _best(groups, ("ddnm", "dps"), "psnr")
+        stem = next(iter(groups))[0]
+        names = [(stem, "bicubic"), (stem, "tv"), best] + [g for g in ((stem, "sr3"), (stem, "unet")) if g in groups]
+        outs = [image_of(g) for g in names]
+        tiles = [given] + outs + [truth, 2 * np.abs(outs[0] - truth), 2 * np.abs(outs[2] - truth)]
+        labels = ["input", "bicubic", "tv", best[1]] + [g[1] for g in names[3:]] + ["truth", "bicubic error x2",
+                                                                                    f"{best[1]} error x2"]
+    canvas = labelled_row([_panel(t, top) for t in tiles], labels)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(png) as tmp:
+        canvas.save(tmp, format="PNG")
+    print(f"wrote {png}: {subject} z={z}, best diffusion {best}")
 
 
 def main(argv=None) -> int:
@@ -253,16 +479,25 @@ def main(argv=None) -> int:
     parser.add_argument("--slices", type=int, default=3, help="slices per subject (default 3)")
     parser.add_argument("--val-subjects", type=int, default=2, help="val subjects for the TV weight (default 2)")
     parser.add_argument("--val-slices", type=int, default=2, help="slices per val subject (default 2)")
-    parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma list of {', '.join(SETTINGS)}")
+    parser.add_argument("--settings", default=",".join(SETTINGS),
+                        help=f"comma list of {', '.join(list(SETTINGS) + list(VOLUME_SETTINGS))}")
     parser.add_argument("--methods", help="comma list (default: every method of the task)")
     parser.add_argument("--samples", type=int, help="posterior samples K of the zero-shot methods (default per method)")
     parser.add_argument("--no-untrained", action="store_true", help="skip the untrained-network control rows")
     parser.add_argument("--no-tune", action="store_true", help="use the default TV weights (restore.TV_WEIGHTS)")
+    parser.add_argument("--tune-zero-shot", action="store_true",
+                        help="choose the zero-shot solvers' settings on the val slices (ZERO_SHOT_GRID) first")
+    parser.add_argument("--figure", help="only draw the figure PNG of the first --settings entry from kept images")
+    parser.add_argument("--figure-from", help="comma list of benchmark JSONs for --figure (default: --out)")
     args = parser.parse_args(argv)
+    if args.figure:
+        jsons = [Path(p) for p in (args.figure_from or args.out).split(",")]
+        draw_figure(Path(args.figure), jsons, args.settings.split(",")[0])
+        return 0
     settings = args.settings.split(",")
-    unknown = sorted(set(settings) - set(SETTINGS))
+    unknown = sorted(set(settings) - set(SETTINGS) - set(VOLUME_SETTINGS))
     if unknown:
-        parser.error(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
+        parser.error(f"unknown settings {unknown}; choose from {list(SETTINGS) + list(VOLUME_SETTINGS)}")
     wanted = args.methods.split(",") if args.methods else None
     out = Path(args.out)
     checkpoint = str(args.checkpoint or R.default_prior())
@@ -278,6 +513,9 @@ def main(argv=None) -> int:
     val = None
     done = {tuple(r[k] for k in KEY) for r in result["rows"]}
     for setting in settings:
+        if setting in VOLUME_SETTINGS:
+            run_volume_setting(setting, result, args, prior, wanted, done, out)
+            continue
         if setting not in result["tuning"]:
             if args.no_tune:
                 result["tuning"][setting] = {"tv_lam": R.TV_WEIGHTS[SETTINGS[setting]["task"]], "grid": [],
@@ -285,6 +523,11 @@ def main(argv=None) -> int:
             else:
                 val = val or load_slices(split_subjects("val", args.val_subjects), args.val_slices)
                 result["tuning"][setting] = tune(setting, val)
+            write_json(result, out)
+        if args.tune_zero_shot and "zero_shot" not in result["tuning"][setting]:
+            val = val or load_slices(split_subjects("val", args.val_subjects), args.val_slices)
+            result["tuning"][setting]["zero_shot"] = tune_zero_shot(setting, val, priors,
+                                                                    result["tuning"][setting]["tv_lam"])
             write_json(result, out)
         for case in cases:
             for method in methods_for(setting, wanted, not args.no_untrained, learned):

@@ -66,9 +66,10 @@ def restore(image, task: str, method: str, *, scale: int | None = None, kernel: 
     """Restore ``image`` (2D (H, W), or 3D (H, W, D) slice by slice): super-resolution (the low-resolution input ->
     ``scale`` x its in-plane size; ``kernel`` "area" = the mean over scale x scale blocks by default), inpainting
     (``mask``: 1 = missing, (H, W) or the image's shape; a 3D mask of whole slices along the last axis fills those
-    slices from the others, ``slices3d``: linear, cubic, biharmonic, ddnm, sdedit) or denoising (``sigma``: noise sd in the image's units,
-    estimated when None; ``noise`` "gaussian" or "rician"). ``params``: method parameters (``lam`` for tv; steps,
-    eta, zeta, start, jump, resample for the zero-shot solvers, ``methods.SOLVER_DEFAULTS``; eta for sr3).
+    slices from the others, ``slices3d``: linear, cubic, biharmonic, ddnm, sdedit) or denoising (``sigma``: noise sd
+    in the image's units, estimated when None; ``noise`` "gaussian" or "rician"). ``params``: method parameters
+    (``lam`` for tv; steps, eta, zeta, start, jump, resample for the zero-shot solvers, ``methods.SOLVER_DEFAULTS``;
+    factor, start, level for the missing-slice ones, ``slices3d.SLICE_DEFAULTS``; eta for sr3).
     ``checkpoint``: the prior of the zero-shot solvers, or the trained network of sr3 / unet (``learned``; ``model``
     passes one already loaded)."""
     check_method(task, method)
