@@ -64,11 +64,14 @@ def main(argv=None) -> int:
     parser.add_argument("--minutes", type=float, default=50.0, help="wall-clock training budget")
     parser.add_argument("--steps", type=int, default=0, help="stop after this many steps (0: the time budget only)")
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--ema", type=float, default=0.995)
+    parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--ema", type=float, default=0.99)
     parser.add_argument("--registration-weight", type=float, default=10.0, help="lambda")
     parser.add_argument("--reg-weight", type=float, default=1.0, help="smoothness weight")
     parser.add_argument("--kernel", type=int, default=7, help="LNCC window on the 96 x 96 loss grid")
+    parser.add_argument("--meeting-weight", type=float, default=0.0,
+                        help="symmetric half-way term (0: the papers' loss); each batch then holds its pairs and "
+                             "their reverses")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--snapshot-minutes", type=float, default=10.0, help="save the EMA to OUT/snapshot")
@@ -84,7 +87,8 @@ def main(argv=None) -> int:
     scaled = {p: torch.from_numpy(np.stack([cine[p[0]], cine[p[1]]]) / pair_scale(cine[p[0]], cine[p[1]]))
               for p in pairs}
     config = DiffuseMorphConfig(diffusion=not args.no_diffusion, kernel=args.kernel, reg_weight=args.reg_weight,
-                                registration_weight=args.registration_weight)
+                                registration_weight=args.registration_weight,
+                                meeting_weight=args.meeting_weight)
     net = DiffuseMorph(config)
     ema = copy.deepcopy(net).eval()
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
@@ -99,11 +103,15 @@ def main(argv=None) -> int:
             "data": "rat_cardiac_cine (cine_rat_8fr.npy, one healthy rat, 8 frames)", "held_out_frames": args.held_out,
             "train_pairs": [list(p) for p in pairs], "minutes": round(elapsed / 60, 1), "batch": args.batch,
             "lr": args.lr, "ema": args.ema, "seed": args.seed,
-            "loss": "eps MSE + lambda x (LNCC + reg_weight x DiffusionLoss(ddf)), on the 96 x 96 grid",
+            "loss": "eps MSE + lambda x (LNCC + reg_weight x DiffusionLoss(ddf)) [+ meeting_weight x lambda x LNCC of "
+                    "the two half-way warps], on the 96 x 96 grid",
             "augmentation": "dihedral (8), intensity x [0.8, 1.25], gamma [0.7, 1.4]"}}
 
     while True:
-        batch = [augment(scaled[pairs[int(rng.integers(len(pairs)))]], rng) for _ in range(args.batch)]
+        count = args.batch // 2 if args.meeting_weight > 0 else args.batch
+        batch = [augment(scaled[pairs[int(rng.integers(len(pairs)))]], rng) for _ in range(count)]
+        if args.meeting_weight > 0:  # the reverse pairs in the second half
+            batch += [pair.flip(0) for pair in batch]
         x = torch.stack(batch)  # (B, 2, H, W)
         loss, parts = diffusemorph_loss(net, x[:, :1], x[:, 1:], gen)
         opt.zero_grad()
@@ -114,7 +122,8 @@ def main(argv=None) -> int:
             for p_ema, p in zip(ema.parameters(), net.parameters()):
                 p_ema.lerp_(p, 1 - args.ema)
         step += 1
-        running.append((float(loss), parts["diffusion"], parts["similarity"], parts["smoothness"]))
+        running.append((float(loss), parts["diffusion"], parts["similarity"], parts["smoothness"],
+                        parts.get("meeting", 0.0)))
         elapsed = time.time() - start
         done = elapsed > args.minutes * 60 or (args.steps and step >= args.steps)
         if step % args.log_every == 0 or done:
@@ -122,7 +131,7 @@ def main(argv=None) -> int:
             running = []
             rows.append({"step": step, "seconds": round(elapsed, 1), "loss": round(float(mean[0]), 5),
                          "diffusion": round(float(mean[1]), 5), "similarity": round(float(mean[2]), 5),
-                         "smoothness": round(float(mean[3]), 6)})
+                         "smoothness": round(float(mean[3]), 6), "meeting": round(float(mean[4]), 5)})
             print(rows[-1], flush=True)
         if not done and time.time() - last_snapshot > args.snapshot_minutes * 60:
             save_diffusemorph(out / "snapshot", ema, meta(elapsed))

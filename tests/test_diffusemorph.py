@@ -130,3 +130,15 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
         load_diffusemorph(tmp_path / "ck")
     with pytest.raises(MeddiffError, match="unknown keys"):
         DiffuseMorphConfig.from_dict({"spatial_dims": 2, "colour": 1})
+
+
+@pytest.mark.parametrize("diffusion", [True, False])
+def test_meeting_term_needs_reverse_pairs_and_compares_the_half_way_warps(diffusion):
+    torch.manual_seed(0)
+    net = DiffuseMorph(DiffuseMorphConfig(diffusion=diffusion, meeting_weight=1.0, **TINY))
+    a = torch.from_numpy(_blob((16, 16), (7.5, 7.5), 3.0))[None, None]
+    b = torch.from_numpy(_blob((16, 16), (8.5, 7.5), 3.0))[None, None]
+    loss, parts = diffusemorph_loss(net, torch.cat([a, b]), torch.cat([b, a]), torch.Generator().manual_seed(0))
+    assert np.isfinite(float(loss)) and parts["meeting"] < 0  # -LNCC of the two half-way warps
+    with pytest.raises(MeddiffError, match="reverse pairs"):
+        diffusemorph_loss(net, torch.cat([a, b]), torch.cat([b, b]))

@@ -43,7 +43,8 @@ class DiffuseMorphConfig:
     """Network, schedule and loss settings. ``score_channels``: the diffusion UNet's levels (no attention);
     ``latent_channels``: its output channels (channel 0 = eps); ``channels``/``strides``/``features``: the
     deformation UNet; ``downsample``, ``steps``, ``similarity``, ``kernel``, ``regulariser``, ``reg_weight``: as
-    ``VoxelMorphConfig``; ``num_train_steps``: the linear DDPM schedule; ``registration_weight``: lambda."""
+    ``VoxelMorphConfig``; ``num_train_steps``: the linear DDPM schedule; ``registration_weight``: lambda;
+    ``meeting_weight``: the symmetric half-way term of ``diffusemorph_loss`` (0: the papers' loss)."""
 
     spatial_dims: int = 2
     diffusion: bool = True
@@ -61,6 +62,7 @@ class DiffuseMorphConfig:
     regulariser: str = "diffusion"
     reg_weight: float = 1.0
     registration_weight: float = 1.0
+    meeting_weight: float = 0.0
 
     def __post_init__(self):
         if self.similarity not in SIMILARITIES:
@@ -115,8 +117,9 @@ class DiffuseMorph(nn.Module):
             self.score = None
             inputs = 2
         self.schedule = DiscreteSchedule("linear", config.num_train_steps)
+        # no normalisation layers: instance norm would divide the scale of gamma c out again
         self.unet = UNet(n, inputs, config.features, config.channels, config.strides,
-                         num_res_units=config.num_res_units)
+                         num_res_units=config.num_res_units, norm=None)
         conv = nn.Conv3d if n == 3 else nn.Conv2d
         self.flow = conv(config.features, n, 3, padding=1)
         nn.init.normal_(self.flow.weight, std=1e-5)
@@ -175,21 +178,40 @@ class DiffuseMorph(nn.Module):
 def diffusemorph_loss(model: DiffuseMorph, source: torch.Tensor, target: torch.Tensor,
                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
     """The joint training loss of a batch (B, 1, *S) on the pooled grid: diffusion MSE (eps prediction at a random
-    timestep; 0 without the diffusion part) + lambda x (similarity(warped source, target) + smoothness)."""
+    timestep; 0 without the diffusion part) + lambda x (similarity(warped source, target) + smoothness).
+
+    ``meeting_weight`` > 0 (our addition to the papers' loss): the batch must hold each pair twice, the second half
+    the reverse pairs (``source[B/2:] = target[:B/2]``); the term adds ``meeting_weight`` x lambda x the
+    similarity of source warped half way (gamma = 0.5) and the reverse pair's source warped half way back, so that
+    the two ends meet in the middle: unsupervised, no intermediate frame is used."""
     cfg = model.config
     s, t = model.pool(source), model.pool(target)
+    b = s.shape[0]
+    meet = cfg.meeting_weight > 0
+    if meet and (b % 2 or not torch.equal(source[b // 2:], target[:b // 2])):
+        raise MeddiffError("meeting_weight > 0 needs a batch whose second half holds the reverse pairs")
     if model.score is not None:
-        steps = model.schedule.sample_training_times(s.shape[0], generator)
+        steps = model.schedule.sample_training_times(b, generator)
         noise = torch.randn(t.shape, generator=generator)
         c = model.latent(s, t, steps, noise)
         diff = F.mse_loss(c[:, :1], noise)
-        v = model.velocity_from_latent(s, c, 1.0)
+        gammas = [1.0, 0.5, 0.0] if meet else [1.0, 0.0]
+        g = model._field(torch.cat([torch.cat([s, gamma * c], 1) for gamma in gammas], 0))
+        v = g[:b] - g[-b:]
+        v_half = g[b:2 * b] - g[-b:] if meet else None
     else:
         diff = torch.zeros(())
         v = model._field(torch.cat([s, t], 1))
+        v_half = 0.5 * v
     ddf = integrate_velocity(v, cfg.steps)
     reg, parts = registration_loss(warp(s, ddf), t, ddf, cfg)
-    return diff + cfg.registration_weight * reg, {"diffusion": float(diff), **parts}
+    loss = diff + cfg.registration_weight * reg
+    if meet:
+        half = warp(s, integrate_velocity(v_half, cfg.steps))
+        meeting, _ = registration_loss(half[:b // 2], half[b // 2:], torch.zeros_like(ddf[:1]), cfg)
+        loss = loss + cfg.meeting_weight * cfg.registration_weight * meeting
+        parts["meeting"] = float(meeting.detach())
+    return loss, {"diffusion": float(diff.detach()), **parts}
 
 
 @dataclass
