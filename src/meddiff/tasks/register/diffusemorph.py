@@ -188,7 +188,8 @@ def diffusemorph_loss(model: DiffuseMorph, source: torch.Tensor, target: torch.T
     s, t = model.pool(source), model.pool(target)
     b = s.shape[0]
     meet = cfg.meeting_weight > 0
-    if meet and (b % 2 or not torch.equal(source[b // 2:], target[:b // 2])):
+    if meet and (b % 2 or not torch.equal(source[b // 2:], target[:b // 2])
+                 or not torch.equal(target[b // 2:], source[:b // 2])):
         raise MeddiffError("meeting_weight > 0 needs a batch whose second half holds the reverse pairs")
     if model.score is not None:
         steps = model.schedule.sample_training_times(b, generator)
