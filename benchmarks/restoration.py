@@ -325,6 +325,8 @@ def summary(result: dict) -> str:
              "| NFE x K |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     fids = result.get("fid", {}).get("values", {})
+    if not groups:  # missing-slice rows only
+        return volume_summary(result)
     for (setting, method), rows in groups.items():
         hole = ms([r["psnr_hole"] for r in rows]) if "psnr_hole" in rows[0] else ""
         fid = fids.get(setting, {}).get(method)
@@ -366,10 +368,11 @@ def volume_summary(result: dict) -> str:
              "| setting | method | PSNR missing | PSNR missing brain | SSIM missing | SSIM missing brain | s / volume "
              "| NFE x K per slice |", "|---|---|---|---|---|---|---|---|"]
     for (setting, method), rows in groups.items():
+        nfe = f"{rows[0]['nfe']} x {rows[0]['samples']}" if rows[0]["nfe"] else "-"
         lines.append(f"| {setting} | {method} | {ms([r['psnr_missing'] for r in rows])} | "
                      f"{ms([r['psnr_missing_brain'] for r in rows])} | {ms([r['ssim_missing'] for r in rows])} | "
                      f"{ms([r['ssim_missing_brain'] for r in rows])} | "
-                     f"{statistics.mean(r['seconds'] for r in rows):.1f} | {rows[0]['nfe']} x {rows[0]['samples']} |")
+                     f"{statistics.mean(r['seconds'] for r in rows):.1f} | {nfe} |")
     for setting in VOLUME_SETTINGS:
         t = result.get("tuning", {}).get(setting)
         if t:
