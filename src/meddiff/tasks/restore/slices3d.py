@@ -25,8 +25,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from meddiff.data.transforms import magnitude_scale
 from meddiff.errors import MeddiffError
 from meddiff.tasks.prior import Prior, solver_settings
+from meddiff.tasks.restore.baselines import laplacian
+from meddiff.tasks.restore.methods import solve
 from meddiff.tasks.restore.problems import degrade_sr, make_problem
 
 SLICE_METHODS = ("linear", "cubic", "biharmonic", "ddnm", "sdedit")
@@ -60,7 +63,8 @@ def missing_slices(mask) -> np.ndarray | None:
 
 def interpolate_slices(volume: np.ndarray, missing, kind: str = "linear") -> np.ndarray:
     """(H, W, D) with the ``missing`` slices (indices) filled by "linear" or "cubic" interpolation along the last axis
-    from the known ones; nearest known slice outside their range. Known slices are copied unchanged."""
+    from the known ones (cubic with fewer than 3 known slices: linear); nearest known slice outside their range.
+    Known slices are copied unchanged."""
     volume = np.asarray(volume, dtype=np.float32)
     missing = np.asarray(missing, dtype=int)
     known = np.setdiff1d(np.arange(volume.shape[-1]), missing)
@@ -88,8 +92,6 @@ def biharmonic_slices(volume: np.ndarray, missing, *, tol: float = 1e-8, maxiter
     """(H, W, D) with the ``missing`` slices filled by the 3D biharmonic fill (module docstring), CG started from the
     linear interpolation."""
     from scipy.sparse.linalg import cg
-
-    from meddiff.tasks.restore.baselines import laplacian
 
     volume = np.asarray(volume, dtype=np.float32)
     hole = np.zeros(volume.shape, dtype=bool)
@@ -119,9 +121,6 @@ def _padded(image: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[slice, 
 
 def refine_slice(guide: np.ndarray, method: str, prior: Prior, settings: dict, seed: int):
     """One missing slice from its interpolated ``guide`` (H, W) -> (K, H, W) samples, network evaluations."""
-    from meddiff.data.transforms import magnitude_scale
-    from meddiff.tasks.restore.methods import solve
-
     if method == "ddnm":
         f = settings["factor"]
         padded, crop = _padded(guide, f)
@@ -138,8 +137,7 @@ def refine_slice(guide: np.ndarray, method: str, prior: Prior, settings: dict, s
 
 
 def restore_slices(volume: np.ndarray, missing, method: str, *, prior: Prior | None = None, steps: int | None = None,
-                   samples: int | None = None, seed: int = 0, **params) -> tuple[np.ndarray, np.ndarray | None, int,
-                                                                                  dict]:
+                   samples: int | None = None, seed: int = 0, **params) -> tuple:
     """Fill the ``missing`` slices (indices along the last axis) of ``volume`` (H, W, D) with ``method``
     (``SLICE_METHODS``) -> (volume, per-voxel std over the samples or None, network evaluations per slice and sample,
     settings). Known slices are returned unchanged; slice z of a diffusion method uses seed + z."""
