@@ -2,6 +2,8 @@
 biharmonic baselines against hand computations, data consistency of every method, the CLI round trip on a tiny
 NIfTI (affine kept) and the failure paths. Tiny volumes and a tiny untrained prior."""
 
+import functools
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -10,7 +12,10 @@ from meddiff.cli.main import main
 from meddiff.errors import MeddiffError
 from meddiff.tasks import restore as R
 
-from helpers import tiny_prior, train_tiny_checkpoint
+from helpers import tiny_prior as build_tiny_prior
+from helpers import train_tiny_checkpoint
+
+tiny_prior = functools.cache(build_tiny_prior)  # one untrained prior for the module (building it is the slow part)
 
 
 def volume(h=12, w=12, d=9):
@@ -98,6 +103,11 @@ def test_ddnm_keeps_the_interpolations_low_pass():
     for z in (1, 3):
         np.testing.assert_allclose(R.degrade_sr(res.image[..., z], 4).numpy(), R.degrade_sr(lin[..., z], 4).numpy(),
                                    atol=1e-4 * float(vol.max()))
+    res = R.restore(np.where(mask, 0, vol), "inpaint", "ddnm", mask=mask, prior=tiny_prior(), steps=2, samples=1,
+                    factor=4, guide="biharmonic")  # the biharmonic fill as the guide instead
+    bih = R.biharmonic_slices(vol, [1, 3])
+    np.testing.assert_allclose(R.degrade_sr(res.image[..., 1], 4).numpy(), R.degrade_sr(bih[..., 1], 4).numpy(),
+                               atol=1e-4 * float(vol.max()))
 
 
 def test_volume_scores_pool_the_missing_voxels():
@@ -122,6 +132,8 @@ def test_volume_scores_pool_the_missing_voxels():
      "takes no parameters"),
     (lambda v: R.restore(v, "inpaint", "ddnm", mask=R.missing_slices_mask(v.shape, every=2).numpy(),
                          prior=tiny_prior(), factor=1), "factor"),
+    (lambda v: R.restore(v, "inpaint", "sdedit", mask=R.missing_slices_mask(v.shape, every=2).numpy(),
+                         prior=tiny_prior(), guide="cubic"), "guide"),
     (lambda v: R.restore(v[..., 0], "inpaint", "linear", mask=np.zeros((12, 12))), "fills whole missing"),
 ])
 def test_bad_missing_slice_input_is_a_one_line_error(call, match):

@@ -9,7 +9,8 @@ interleaved acquisition, dropped slices), the others are known and returned unch
   3D system fills in too much).
 - "ddnm" and "sdedit": the 2D prior was trained on AXIAL slices, so a missing axial slice has no in-plane measurement
   at all. Both start from the linear interpolation of the neighbours and refine it slice by slice with the axial
-  prior (Meng et al. 2022, "SDEdit": noise the guide to an intermediate time and run the reverse process from there):
+  prior (Meng et al. 2022, "SDEdit": noise the guide to an intermediate time and run the reverse process from there;
+  ``guide`` "biharmonic" starts from the biharmonic fill instead):
   "ddnm" treats the interpolation as a LOW-PASS measurement, y = A x_interp with A = the mean over ``factor`` x
   ``factor`` in-plane blocks (``meddiff.physics.Downsampling``), and runs DDNM (``methods.solve``, Wang et al. 2023)
   from the interpolation noised to ``start`` x T: the output keeps the interpolation's coarse content exactly
@@ -39,8 +40,8 @@ SLICE_SAMPLING = ("ddnm", "sdedit")
 # linear 28.78, biharmonic 28.98 dB; ddnm factor 2 from start 0.1 / 0.2: 28.54 / 28.32 (factor 4 from 0.4: 26.6);
 # sdedit level 0.02 / 0.05: 28.94 / 28.86 (0.1: 28.46). Neither beats the classical fills (benchmarks/README.md).
 SLICE_DEFAULTS: dict[str, dict] = {
-    "ddnm": {"steps": 10, "samples": 4, "eta": 0.85, "start": 0.1, "factor": 2},
-    "sdedit": {"steps": 10, "samples": 4, "eta": 1.0, "level": 0.02},
+    "ddnm": {"steps": 10, "samples": 4, "eta": 0.85, "start": 0.1, "factor": 2, "guide": "linear"},
+    "sdedit": {"steps": 10, "samples": 4, "eta": 1.0, "level": 0.02, "guide": "linear"},
 }
 
 
@@ -159,7 +160,10 @@ def restore_slices(volume: np.ndarray, missing, method: str, *, prior: Prior | N
     if method == "ddnm" and (isinstance(settings["factor"], bool) or not isinstance(settings["factor"], int)
                              or settings["factor"] < 2):
         raise MeddiffError(f"factor={settings['factor']!r} must be an integer >= 2 (the low-pass block size)")
-    guide = interpolate_slices(volume, missing, "linear")
+    if settings["guide"] not in ("linear", "biharmonic"):
+        raise MeddiffError(f"guide={settings['guide']!r}: choose linear or biharmonic (the fill the prior refines)")
+    guide = biharmonic_slices(volume, missing) if settings["guide"] == "biharmonic" else \
+        interpolate_slices(volume, missing, "linear")
     out, std, nfe = guide.copy(), np.zeros_like(guide), 0
     for z in missing:
         images, nfe = refine_slice(guide[..., z], method, prior, settings, seed + int(z))
