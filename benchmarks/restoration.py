@@ -32,6 +32,7 @@ known): an interleaved / thick-slice acquisition at twice the slice distance. Me
 (``restore.volume_scores``) inside the missing slices, whole and brain (DLMUSE > 0), seconds per volume. The
 diffusion settings are chosen on VAL volumes (13-slice blocks, 6 missing; ``SLICES3D_GRID``, best mean PSNR in the
 missing slices at K = 2), stored under "tuning" -> "slices3d"; the test rows use them with K = ``--samples`` or 4.
+``--planes-check`` also scores restoring the slices in the coronal planes on val (``planes_check``).
 
 Incremental: every finished row is written to the JSON at once (atomic); a re-run with the same --out skips rows
 already there (subject, slice, setting, method). Output: FILE.json and FILE.md (mean +- std per setting and method).
@@ -84,7 +85,8 @@ SLICES3D_GRID = [("ddnm", {"factor": 2, "start": 0.1}), ("ddnm", {"factor": 2, "
                  ("sdedit", {"level": 0.02}), ("sdedit", {"level": 0.05})]
 # --tune-zero-shot: settings tried on the val slices for super-resolution (steps, and DPS's step size zeta / DDNM's eta)
 ZERO_SHOT_GRID = {
-    "dps": [{"steps": 20, "zeta": 30.0}, {"steps": 20, "zeta": 50.0}, {"steps": 40, "zeta": 30.0}],
+    "dps": [{"steps": 20, "zeta": 30.0}, {"steps": 20, "zeta": 50.0}, {"steps": 40, "zeta": 30.0},
+            {"steps": 20, "zeta": 30.0, "start": 0.5}, {"steps": 20, "zeta": 30.0, "start": 0.3}],
     "ddnm": [{"steps": 20, "eta": 0.85}, {"steps": 20, "eta": 1.0}, {"steps": 50, "eta": 0.85}],
 }
 BOX_FRACTION = 0.1
@@ -381,11 +383,50 @@ def volume_summary(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def planes_check(subjects: list[str], prior, planes: int = 6) -> dict:
+    """Can the axial prior restore missing axial slices in the CORONAL planes, where they show as missing rows? Per
+    val subject the full-height volume (88 x 120 x all slices, scaled by the central block's ``magnitude_scale``),
+    every second slice of the central 13 missing; ``planes`` coronal planes spread over the brain; DDNM inpainting of
+    the missing rows (10 steps, K = 2; from noise, and from the biharmonic start at 0.3 T) against the linear
+    interpolation along the slice axis and 2D biharmonic in the plane, on the same voxels: PSNR (data range 1, the
+    magnitude scale) of the pooled missing voxels."""
+    errors: dict[str, list[float]] = {}
+    runs = {"linear": None, "biharmonic (2D, in the plane)": ("biharmonic", {}),
+            "ddnm from noise": ("ddnm", {"steps": 10, "samples": 2}),
+            "ddnm from biharmonic at 0.3 T": ("ddnm", {"steps": 10, "samples": 2, "start": 0.3})}
+    for subject in subjects:
+        files = {"t1": DATA / "t1" / f"{subject}_T1.nii.gz", "seg": DATA / "dlmuse_seg" / f"{subject}_T1_DLMUSE.nii.gz"}
+        vol, seg, _ = load_subject(files, ["t1"], with_seg=True, normalize_cfg="none", canonical=True, spacing=None)
+        brain = seg[0] > 0
+        zs = np.flatnonzero(brain.any((0, 1)))
+        c = int(zs[0] + zs[-1]) // 2
+        top = (vol.shape[1] - CROP[0]) // 2
+        v, b = vol[0, top:top + CROP[0]], brain[top:top + CROP[0]]
+        v = (v / magnitude_scale(v[..., c - 6:c + 7])).astype(np.float32)
+        missing = np.arange(c - 5, c + 7, 2)
+        lin = R.interpolate_slices(v, missing)
+        cols = np.flatnonzero(b[..., c].any(0))
+        for y in cols[np.linspace(0, len(cols) - 1, planes).round().astype(int)]:
+            truth = v[:, y, :]
+            hole = np.zeros(truth.shape, dtype=bool)
+            hole[:, missing] = True
+            for name, spec in runs.items():
+                out = lin[:, y, :] if spec is None else R.restore(np.where(hole, 0, truth), "inpaint", spec[0],
+                                                                  mask=hole, prior=prior, **spec[1]).image
+                errors.setdefault(name, []).append(float(((out[:, missing] - truth[:, missing]) ** 2).mean()))
+    result = {name: float(10 * np.log10(1 / np.mean(e))) for name, e in errors.items()}
+    print(f"coronal planes: {result}", flush=True)
+    return {"subjects": subjects, "planes": planes, "psnr_missing": result}
+
+
 def run_volume_setting(setting: str, result: dict, args, prior, wanted, done: set, out: Path) -> None:
     """Tune on val volumes (once), then the test rows of a missing-slice setting."""
     if setting not in result["tuning"]:
         val = load_volumes(split_subjects("val", args.val_subjects), SLICES3D_VAL_BLOCK)
         result["tuning"][setting] = tune_volumes(setting, val, prior)
+        write_json(result, out)
+    if args.planes_check and "planes" not in result["tuning"][setting]:
+        result["tuning"][setting]["planes"] = planes_check(split_subjects("val", args.val_subjects), prior)
         write_json(result, out)
     for case in load_volumes(split_subjects("test", args.subjects), SLICES3D_BLOCK):
         for method in R.SLICE_METHODS:
@@ -490,6 +531,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-tune", action="store_true", help="use the default TV weights (restore.TV_WEIGHTS)")
     parser.add_argument("--tune-zero-shot", action="store_true",
                         help="choose the zero-shot solvers' settings on the val slices (ZERO_SHOT_GRID) first")
+    parser.add_argument("--planes-check", action="store_true",
+                        help="slices3d: also score DDNM in the coronal planes on val (planes_check)")
     parser.add_argument("--figure", help="only draw the figure PNG of the first --settings entry from kept images")
     parser.add_argument("--figure-from", help="comma list of benchmark JSONs for --figure (default: --out)")
     args = parser.parse_args(argv)
