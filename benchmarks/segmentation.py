@@ -247,7 +247,7 @@ def run_benchmark(args, cfg):
         msd.append(("MedSegDiff", seg, info, test))
         control = MedSegDiffSegmenter(random_network(loaded.meta["medsegdiff"]["network"]), seg.schedule,
                                       seg.num_classes, seg.steps)
-        msd.append(("MedSegDiff random-weight", control, {**info, "unet_steps": 0},
+        msd.append(("MedSegDiff random-weight", control, {**info, "unet_steps": 0, "train_seconds": 0},
                     test[: args.msd_control_subjects]))
     shipped = None
     if args.shipped:
