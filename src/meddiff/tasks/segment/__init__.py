@@ -6,7 +6,9 @@ UNet at chosen noise levels, Baranchuk et al. 2022), ``methods`` (pixel-MLP ense
 MONAI UNet baseline), ``evaluate`` (Dice, HD95, calibration error, uncertainty-error correlation), ``pipeline``
 (checkpoints with the prior's fingerprint, whole-volume segmentation behind ``meddiff segment``), ``postprocess``
 (connected-component clean-up of the label map, on by default), ``train`` (the
-config-driven training shared by ``scripts/train_segmentation.py`` and ``benchmarks/segmentation.py``).
+config-driven training shared by ``scripts/train_segmentation.py`` and ``benchmarks/segmentation.py``), ``ddep``
+(DDeP: the prior's denoiser fine-tuned with a K-class head, Brempong et al. 2022), ``medsegdiff`` (a conditional
+diffusion model over the one-hot label map, K samples -> majority vote and vote entropy; Wu et al. 2022).
 The shipped ``brain_parcellation_ixi`` is the supervised UNet: the better method at 20 labelled subjects
 (benchmarks/README.md, "Brain parcellation"); the diffusion features win at 1 and 5.
 """
