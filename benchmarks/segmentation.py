@@ -425,7 +425,7 @@ def main(argv=None):
                         help="what --seconds measures for the UNet and DDeP: wall-clock time, or this process's CPU "
                         "time (on a shared machine: the wall time it would take alone)")
     parser.add_argument("--bf16", action="store_true", help="train the UNet and DDeP under CPU bfloat16 autocast")
-    parser.add_argument("--diffusion-config", default=str(ROOT / "configs" / "segmentation_diffusion.yaml"),
+    parser.add_argument("--diffusion-config", default=str(ROOT / "configs" / "segmentation" / "diffusion.yaml"),
                         help="DDeP / MedSegDiff settings")
     parser.add_argument("--select-ddep", action="store_true", help="choose DDeP's t and fine-tuned part on val")
     parser.add_argument("--medsegdiff", help="also score this MedSegDiff checkpoint (scripts/train_segmentation_"

@@ -35,7 +35,7 @@ from meddiff.tasks.segment.train import labelled_slices, load_config, train_subj
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/segmentation.yaml")
-    parser.add_argument("--diffusion-config", default="configs/segmentation_diffusion.yaml")
+    parser.add_argument("--diffusion-config", default="configs/segmentation/diffusion.yaml")
     parser.add_argument("--seconds", type=float, help="wall-clock budget (default: the config's)")
     parser.add_argument("--max-steps", type=int, help="stop after this many steps (reproducible runs)")
     parser.add_argument("--labelled", type=int, help="labelled train subjects (default: the config's)")
