@@ -46,6 +46,15 @@ def training_pairs(frames: int, held_out) -> list[tuple[int, int]]:
     return list(itertools.permutations(keep, 2))
 
 
+def shipped_card(name: str, config: DiffuseMorphConfig, parameters: int) -> dict:
+    """The ``shipped`` block of meta.json (``meddiff checkpoints list``)."""
+    kind = "DDM" if config.diffusion else "DDM ablation without the diffusion part"
+    return {"name": name, "description": f"{kind} temporal interpolation of 2D cardiac cine frames (diffusion UNet "
+                                         "latent -> deformation UNet -> SVF; latent scaled by the time)",
+            "trained_on": "rat_cardiac_cine: frames 0, 2, 4, 6, 7 of ONE rat (frames 1, 3, 5 held out)",
+            "default_for": ["interpolate --method ddm"], "parameters": parameters}
+
+
 def augment(pair: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     """pair (2, H, W) scaled -> the same flip/rotation and intensity change on both frames."""
     pair = torch.rot90(pair, int(rng.integers(4)), (1, 2))
@@ -105,7 +114,8 @@ def main(argv=None) -> int:
             "lr": args.lr, "ema": args.ema, "seed": args.seed,
             "loss": "eps MSE + lambda x (LNCC + reg_weight x DiffusionLoss(ddf)) [+ meeting_weight x lambda x LNCC of "
                     "the two half-way warps], on the 96 x 96 grid",
-            "augmentation": "dihedral (8), intensity x [0.8, 1.25], gamma [0.7, 1.4]"}}
+            "augmentation": "dihedral (8), intensity x [0.8, 1.25], gamma [0.7, 1.4]"},
+            "shipped": shipped_card(Path(args.out).name, config, sum(p.numel() for p in net.parameters()))}
 
     while True:
         count = args.batch // 2 if args.meeting_weight > 0 else args.batch

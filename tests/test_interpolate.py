@@ -134,9 +134,10 @@ def _psnr(x, truth):
 
 
 def test_shipped_ddm_beats_linear_on_a_held_out_frame(shared_data):
-    """Frame 3 of the rat cine (never a training endpoint or target) from frames 2 and 4 at gamma 0.5: the shipped
-    DDM (bidirectional) beats linear interpolation; the same network with random weights (its latent is 0: the
-    identity) does not, nor does the shipped model with its weights shuffled."""
+    """Frame 1 of the rat cine (never a training endpoint or target) from frames 0 and 2 at gamma 0.5: the shipped
+    DDM (bidirectional) beats linear interpolation by > 0.5 dB (measured +1.34 dB: 33.67 against 32.33); the same
+    network with random weights (its latent is 0, so the fields are the identity and the blend is the linear
+    interpolation itself) does not, nor does the shipped model with its weights shuffled."""
     from meddiff.tasks.register.diffusemorph import load_diffusemorph
     from meddiff.tasks.register.interpolate import ddm
 
@@ -146,19 +147,19 @@ def test_shipped_ddm_beats_linear_on_a_held_out_frame(shared_data):
     cine = np.load(path).astype(np.float32)
     loaded = load_diffusemorph("ddm_rat_cine")
     assert loaded.meta["training"]["held_out_frames"] == [1, 3, 5]
-    base = _psnr(linear(cine[2], cine[4], [0.5])[0], cine[3])
-    shipped = _psnr(ddm(loaded.net, cine[2], cine[4], [0.5], bidirectional=True)[0], cine[3])
+    base = _psnr(linear(cine[0], cine[2], [0.5])[0], cine[1])
+    shipped = _psnr(ddm(loaded.net, cine[0], cine[2], [0.5], bidirectional=True)[0], cine[1])
     torch.manual_seed(0)
     random = DiffuseMorph(loaded.net.config).eval()
     g = torch.Generator().manual_seed(0)
     shuffled = DiffuseMorph(loaded.net.config).eval()
     shuffled.load_state_dict({k: v.flatten()[torch.randperm(v.numel(), generator=g)].reshape(v.shape)
                               for k, v in loaded.net.state_dict().items()})
-    broken = {name: _psnr(ddm(net, cine[2], cine[4], [0.5], bidirectional=True)[0], cine[3])
+    broken = {name: _psnr(ddm(net, cine[0], cine[2], [0.5], bidirectional=True)[0], cine[1])
               for name, net in (("random", random), ("shuffled", shuffled))}
     assert shipped > base + MARGIN_DB, (shipped, base)
     for name, value in broken.items():
         assert value < base + MARGIN_DB, (name, value, base)
 
 
-MARGIN_DB = 0.3
+MARGIN_DB = 0.5
