@@ -123,7 +123,8 @@ def test_every_shipped_model_has_a_quality_test():
               "sr3_ixi_4x", "unet_sr_ixi_4x",  # their quality tests: tests/test_sr3.py
               "t1_to_t2_flair",  # its quality test: tests/test_translate.py
               "ct_chest_prior",  # its quality test: tests/test_ct_prior.py
-              "voxelmorph_ixi"}  # its quality test: tests/test_cli_register.py
+              "voxelmorph_ixi",  # its quality test: tests/test_cli_register.py
+              "ddm_rat_cine"}  # its quality test: tests/test_interpolate.py
     shipped = {p.name for p in SHIPPED_DIR.iterdir() if p.is_dir() and not p.name.startswith(".")}
     assert shipped == tested, f"shipped models without a quality test: {sorted(shipped - tested)}"
 
