@@ -12,7 +12,8 @@ from meddiff.data import asset_path, list_assets, read_image
 from meddiff.data.assets import ASSETS_DIR
 from meddiff.errors import MeddiffError
 
-EXPECTED = {"pneumoniamnist", "brain_mr_slices", "brats_tcga_slices", "brats_tcga_2mm", "kspace_brain_8ch", "ct_chest_slice"}
+EXPECTED = {"pneumoniamnist", "brain_mr_slices", "brats_tcga_slices", "brats_tcga_2mm", "kspace_brain_8ch", "ct_chest_slice",
+            "ixi_t1_test_slice"}
 
 
 def test_assets_listed_inside_package_and_small():

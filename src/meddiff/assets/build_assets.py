@@ -124,6 +124,31 @@ def ct_slice(shared: Path) -> None:
                                                 "units": "HU"}, indent=1) + "\n")
 
 
+IXI_TEST_SUBJECT = "IXI039-HH-1261"  # the first TEST subject of configs/splits/ixi_t1_2mm_dlmuse.json
+IXI_TEST_CROP = (88, 120)  # the restoration benchmark's centre crop (4x and 2x divide it)
+
+
+def ixi_test_slice(shared: Path) -> None:
+    """The axial slice with the largest DLMUSE brain area of a TEST subject (never seen by the shipped brain models),
+    centre-cropped to 88 x 120 at 2 mm, in scanner units (float32). The DLMUSE labels only pick the slice; they are not
+    shipped (NiChart's licence is not CC)."""
+    from meddiff.data.volumes import load_subject
+
+    root = shared / "ixi_t1_2mm_dlmuse"
+    files = {"t1": root / "t1" / f"{IXI_TEST_SUBJECT}_T1.nii.gz",
+             "seg": root / "dlmuse_seg" / f"{IXI_TEST_SUBJECT}_T1_DLMUSE.nii.gz"}
+    vol, seg, _ = load_subject(files, ["t1"], with_seg=True, normalize_cfg="none", canonical=True, spacing=None)
+    z = int(np.argmax((seg[0] > 0).sum(axis=(0, 1))))
+    top, left = ((s - c) // 2 for s, c in zip(vol.shape[1:3], IXI_TEST_CROP))
+    crop = (slice(top, top + IXI_TEST_CROP[0]), slice(left, left + IXI_TEST_CROP[1]), z)
+    dest = HERE / "ixi_t1_test_slice"
+    dest.mkdir(exist_ok=True)
+    np.save(dest / "slice_t1.npy", vol[0][crop].astype(np.float32))
+    (dest / "meta.json").write_text(__import__("json").dumps({"subject": IXI_TEST_SUBJECT, "axial_index_ras": z,
+                                                               "spacing_mm": [2.0, 2.0], "units": "scanner"},
+                                                              indent=1) + "\n")
+
+
 if __name__ == "__main__":
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "/work/shared/data")
     pneumoniamnist(root)
@@ -132,3 +157,4 @@ if __name__ == "__main__":
     brats_volume_2mm(root)
     kspace(root)
     ct_slice(root)
+    ixi_test_slice(root)

@@ -145,6 +145,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, samples: int = 20000, synthet
     log(f"meddiff {__version__} demo -> {out}")
     from meddiff.tasks.anomaly import report_section as anomaly_section
     from meddiff.tasks.ct.report import report_section as ct_section
+    from meddiff.tasks.restore.report import report_section as restoration_section
     from meddiff.data.io import write_json
     from meddiff.tasks.mri import report_section as mri_section
 
@@ -152,6 +153,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, samples: int = 20000, synthet
                 gallery_section(out, seed, log),
                 mri_section(out, method="ddnm", pattern="gaussian", acceleration=8, seed=seed, log=log),
                 ct_section(out, seed=seed, log=log),
+                restoration_section(out, seed=seed, log=log),
                 anomaly_section(out, seed=seed, log=log)]
     results = {"version": __version__, "seed": seed, "torch": torch.__version__,
                "sections": [{"title": s["title"], "table": s.get("table")} for s in sections]}
