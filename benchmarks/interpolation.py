@@ -15,6 +15,10 @@ Rows (``meddiff.tasks.register.interpolate``):
 - ``no_diffusion`` (+ ``_bidir``): the ablation without the diffusion part (deformation network on (source,
   target), velocity scaled by 0.5), trained with the same steps, batch, pairs and augmentation.
 
+``--oracle`` adds two bounds that USE THE TRUE FRAME (for context, not methods): ``oracle_forward`` registers frame
+k-1 to frame k itself (SVF, as ``registration``) and warps it all the way: the best a one-sided warp of frame k-1
+can do with this registration; ``oracle_bidir`` blends that with frame k+1 registered to frame k.
+
 Scores: PSNR (dB, peak = the true frame's maximum) and SSIM (same range) over the whole frame against the true
 frame, seconds per interpolated frame (one CPU thread, model loading excluded).
 
@@ -101,6 +105,7 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", default="ddm_rat_cine", help="DDM checkpoint (folder or shipped name)")
     parser.add_argument("--ablation", default="runs/ddm/no_diffusion",
                         help="the no-diffusion ablation's checkpoint ('' to leave the row out)")
+    parser.add_argument("--oracle", action="store_true", help="add the oracle bounds (they use the true frame)")
     parser.add_argument("--only", nargs="+", help="run only these rows (linear is always run)")
     parser.add_argument("--out", default="runs/ddm/bench.json")
     parser.add_argument("--figure", help="PNG strip per held-out frame")
@@ -113,11 +118,17 @@ def main(argv=None) -> int:
     if args.only:
         rows = {k: v for k, v in rows.items() if k in set(args.only) | {"linear"}}
     per_frame, outputs, summary = {}, {}, {}
+    truth_of = {}
+    if args.oracle:
+        rows["oracle_forward"] = lambda a, b: registration(a, truth_of["k"], [1.0])[0]
+        rows["oracle_bidir"] = lambda a, b: 0.5 * (registration(a, truth_of["k"], [1.0])[0]
+                                                   + registration(b, truth_of["k"], [1.0])[0])
     for name, fn in rows.items():
         per_frame[name], outputs[name], secs = {}, {}, []
         for k in args.held_out:
+            truth_of["k"] = cine[k]  # read by the oracle rows only
             start = time.perf_counter()
-            with torch.no_grad() if not name.startswith("registration") else torch.enable_grad():
+            with torch.no_grad() if not name.startswith(("registration", "oracle")) else torch.enable_grad():
                 x = fn(cine[k - 1], cine[k + 1])
             secs.append(time.perf_counter() - start)
             outputs[name][k] = x
