@@ -22,7 +22,10 @@ can do with this registration; ``oracle_bidir`` blends that with frame k+1 regis
 Scores: PSNR (dB, peak = the true frame's maximum) and SSIM (same range) over the whole frame against the true
 frame, seconds per interpolated frame (one CPU thread, model loading excluded).
 
-    nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/interpolation.py --out runs/ddm/bench.json \\
+    nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python scripts/train_ddm.py --no-diffusion --steps 2393 \\
+        --minutes 60 --lr 5e-3 --ema 0.99 --out runs/ddm/no_diffusion      # the ablation (a few minutes)
+    nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/interpolation.py --checkpoint ddm_rat_cine \\
+        --ablation runs/ddm/no_diffusion --oracle --out runs/ddm/bench.json \\
         --figure benchmarks/figures/interp_rat_cine.png
 """
 
@@ -103,8 +106,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=DATA)
     parser.add_argument("--held-out", type=int, nargs="+", default=[1, 3, 5])
     parser.add_argument("--checkpoint", default="ddm_rat_cine", help="DDM checkpoint (folder or shipped name)")
-    parser.add_argument("--ablation", default="runs/ddm/no_diffusion",
-                        help="the no-diffusion ablation's checkpoint ('' to leave the row out)")
+    parser.add_argument("--ablation", default="",
+                        help="the no-diffusion ablation's checkpoint (trained by scripts/train_ddm.py --no-diffusion; "
+                             "left out: no ablation rows)")
     parser.add_argument("--oracle", action="store_true", help="add the oracle bounds (they use the true frame)")
     parser.add_argument("--only", nargs="+", help="run only these rows (linear is always run)")
     parser.add_argument("--out", default="runs/ddm/bench.json")
