@@ -27,8 +27,10 @@ def test_demo_writes_report_results_and_figures(tmp_path):
     assert main(["demo", "--out", str(out), "--samples", "2000", "--synthetic", "32"]) == 0
     results = json.loads((out / "results.json").read_text())
     sections = {s["title"].split(":")[0].split(" (")[0]: s["table"] for s in results["sections"]}
+    ct_title = "CT reconstruction from 30 views with the chest CT diffusion prior"
+    sr_title = "4x super-resolution of a brain MR slice"
     assert set(sections) == {"Samplers on a known distribution", "Synthesis", "MRI reconstruction with the brain diffusion prior",
-                             "Anomaly detection", "More shipped models"}
+                             "Anomaly detection", "More shipped models", ct_title, sr_title}
     assert [row["model"] for row in sections["More shipped models"]] == ["brain_slices_2d", "adrenal3d_cond"]
     mri = {row["method"]: (row["psnr_db"], row["psnr_fg_db"])
            for row in sections["MRI reconstruction with the brain diffusion prior"]}
@@ -40,6 +42,10 @@ def test_demo_writes_report_results_and_figures(tmp_path):
     assert mri["ddnm"][0] > mri["ddnm untrained"][0] + 0.3
     synthesis = {row["metric"]: row["value"] for row in sections["Synthesis"]}
     assert {"FID", "KID", "precision", "recall", "near-copies"} <= set(synthesis)
+    ct = {row["method"]: row["psnr"] for row in sections[ct_title]}
+    assert ct["DDNM (mean of 4)"] > ct["FBP"] + 3 and ct["DDNM (mean of 4)"] > ct["DDNM, untrained network"]
+    sr = {row["method"]: row["psnr_db"] for row in sections[sr_title]}
+    assert sr["SR3 (mean of 4)"] > sr["bicubic"] + 1 and sr["SR3 (mean of 4)"] > sr["SR3, untrained network"] + 2
     anomaly = {row["method"]: row["pixel_auroc"] for row in sections["Anomaly detection"]}
     assert anomaly["intensity"] > 0.9  # the FLAIR baseline on an unseen BraTS subject
     evaluation = json.loads((out / "synthesis" / "eval.json").read_text())
@@ -49,7 +55,7 @@ def test_demo_writes_report_results_and_figures(tmp_path):
     assert len(volumes) == 8 and nib.load(volumes[0]).shape == (28, 28, 28)
     assert np.load(out / "gallery" / "brain_slices_2d" / "samples.npy").shape == (16, 1, 64, 64)
     report = (out / "report.html").read_text()
-    assert report.count("data:image/png;base64,") == 6
+    assert report.count("data:image/png;base64,") == 8
     assert not list(out.rglob(".*"))  # no temporary files left anywhere
 
 
