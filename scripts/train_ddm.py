@@ -18,7 +18,6 @@ model: the EMA weights at the end of the time budget are saved.
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
 import sys
 import time
@@ -34,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from meddiff.files import csv_text  # noqa: E402
+from meddiff.training.ema import EMA  # noqa: E402
 from meddiff.tasks.register.diffusemorph import (DiffuseMorph, DiffuseMorphConfig, diffusemorph_loss,  # noqa: E402
                                                  pair_scale, save_diffusemorph)
 
@@ -100,7 +100,8 @@ def main(argv=None) -> int:
                                 registration_weight=args.registration_weight,
                                 meeting_weight=args.meeting_weight)
     net = DiffuseMorph(config)
-    ema = copy.deepcopy(net).eval()
+    averager = EMA(net, args.ema, warmup=False)  # constant decay, no warm-up
+    ema = averager.module
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     out = Path(args.out)
     rows, running = [], []
@@ -129,10 +130,8 @@ def main(argv=None) -> int:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), net.parameters()):
-                p_ema.lerp_(p, 1 - args.ema)
         step += 1
+        averager.update(net, step)
         running.append((float(loss), parts["diffusion"], parts["similarity"], parts["smoothness"],
                         parts.get("meeting", 0.0)))
         elapsed = time.time() - start

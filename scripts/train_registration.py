@@ -15,7 +15,6 @@ volumes are cached (``--cache``). At test time
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 import warnings
@@ -30,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from meddiff.files import csv_text  # noqa: E402
+from meddiff.training.ema import EMA  # noqa: E402
 from meddiff.tasks.register import (VelocityNet, VoxelMorphConfig, apply_matrix, head_top_mask,  # noqa: E402
                                     pad_to_multiple, register_affine, registration_loss, save_voxelmorph,
                                     scale_intensity, warp, warp_pair)
@@ -108,7 +108,8 @@ def main(argv=None) -> int:
     val = np.flatnonzero(split == "val")
     val_pairs = [(int(val[k]), int(val[(k + 1) % len(val)])) for k in range(len(val))]
     net = VelocityNet(config)
-    ema = copy.deepcopy(net).eval()
+    averager = EMA(net, args.ema, warmup=False)  # constant decay, no warm-up
+    ema = averager.module
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     rows = [{"step": 0, "seconds": 0.0, "loss": "", "similarity": "", "smoothness": "",
              "val_dice_ema": val_dice(ema, images, labels, val_pairs)}]
@@ -122,10 +123,8 @@ def main(argv=None) -> int:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), net.parameters()):
-                p_ema.lerp_(p, 1 - args.ema)
         step += 1
+        averager.update(net, step)
         running.append((float(loss), parts["similarity"], parts["smoothness"]))
         elapsed = time.time() - start
         done = elapsed > args.minutes * 60 or (args.steps and step >= args.steps)
