@@ -31,8 +31,7 @@ from torch import nn
 
 from meddiff.errors import MeddiffError
 from meddiff.tasks.register.fields import integrate_velocity, warp
-from meddiff.tasks.register.learned import REGULARISERS, SIMILARITIES, read_registration, registration_loss, \
-    save_registration
+from meddiff.tasks.register.learned import check_loss_settings, read_registration, registration_loss, save_registration
 
 METHOD = "diffusemorph"
 DEFAULT_DDM = "ddm_rat_cine"
@@ -65,10 +64,7 @@ class DiffuseMorphConfig:
     meeting_weight: float = 0.0
 
     def __post_init__(self):
-        if self.similarity not in SIMILARITIES:
-            raise MeddiffError(f"similarity={self.similarity!r}: choose one of {', '.join(SIMILARITIES)}")
-        if self.regulariser not in REGULARISERS:
-            raise MeddiffError(f"regulariser={self.regulariser!r}: choose one of {', '.join(REGULARISERS)}")
+        check_loss_settings(self.similarity, self.regulariser)
         if self.spatial_dims not in (2, 3) or len(self.channels) != len(self.strides) + 1 or self.latent_channels < 1:
             raise MeddiffError(f"diffusemorph config: spatial_dims must be 2 or 3, channels one longer than strides "
                                f"and latent_channels >= 1, got {self.spatial_dims}, {self.channels}, {self.strides}, "

@@ -20,13 +20,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from meddiff.errors import MeddiffError
+from meddiff.errors import MeddiffError, check_choice
 from meddiff.tasks.register.affine import scale_intensity
 from meddiff.tasks.register.fields import integrate_velocity, warp
 
 SIMILARITIES = ("lncc", "mse")
 REGULARISERS = ("diffusion", "bending")
 DEFAULT_CHECKPOINT = "voxelmorph_ixi"
+
+
+def check_loss_settings(similarity: str, regulariser: str) -> None:
+    """The registration loss's similarity and smoothness terms must be ones ``registration_loss`` knows."""
+    check_choice("similarity", similarity, SIMILARITIES)
+    check_choice("regulariser", regulariser, REGULARISERS)
 
 
 @dataclass(frozen=True)
@@ -47,10 +53,7 @@ class VoxelMorphConfig:
     reg_weight: float = 1.0
 
     def __post_init__(self):
-        if self.similarity not in SIMILARITIES:
-            raise MeddiffError(f"similarity={self.similarity!r}: choose one of {', '.join(SIMILARITIES)}")
-        if self.regulariser not in REGULARISERS:
-            raise MeddiffError(f"regulariser={self.regulariser!r}: choose one of {', '.join(REGULARISERS)}")
+        check_loss_settings(self.similarity, self.regulariser)
         if self.spatial_dims not in (2, 3) or len(self.channels) != len(self.strides) + 1:
             raise MeddiffError(f"voxelmorph config: spatial_dims must be 2 or 3 and channels one longer than strides, "
                                f"got {self.spatial_dims}, {self.channels}, {self.strides}")
