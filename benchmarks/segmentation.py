@@ -64,23 +64,6 @@ def _fit_ddep(prior, data, dcfg, seconds, pretrained=True, t=None, train=None, l
                     head_lr=float(d["head_lr"]), seed=0, log=log, clock=clock, bf16=bf16)
 
 
-def _fit_unet_clocked(data, cfg, seconds, clock, bf16):
-    """The supervised UNet baseline (``methods.build_unet``, its config's lr and batch) in the loop DDeP uses, so both
-    get the same ``clock`` and precision: Adam (AdamW without decay), DiceCE, flips, as ``methods.fit_unet``."""
-    from meddiff.tasks.segment import build_unet
-    from meddiff.tasks.segment.ddep import fit_segmentation_network
-
-    u = cfg["unet"]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        net = build_unet(NUM_CLASSES, u.get("network"))
-    images = torch.cat([x.images for x in data])
-    labels = torch.cat([x.labels for x in data])
-    return fit_segmentation_network(net, images, labels, [{"params": list(net.parameters()), "lr": float(u["lr"])}],
-                                    seconds=seconds, batch=int(u["batch"]), seed=0, clock=clock, bf16=bf16,
-                                    what="UNet")
-
-
 class _Shared:
     """Several ensembles on one feature pass: ``predict`` returns the probabilities of each (list)."""
 
@@ -224,10 +207,7 @@ def run_benchmark(args, cfg):
                     print(f"{name}, {n} labelled: {steps} steps in {budget[n]:.0f} s", flush=True)
     unets = {}
     for n in (counts if not reused and "unet" in methods else []):
-        if args.clock == "wall" and not args.bf16:
-            net, steps = fit_supervised(data[:n], cfg, seconds=budget[n], seed=0)
-        else:
-            net, steps = _fit_unet_clocked(data[:n], cfg, budget[n], args.clock, args.bf16)
+        net, steps = fit_supervised(data[:n], cfg, seconds=budget[n], seed=0, clock=args.clock, bf16=args.bf16)
         unets[n] = (net, steps)
         print(f"UNet, {n} labelled: {steps} steps in {budget[n]:.0f} s", flush=True)
     test = load_split(cfg["data"]["split_file"])["test"][: args.test_subjects]

@@ -9,13 +9,13 @@ fine-tuning (the method without its pre-training).
 from __future__ import annotations
 
 import copy
-import time
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
 from meddiff.errors import MeddiffError
+from meddiff.tasks.segment.methods import fit_segmentation_network
 
 TRAIN_PARTS = ("all", "decoder")
 ENCODER_PARTS = ("conv_in", "time_embed", "class_embedding", "down_blocks", "middle_block")
@@ -93,54 +93,6 @@ def build_ddep(network_config: dict, num_classes: int, t: float, seed: int = 0) 
     return DDePNet(net, num_classes, t, seed=seed)
 
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-def fit_segmentation_network(model: nn.Module, images: Tensor, labels: Tensor, groups: list[dict], *,
-                             seconds: float, batch: int = 8, seed: int = 0, max_steps: int | None = None,
-                             clock: str = "wall", bf16: bool = False, log: Callable[[dict], None] | None = None,
-                             what: str = "segmentation") -> tuple[nn.Module, int]:
-    """The supervised loop shared by DDeP and its UNet comparison: MONAI DiceCE (softmax, one-hot targets) on random
-    mini-batches of slices (S, 1, H, W) / labels (S, H, W) with random left-right flips, AdamW without weight decay
-    (= Adam) over parameter ``groups``, until ``seconds`` on the ``clock`` ("wall", or "cpu": this process's CPU
-    time, the wall time it would take alone on a shared machine) or ``max_steps``; ``bf16``: forward under CPU
-    bfloat16 autocast (the loss in float32) -> (model in eval mode, steps). Same loss and augmentation as
-    ``methods.fit_unet``."""
-    from monai.losses import DiceCELoss
-
-    if images.ndim != 4 or images.shape[1] != 1 or labels.shape != (images.shape[0],) + images.shape[2:]:
-        raise MeddiffError(f"{what}: images (S, 1, H, W) and labels (S, H, W) expected, got {tuple(images.shape)} "
-                           f"and {tuple(labels.shape)}")
-    if images.shape[0] == 0:
-        raise MeddiffError(f"{what}: no labelled slices to train on")
-    if clock not in CLOCKS:
-        raise MeddiffError(f"{what}: clock {clock!r}: choose one of {', '.join(CLOCKS)}")
-    now = CLOCKS[clock]
-    opt = torch.optim.AdamW(groups, weight_decay=0.0)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    start, step = now(), 0
-    while now() - start < seconds and (max_steps is None or step < max_steps):
-        j = torch.randint(0, images.shape[0], (min(batch, images.shape[0]),), generator=g)
-        x, y = images[j], labels[j][:, None]
-        flip = torch.rand(x.shape[0], generator=g) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-2), x)
-        y = torch.where(flip[:, None, None, None], y.flip(-2), y)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x)
-        loss = loss_fn(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        if log is not None and (step % 10 == 0 or step == 1):
-            log({"step": step, "loss": float(loss.detach()), "seconds": now() - start})
-    if step == 0:
-        raise MeddiffError(f"{what}: a budget of {seconds} s allowed no training step")
-    return model.eval(), step
-
-
 def fit_ddep(model: DDePNet, images: Tensor, labels: Tensor, *, seconds: float, train: str = "all",
              batch: int = 8, lr: float = 2e-4, head_lr: float = 1e-3, seed: int = 0, max_steps: int | None = None,
              clock: str = "wall", bf16: bool = False,
@@ -156,7 +108,7 @@ def fit_ddep(model: DDePNet, images: Tensor, labels: Tensor, *, seconds: float, 
     groups = [{"params": [p for p in params if id(p) not in head], "lr": lr},
               {"params": list(model.head.parameters()), "lr": head_lr}]
     return fit_segmentation_network(model, images, labels, groups, seconds=seconds, batch=batch, seed=seed,
-                                    max_steps=max_steps, clock=clock, bf16=bf16, log=log, what="DDeP")
+                                    max_steps=max_steps, clock=clock, bf16=bf16, log=log, log_every=10, what="DDeP")
 
 
 class DDePSegmenter:

@@ -5,10 +5,9 @@ subjects, the label-efficient method on a prior's features, the supervised UNet 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from meddiff.errors import MeddiffError
@@ -86,15 +85,16 @@ def fit_classifier(pixels: list[PixelSet], cfg: dict, seed: int = 0, log=None):
 
 
 def fit_supervised(data: list[LabelledSlices], cfg: dict, seconds: float, seed: int = 0, log=None,
-                   max_steps: int | None = None):
-    """The MONAI UNet on the slices of ``data`` for ``seconds`` (or ``max_steps``) -> (network, steps)."""
+                   max_steps: int | None = None, clock: str = "wall", bf16: bool = False):
+    """The MONAI UNet on the slices of ``data`` for ``seconds`` on the ``clock`` (or ``max_steps``) -> (network,
+    steps)."""
     from meddiff.tasks.segment.methods import fit_unet
 
     u = cfg["unet"]
     images = torch.cat([d.images for d in data])
     labels = torch.cat([d.labels for d in data])
     return fit_unet(images, labels, NUM_CLASSES, seconds=seconds, config=u.get("network"), batch=int(u["batch"]),
-                    lr=float(u["lr"]), seed=seed, log=log, max_steps=max_steps)
+                    lr=float(u["lr"]), seed=seed, log=log, max_steps=max_steps, clock=clock, bf16=bf16)
 
 
 def feature_meta(cfg: dict, prior_meta: dict, prep: SlicePrep, ensemble, subjects: list[str], extra: dict) -> dict:
