@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from meddiff.errors import MeddiffError
+from meddiff.tasks.segment.methods import entropy
 
 NETWORK_DEFAULTS = {"kind": "unet", "dims": 2, "channels": [16, 32, 64], "attention_levels": [False, False, True],
                     "num_res_blocks": 1}
@@ -50,8 +51,7 @@ def fuse_votes(samples: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tenso
         raise MeddiffError(f"fuse_votes: need K >= 1 label samples (K, *spatial), got shape {tuple(samples.shape)}")
     freq = nn.functional.one_hot(samples.long(), num_classes).float().mean(0)  # [*spatial, C]
     freq = freq.movedim(-1, 0).contiguous()
-    logs = torch.where(freq > 0, freq.clamp(min=1e-12).log(), torch.zeros_like(freq))
-    return freq.argmax(0), freq, -(freq * logs).sum(0)
+    return freq.argmax(0), freq, entropy(freq, 0)
 
 
 class MedSegDiffSegmenter:

@@ -238,6 +238,7 @@ class UNetSegmenter:
 
 
 def entropy(probabilities: Tensor | np.ndarray, axis: int = 0):
-    """Entropy (nats) of class probabilities along ``axis``: the per-voxel uncertainty map."""
-    p = torch.as_tensor(probabilities).float().clamp(min=1e-12)
-    return -(p * p.log()).sum(axis)
+    """Entropy (nats) of class probabilities along ``axis``: the per-voxel uncertainty map (0 log 0 = 0, so a sure
+    voxel scores exactly 0)."""
+    p = torch.as_tensor(probabilities).float()
+    return -torch.special.xlogy(p, p).sum(axis)
