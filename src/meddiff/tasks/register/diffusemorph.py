@@ -31,7 +31,8 @@ from torch import nn
 
 from meddiff.errors import MeddiffError
 from meddiff.tasks.register.fields import integrate_velocity, warp
-from meddiff.tasks.register.learned import check_loss_settings, read_registration, registration_loss, save_registration
+from meddiff.tasks.register.learned import (block_average, check_loss_settings, config_from_dict, flow_head,
+                                            read_registration, registration_loss, save_registration, upsample_ddf)
 
 METHOD = "diffusemorph"
 DEFAULT_DDM = "ddm_rat_cine"
@@ -72,15 +73,7 @@ class DiffuseMorphConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiffuseMorphConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise MeddiffError(f"diffusemorph config: unknown keys {unknown}; known: {sorted(known)}")
-        d = dict(d)
-        for k in ("channels", "strides", "score_channels"):
-            if k in d:
-                d[k] = tuple(int(v) for v in d[k])
-        return cls(**d)
+        return config_from_dict(cls, d, "diffusemorph", ("channels", "strides", "score_channels"))
 
     @property
     def multiple(self) -> int:
@@ -116,14 +109,10 @@ class DiffuseMorph(nn.Module):
         # no normalisation layers: instance norm would divide the scale of gamma c out again
         self.unet = UNet(n, inputs, config.features, config.channels, config.strides,
                          num_res_units=config.num_res_units, norm=None)
-        conv = nn.Conv3d if n == 3 else nn.Conv2d
-        self.flow = conv(config.features, n, 3, padding=1)
-        nn.init.normal_(self.flow.weight, std=1e-5)
-        nn.init.zeros_(self.flow.bias)
+        self.flow = flow_head(config.features, n)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.config.downsample
-        return (F.avg_pool3d if x.ndim == 5 else F.avg_pool2d)(x, f) if f > 1 else x
+        return block_average(x, self.config.downsample)
 
     def latent(self, source: torch.Tensor, target: torch.Tensor, t: torch.Tensor | None = None,
                noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -159,11 +148,7 @@ class DiffuseMorph(nn.Module):
 
     def upsample(self, low_ddf: torch.Tensor, shape) -> torch.Tensor:
         """A pooled-grid DDF -> the input grid (x ``downsample`` in voxels; align_corners=False as in learned)."""
-        f = self.config.downsample
-        if f == 1:
-            return low_ddf
-        mode = "trilinear" if low_ddf.ndim == 5 else "bilinear"
-        return F.interpolate(low_ddf * f, size=tuple(shape), mode=mode, align_corners=False)
+        return upsample_ddf(low_ddf, self.config.downsample, shape)
 
     def forward(self, source: torch.Tensor, target: torch.Tensor, gamma=1.0) -> torch.Tensor:
         """The DDF (B, N, *S) in input voxels that warps ``source`` a fraction ``gamma`` of the way to ``target``."""

@@ -35,6 +35,46 @@ def check_loss_settings(similarity: str, regulariser: str) -> None:
     check_choice("regulariser", regulariser, REGULARISERS)
 
 
+def config_from_dict(cls, d: dict, what: str, tuple_keys: tuple[str, ...]):
+    """``cls(**d)`` for a config dataclass read back from meta.json: unknown keys are a one-line error naming
+    ``what`` and the known keys; the ``tuple_keys`` (lists in JSON) become tuples of ints."""
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise MeddiffError(f"{what} config: unknown keys {unknown}; known: {sorted(known)}")
+    d = dict(d)
+    for k in tuple_keys:
+        if k in d:
+            d[k] = tuple(int(v) for v in d[k])
+    return cls(**d)
+
+
+def block_average(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """(B, C, *S) averaged over blocks of ``factor`` voxels per axis (2D or 3D): the grid of the velocity field."""
+    if factor == 1:
+        return x
+    return (F.avg_pool3d if x.ndim == 5 else F.avg_pool2d)(x, factor)
+
+
+def upsample_ddf(low_ddf: torch.Tensor, factor: int, shape) -> torch.Tensor:
+    """A DDF (B, N, *s) on the block-averaged grid -> the input grid ``shape`` (x ``factor`` in voxels, linear
+    interpolation). Low voxel q is full voxel f q + (f - 1) / 2: align_corners=False."""
+    if factor == 1:
+        return low_ddf
+    mode = "trilinear" if low_ddf.ndim == 5 else "bilinear"
+    return F.interpolate(low_ddf * factor, size=tuple(shape), mode=mode, align_corners=False)
+
+
+def flow_head(features: int, spatial_dims: int) -> nn.Module:
+    """The 3x3(x3) convolution from UNet features to a velocity field, with tiny initial weights (std 1e-5, zero
+    bias) so that training starts near the identity (VoxelMorph's flow layer)."""
+    conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+    flow = conv(features, spatial_dims, 3, padding=1)
+    nn.init.normal_(flow.weight, std=1e-5)
+    nn.init.zeros_(flow.bias)
+    return flow
+
+
 @dataclass(frozen=True)
 class VoxelMorphConfig:
     """Network and loss settings. ``downsample``: the velocity field's resolution factor (VoxelMorph's
@@ -60,15 +100,7 @@ class VoxelMorphConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VoxelMorphConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise MeddiffError(f"voxelmorph config: unknown keys {unknown}; known: {sorted(known)}")
-        d = dict(d)
-        for k in ("channels", "strides"):
-            if k in d:
-                d[k] = tuple(int(v) for v in d[k])
-        return cls(**d)
+        return config_from_dict(cls, d, "voxelmorph", ("channels", "strides"))
 
     @property
     def multiple(self) -> int:
@@ -88,16 +120,10 @@ class VelocityNet(nn.Module):
         self.config = config
         n = config.spatial_dims
         self.unet = UNet(n, 2, config.features, config.channels, config.strides, num_res_units=config.num_res_units)
-        conv = nn.Conv3d if n == 3 else nn.Conv2d
-        self.flow = conv(config.features, n, 3, padding=1)
-        nn.init.normal_(self.flow.weight, std=1e-5)
-        nn.init.zeros_(self.flow.bias)
+        self.flow = flow_head(config.features, n)
 
     def velocity(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([moving, fixed], 1)
-        f = self.config.downsample
-        if f > 1:
-            x = (F.avg_pool3d if x.ndim == 5 else F.avg_pool2d)(x, f)
+        x = block_average(torch.cat([moving, fixed], 1), self.config.downsample)
         return self.flow(F.leaky_relu(self.unet(x), 0.2))
 
     def low_res_ddf(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
@@ -105,12 +131,7 @@ class VelocityNet(nn.Module):
         return integrate_velocity(self.velocity(moving, fixed), self.config.steps)
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-        ddf = self.low_res_ddf(moving, fixed)
-        f = self.config.downsample
-        if f > 1:  # low voxel q <-> full voxel f q + (f - 1) / 2: align_corners=False
-            mode = "trilinear" if ddf.ndim == 5 else "bilinear"
-            ddf = F.interpolate(ddf * f, size=moving.shape[2:], mode=mode, align_corners=False)
-        return ddf
+        return upsample_ddf(self.low_res_ddf(moving, fixed), self.config.downsample, moving.shape[2:])
 
 
 def registration_loss(warped: torch.Tensor, fixed: torch.Tensor, ddf: torch.Tensor, config: VoxelMorphConfig,
@@ -158,8 +179,7 @@ def warp_pair(net: VelocityNet, moving: torch.Tensor, fixed: torch.Tensor, low: 
     if not low or net.config.downsample == 1:
         ddf = net(moving, fixed)
         return warp(moving, ddf), fixed, ddf
-    pool = F.avg_pool3d if moving.ndim == 5 else F.avg_pool2d
-    m, f = pool(moving, net.config.downsample), pool(fixed, net.config.downsample)
+    m, f = block_average(moving, net.config.downsample), block_average(fixed, net.config.downsample)
     ddf = net.low_res_ddf(moving, fixed)
     return warp(m, ddf), f, ddf
 
