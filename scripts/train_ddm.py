@@ -27,18 +27,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from meddiff.files import csv_text  # noqa: E402
 from meddiff.training.ema import EMA  # noqa: E402
 from meddiff.tasks.register.diffusemorph import (DiffuseMorph, DiffuseMorphConfig, diffusemorph_loss,  # noqa: E402
                                                  pair_scale, save_diffusemorph)
+from meddiff.tasks.register.training import checkpoint_files, mean_row, optimiser_step  # noqa: E402
 
 DATA = "/work/shared/data/rat_cardiac_cine/cine_rat_8fr.npy"
 HELD_OUT = (1, 3, 5)
+LOG_COLUMNS = {"loss": 5, "diffusion": 5, "similarity": 5, "smoothness": 6, "meeting": 5}  # name: decimals
 
 
 def training_pairs(frames: int, held_out) -> list[tuple[int, int]]:
@@ -126,22 +126,14 @@ def main(argv=None) -> int:
             batch += [pair.flip(0) for pair in batch]
         x = torch.stack(batch)  # (B, 2, H, W)
         loss, parts = diffusemorph_loss(net, x[:, :1], x[:, 1:], gen)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        step += 1
-        averager.update(net, step)
+        step = optimiser_step(net, opt, averager, loss, step)
         running.append((float(loss), parts["diffusion"], parts["similarity"], parts["smoothness"],
                         parts.get("meeting", 0.0)))
         elapsed = time.time() - start
         done = elapsed > args.minutes * 60 or (args.steps and step >= args.steps)
         if step % args.log_every == 0 or done:
-            mean = np.mean(running, axis=0)
+            rows.append(mean_row(step, elapsed, running, LOG_COLUMNS))
             running = []
-            rows.append({"step": step, "seconds": round(elapsed, 1), "loss": round(float(mean[0]), 5),
-                         "diffusion": round(float(mean[1]), 5), "similarity": round(float(mean[2]), 5),
-                         "smoothness": round(float(mean[3]), 6), "meeting": round(float(mean[4]), 5)})
             print(rows[-1], flush=True)
         if not done and time.time() - last_snapshot > args.snapshot_minutes * 60:
             save_diffusemorph(out / "snapshot", ema, meta(elapsed))
@@ -150,11 +142,7 @@ def main(argv=None) -> int:
             break
     command = "nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python scripts/train_ddm.py " + " ".join(
         argv if argv is not None else sys.argv[1:])
-    files = {"config.yaml": yaml.safe_dump({"network": asdict(config), "train": vars(args)}, sort_keys=False),
-             "log.csv": csv_text(rows), "command.txt": command + "\n"}
-    if (out / "README.md").is_file():  # a model card is kept
-        files["README.md"] = (out / "README.md").read_text()
-    save_diffusemorph(out, ema, meta(elapsed), files)
+    save_diffusemorph(out, ema, meta(elapsed), checkpoint_files(out, asdict(config), args, rows, command))
     print(f"saved {out}: {step} steps, {elapsed / 60:.1f} min")
     return 0
 

@@ -23,16 +23,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from meddiff.files import csv_text  # noqa: E402
 from meddiff.training.ema import EMA  # noqa: E402
 from meddiff.tasks.register import (VelocityNet, VoxelMorphConfig, apply_matrix, head_top_mask,  # noqa: E402
                                     pad_to_multiple, register_affine, registration_loss, save_voxelmorph,
                                     scale_intensity, warp, warp_pair)
+from meddiff.tasks.register.training import checkpoint_files, mean_row, optimiser_step  # noqa: E402
 from meddiff.tasks.segment import NUM_CLASSES, dice_per_class, load_labelled, load_split  # noqa: E402
 
 DATA = "/work/shared/data/ixi_t1_2mm_dlmuse"
@@ -119,21 +118,14 @@ def main(argv=None) -> int:
         i, j = rng.choice(train, 2, replace=False)
         warped, target, ddf = warp_pair(net, images[i:i + 1], images[j:j + 1])  # on the half-resolution grid
         loss, parts = registration_loss(warped, target, ddf, config)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        step += 1
-        averager.update(net, step)
+        step = optimiser_step(net, opt, averager, loss, step)
         running.append((float(loss), parts["similarity"], parts["smoothness"]))
         elapsed = time.time() - start
         done = elapsed > args.minutes * 60 or (args.steps and step >= args.steps)
         if step % args.val_every == 0 or done:
-            mean = np.mean(running, axis=0)
-            running = []
-            rows.append({"step": step, "seconds": round(elapsed, 1), "loss": round(float(mean[0]), 5),
-                         "similarity": round(float(mean[1]), 5), "smoothness": round(float(mean[2]), 5),
+            rows.append({**mean_row(step, elapsed, running, {"loss": 5, "similarity": 5, "smoothness": 5}),
                          "val_dice_ema": round(val_dice(ema, images, labels, val_pairs), 4)})
+            running = []
             print(rows[-1], flush=True)
         if done:
             break
@@ -152,12 +144,7 @@ def main(argv=None) -> int:
                     "parameters": sum(p.numel() for p in ema.parameters())}}
     command = "nice -n 5 env OMP_NUM_THREADS=1 .venv/bin/python scripts/train_registration.py " + " ".join(
         argv if argv is not None else sys.argv[1:])
-    files = {"config.yaml": yaml.safe_dump({"network": asdict(config), "train": vars(args)}, sort_keys=False),
-             "log.csv": csv_text(rows), "command.txt": command + "\n"}
-    readme = Path(args.out) / "README.md"
-    if readme.is_file():
-        files["README.md"] = readme.read_text()
-    save_voxelmorph(args.out, ema, meta, files)
+    save_voxelmorph(args.out, ema, meta, checkpoint_files(args.out, asdict(config), args, rows, command))
     print(f"saved {args.out}: {step} steps, {elapsed / 60:.1f} min, val Dice (EMA) {rows[-1]['val_dice_ema']}")
     return 0
 
