@@ -66,6 +66,35 @@ def register(subparsers) -> None:
 _CT_ONLY = ("sinogram", "angles", "size", "pixel_size", "dose", "filter", "lam", "iters")
 
 
+def _check_method(args: argparse.Namespace, modality: str, required, methods, baselines, solvers) -> None:
+    """The input options ``modality`` needs, a --method of that modality, and --std-out only with a diffusion
+    method (the baselines give a single image)."""
+    from meddiff.errors import MeddiffError
+
+    for name in required:
+        if getattr(args, name) is None:
+            raise MeddiffError(f"--{name} is required for --modality {modality}")
+    if args.method not in methods:
+        other = "a CT" if modality == "mri" else "an MRI"
+        raise MeddiffError(f"--method {args.method} is {other} method; for {modality.upper()} choose one of: "
+                           f"{', '.join(methods)}")
+    if args.std_out and args.method in baselines:
+        raise MeddiffError(f"--std-out needs a diffusion method ({', '.join(solvers)}); {args.method!r} gives a "
+                           "single image")
+
+
+def _print_result(line: str, result, std_out: str | None, std) -> None:
+    """Print ``line`` + the network evaluations of a diffusion method, after writing ``std`` to ``std_out`` if
+    asked."""
+    from meddiff.data.io import write_image
+
+    if result.nfe:
+        line += f", {result.nfe} network evaluations x {result.settings['samples']} samples"
+    if std_out:
+        line += f"; std -> {write_image(std_out, std)}"
+    print(line)
+
+
 def run(args: argparse.Namespace) -> int:
     from meddiff.data.io import write_image
     from meddiff.errors import MeddiffError
@@ -76,15 +105,7 @@ def run(args: argparse.Namespace) -> int:
     for name in _CT_ONLY:
         if getattr(args, name) is not None:
             raise MeddiffError(f"--{name.replace('_', '-')} is a CT option; add --modality ct")
-    for name in ("kspace", "mask"):
-        if getattr(args, name) is None:
-            raise MeddiffError(f"--{name} is required for --modality mri")
-    if args.method not in METHODS:
-        raise MeddiffError(f"--method {args.method} is a CT method; for MRI choose one of: {', '.join(METHODS)}")
-
-    if args.std_out and args.method in BASELINES:
-        raise MeddiffError(f"--std-out needs a diffusion method ({', '.join(SOLVERS)}); {args.method!r} "
-                           "gives a single image")
+    _check_method(args, "mri", ("kspace", "mask"), METHODS, BASELINES, SOLVERS)
     kspace = load_kspace(args.kspace, slice_index=args.slice_index)
     mask = load_mask(args.mask)
     if args.start is not None and args.method in BASELINES:
@@ -94,12 +115,8 @@ def run(args: argparse.Namespace) -> int:
     result = reconstruct(kspace, mask, args.method, samples=args.samples, steps=args.steps, seed=args.seed,
                          checkpoint=args.checkpoint, combine=args.combine, **solver)
     path = write_image(args.out, result.image)
-    line = f"wrote {path}: {args.method} {result.image.shape[0]}x{result.image.shape[1]} in {result.seconds:.1f} s"
-    if result.nfe:
-        line += f", {result.nfe} network evaluations x {result.settings['samples']} samples"
-    if args.std_out:
-        line += f"; std -> {write_image(args.std_out, result.std)}"
-    print(line)
+    _print_result(f"wrote {path}: {args.method} {result.image.shape[0]}x{result.image.shape[1]} in "
+                  f"{result.seconds:.1f} s", result, args.std_out, result.std)
     return 0
 
 
@@ -113,14 +130,7 @@ def run_ct(args: argparse.Namespace) -> int:
             raise MeddiffError(f"--{name.replace('_index', '')} is an MRI option; drop it for --modality ct")
     if args.combine != "sense":
         raise MeddiffError("--combine is an MRI option; drop it for --modality ct")
-    for name in ("sinogram", "angles"):
-        if getattr(args, name) is None:
-            raise MeddiffError(f"--{name} is required for --modality ct")
-    if args.method not in METHODS:
-        raise MeddiffError(f"--method {args.method} is an MRI method; for CT choose one of: {', '.join(METHODS)}")
-    if args.std_out and args.method in BASELINES:
-        raise MeddiffError(f"--std-out needs a diffusion method ({', '.join(SOLVERS)}); {args.method!r} gives a "
-                           "single image")
+    _check_method(args, "ct", ("sinogram", "angles"), METHODS, BASELINES, SOLVERS)
     sinogram = load_array(args.sinogram, "--sinogram")
     angles = load_array(args.angles, "--angles")
     pixel = args.pixel_size if args.pixel_size is not None else read_sidecar(args.sinogram).get("pixel_size_mm")
@@ -132,13 +142,10 @@ def run_ct(args: argparse.Namespace) -> int:
     result = reconstruct(sinogram, angles, args.method, size=args.size, pixel_size=pixel, dose=args.dose,
                          checkpoint=args.checkpoint, steps=args.steps, samples=args.samples, seed=args.seed,
                          **{k: v for k, v in params.items() if v is not None})
-    image = result.image[0] if sinogram.ndim == 2 else result.image
+    one = sinogram.ndim == 2  # one slice: drop the slice axis
+    image = result.image[0] if one else result.image
     path = write_image(args.out, image)
-    line = f"wrote {path}: {args.method} HU {'x'.join(map(str, image.shape))} in {result.seconds:.1f} s"
-    if result.nfe:
-        line += f", {result.nfe} network evaluations x {result.settings['samples']} samples"
-    if args.std_out:
-        std = result.std[0] if sinogram.ndim == 2 else result.std
-        line += f"; std -> {write_image(args.std_out, std)}"
-    print(line)
+    std = (result.std[0] if one else result.std) if args.std_out else None
+    _print_result(f"wrote {path}: {args.method} HU {'x'.join(map(str, image.shape))} in {result.seconds:.1f} s",
+                  result, args.std_out, std)
     return 0
