@@ -81,12 +81,42 @@ def _driver(profile: Path):
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
 
 
+class _Served:
+    """`meddiff turing-test serve STUDY` on a free loopback port and a headless browser on it (``driver``, ``wait``
+    up to 20 s, ``url``); ``restart`` starts the server again after a kill. On leaving the ``with`` block the
+    browser quits and the server is killed."""
+
+    def __init__(self, study: Path, tmp_path: Path):
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.study, self.port, self.log = study, _free_port(), tmp_path / "server.log"
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.server = _start_server(study, self.port, self.log)
+        try:
+            self.driver = _driver(tmp_path / "profile")
+        except BaseException:
+            _kill(self.server)
+            raise
+        self.wait = WebDriverWait(self.driver, 20)
+
+    def restart(self) -> None:
+        self.server = _start_server(self.study, self.port, self.log)
+
+    def __enter__(self) -> "_Served":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.driver.quit()
+        finally:
+            _kill(self.server)
+
+
 def test_rate_by_keyboard_with_a_server_restart(tmp_path, monkeypatch):
     _require()
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
 
     monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager: never download
     rng = np.random.default_rng(0)
@@ -96,16 +126,11 @@ def test_rate_by_keyboard_with_a_server_restart(tmp_path, monkeypatch):
     create_study(tmp_path / "real.npz", tmp_path / "fake.npy", study, n=10, seed=1)
     truth = {item["id"]: item["kind"] for item in load_manifest(study)["items"]}
     flip = {"real": "synthetic", "synthetic": "real"}
-    port, log = _free_port(), tmp_path / "server.log"
-    server = _start_server(study, port, log)
-    driver = None
-    try:
-        driver = _driver(tmp_path / "profile")
-        wait = WebDriverWait(driver, 20)
-        url = f"http://127.0.0.1:{port}/"
+    with _Served(study, tmp_path) as served:
+        driver, wait = served.driver, served.wait
 
         def begin():
-            driver.get(url)
+            driver.get(served.url)
             name = wait.until(lambda d: d.find_element(By.ID, "rater"))
             assert not driver.find_element(By.ID, "viewer").is_displayed()  # no image before the name
             name.clear()
@@ -133,10 +158,10 @@ def test_rate_by_keyboard_with_a_server_restart(tmp_path, monkeypatch):
         begin()
         for i in range(5):
             rate(i)
-        _kill(server)  # mid-study; the next answer waits in the page and is retried
+        _kill(served.server)  # mid-study; the next answer waits in the page and is retried
         rate(5, confirm=False)
         wait.until(lambda d: "Not saved yet" in d.find_element(By.ID, "status").text)
-        server = _start_server(study, port, log)
+        served.restart()
         wait.until(lambda d: answered() == 6)
         driver.get("about:blank")  # the tab is closed and reopened: the rater resumes where they were
         begin()
@@ -153,10 +178,6 @@ def test_rate_by_keyboard_with_a_server_restart(tmp_path, monkeypatch):
         for i in range(7, 10):
             rate(i)
         wait.until(lambda d: d.find_element(By.ID, "done").is_displayed())
-    finally:
-        if driver is not None:
-            driver.quit()
-        _kill(server)
     result = write_score(study)
     saved = json.loads((study / "score.json").read_text())
     correct = sum(plan[i] == truth[i] for i in plan)
@@ -172,7 +193,6 @@ def test_volumes_scroll_and_three_planes(tmp_path, monkeypatch):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
 
     monkeypatch.setenv("SE_OFFLINE", "true")
     rng = np.random.default_rng(0)
@@ -180,13 +200,9 @@ def test_volumes_scroll_and_three_planes(tmp_path, monkeypatch):
         np.save(tmp_path / f"{name}.npy", rng.uniform(0, 1, (5, 1, 9, 12, 10)).astype(np.float32))
     study = tmp_path / "study"
     create_study(tmp_path / "real.npy", tmp_path / "fake.npy", study, n=10)
-    port, log = _free_port(), tmp_path / "server.log"
-    server = _start_server(study, port, log)
-    driver = None
-    try:
-        driver = _driver(tmp_path / "profile")
-        wait = WebDriverWait(driver, 20)
-        driver.get(f"http://127.0.0.1:{port}/")
+    with _Served(study, tmp_path) as served:
+        driver, wait = served.driver, served.wait
+        driver.get(served.url)
         wait.until(lambda d: d.find_element(By.ID, "rater")).send_keys("vol", Keys.ENTER)
         wait.until(lambda d: d.find_element(By.ID, "progress").get_attribute("data-answered") == "0")
         src = lambda: driver.find_element(By.ID, "img").get_attribute("src")  # noqa: E731
@@ -199,8 +215,4 @@ def test_volumes_scroll_and_three_planes(tmp_path, monkeypatch):
         assert driver.execute_script("return document.getElementById('img').naturalWidth") == 12 + 4 + 10 + 4 + 10
         ActionChains(driver).send_keys("s", "2", Keys.ENTER).perform()
         wait.until(lambda d: d.find_element(By.ID, "progress").get_attribute("data-answered") == "1")
-    finally:
-        if driver is not None:
-            driver.quit()
-        _kill(server)
     assert len((study / "answers.jsonl").read_text().splitlines()) == 1
