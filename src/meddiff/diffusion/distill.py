@@ -1,4 +1,5 @@
-"""Distillation targets: progressive distillation (Salimans & Ho 2022) and consistency distillation (Song et al. 2023).
+"""Distillation targets: progressive distillation (Salimans & Ho 2022), guided distillation (Meng et al. 2023) and
+consistency distillation (Song et al. 2023).
 
 Progressive distillation targets (Salimans & Ho 2022, "Progressive Distillation for Fast Sampling of Diffusion
 Models", Algorithm 2): one student DDIM step from t to t'' must land where two teacher DDIM steps t -> t' -> t'' land.
@@ -11,6 +12,11 @@ x_tilde is the x0 prediction with which a single DDIM step from z_t reaches z_t'
 (sigma = 0) it is z_t'' itself. The loss compares the student's x0 estimate (any parametrisation, converted with
 ``to_x0``) with x_tilde, weighted by w(lambda_t): "truncated_snr" max(SNR, 1) (the paper's choice, sec. 4) or
 "snr_plus_one" SNR + 1 (= the v-prediction MSE on VP schedules). Tensors are (B, C, *spatial); times (B,).
+
+Guided distillation (Meng, Rombach, Gao, Kingma, Ermon, Ho & Salimans 2023, "On Distillation of Guided Diffusion
+Models", stage one, eq. 6 written for x0): a student that takes the guidance scale s as an input learns the teacher's
+classifier-free-guided estimate x0_u + s (x0_c - x0_u) (``guided_x0``) with the same weighted x0 loss; stage two is
+progressive distillation with s an input of teacher and student alike.
 
 Consistency distillation (Song, Dhariwal, Chen & Sutskever 2023, "Consistency Models", Alg. 2 and 3): a consistency
 function f(x_t, t) maps any point of a probability-flow ODE trajectory to its start x0. It is parametrised as
@@ -65,6 +71,15 @@ def two_step_target(teacher: Denoiser, x: Tensor, t: Tensor, t_mid: Tensor, t_ne
     z_next = ddim_step(z_mid, x0_hat(z_mid, t_mid), a_m, s_m, a_n, s_n)
     ratio = s_n / s_t
     return (z_next - ratio * x) / (a_n - ratio * a_t)
+
+
+def guided_x0(teacher: Denoiser, x: Tensor, t: Tensor, scales: Tensor, *, cond: dict) -> Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022) at per-sample scales (B,): x0_u + s (x0_c - x0_u) (B, ...), the
+    conditional estimate from ``teacher(x, t, **cond)``, the unconditional one from ``teacher(x, t)`` (no condition:
+    the null class), as `ClassifierFreeGuidance` mixes them at one scale."""
+    x0_c = teacher(x, t, **cond)
+    x0_u = teacher(x, t)
+    return x0_u + broadcast_to(scales.to(x0_c), x0_c) * (x0_c - x0_u)
 
 
 def distillation_weight(alpha: Tensor, sigma: Tensor, weighting: str = "truncated_snr") -> Tensor:
@@ -161,5 +176,5 @@ def sample_consistency(consistency: Denoiser, x: Tensor, grid: TimeGrid, *, hook
 
 
 __all__ = ["BOUNDARY_SIGMA", "CONSISTENCY_SAMPLER", "ConsistencyFunction", "WEIGHTINGS", "consistency_coefficients",
-           "consistency_loss", "consistency_target", "ddim_step", "distillation_loss", "distillation_weight",
+           "consistency_loss", "consistency_target", "ddim_step", "distillation_loss", "distillation_weight", "guided_x0",
            "sample_consistency", "target_in", "two_step_target"]

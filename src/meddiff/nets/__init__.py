@@ -17,6 +17,7 @@ from meddiff.nets.small_cnn import SmallCNN
 from meddiff.nets.unet import (
     CLASS_LABELS,
     COND_IMAGE,
+    GUIDANCE_SCALE,
     UNET_DEFAULTS,
     DiffusionUNet,
     build_unet,
@@ -39,7 +40,7 @@ def build_network(config: dict) -> nn.Module:
 
 
 __all__ = [
-    "AUTOENCODER_DEFAULTS", "AUTOENCODER_KL_DEFAULTS", "KLAutoencoder", "build_autoencoder_kl", "CLASSIFIER_DEFAULTS", "ConvAutoEncoder", "build_autoencoder", "CLASS_LABELS", "COND_IMAGE", "NETWORKS", "UNET_DEFAULTS",
+    "AUTOENCODER_DEFAULTS", "AUTOENCODER_KL_DEFAULTS", "KLAutoencoder", "build_autoencoder_kl", "CLASSIFIER_DEFAULTS", "ConvAutoEncoder", "build_autoencoder", "CLASS_LABELS", "COND_IMAGE", "GUIDANCE_SCALE", "NETWORKS", "UNET_DEFAULTS",
     "DiffusionUNet", "NoiseAwareClassifier", "SmallCNN", "build_classifier", "build_network", "build_unet",
     "check_spatial_size", "resolve_unet_config", "size_multiple",
 ]

@@ -17,7 +17,7 @@ from meddiff.nets.unet import UNET_DEFAULTS, check_input, resolve_unet_config
 
 CLASSIFIER_DEFAULTS: dict[str, Any] = {
     **{k: v for k, v in UNET_DEFAULTS.items()
-       if k not in ("out_channels", "class_dropout", "cond_channels", "num_classes")},
+       if k not in ("out_channels", "class_dropout", "cond_channels", "num_classes", "guidance_input")},
     "kind": "classifier",
     "num_classes": 2,
 }

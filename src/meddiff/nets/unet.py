@@ -4,6 +4,9 @@ Class conditioning adds a learned class embedding to the time embedding (Dhariwa
 "null" class (index ``num_classes``) stands for "no label", which is what classifier-free guidance needs
 (Ho & Salimans 2022). Image conditioning concatenates ``cond_image`` to the noisy input along channels
 (SR3, Saharia et al. 2022; Palette), for reconstruction, super-resolution, translation and segmentation.
+Guidance input (``guidance_input: true``) adds an embedding of a per-sample classifier-free guidance scale to the
+time embedding, so a guidance-distilled student (Meng et al. 2023, "On Distillation of Guided Diffusion Models")
+takes the scale as an input and needs one network evaluation per step instead of CFG's two.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from meddiff.errors import MeddiffError, check_choice
 # keyword names the networks accept as conditioning (the ``cond`` dict of samplers and losses)
 CLASS_LABELS = "class_labels"
 COND_IMAGE = "cond_image"
+GUIDANCE_SCALE = "guidance_scale"
+GUIDANCE_EMBED_SCALE = 100.0  # scale s is embedded like the time s * 100 (s in [0, 10] spans the 1000 time steps)
 
 UNET_DEFAULTS: dict[str, Any] = {
     "kind": "unet",
@@ -37,6 +42,7 @@ UNET_DEFAULTS: dict[str, Any] = {
     "class_dropout": 0.0,          # probability the trainer replaces a label by the null class (CFG)
     "cond_channels": 0,            # channels of an image concatenated to the input
     "time_scale": 1.0,             # t is multiplied by this before the sinusoidal embedding
+    "guidance_input": False,       # true: forward takes guidance_scale (B,), the CFG scale a distilled student mimics
     "image_size": None,            # spatial size, checked against the number of levels when given
 }
 
@@ -105,6 +111,11 @@ def resolve_unet_config(config: dict, defaults: dict | None = None) -> dict:
         raise MeddiffError(f"model.class_dropout={cfg['class_dropout']} must be in [0, 1) (0.1 is usual for CFG)")
     if cfg.get("class_dropout") and cfg["num_classes"] is None:
         raise MeddiffError("model.class_dropout needs a class-conditional model: set model.num_classes")
+    if not isinstance(cfg.get("guidance_input", False), bool):
+        raise MeddiffError(f"model.guidance_input={cfg['guidance_input']!r} must be true or false")
+    if cfg.get("guidance_input") and cfg["num_classes"] is None:
+        raise MeddiffError("model.guidance_input needs a class-conditional model (a CFG scale mixes the conditional "
+                           "and unconditional predictions): set model.num_classes")
     if cfg["image_size"] is not None:
         size = [cfg["image_size"]] * cfg["dims"] if isinstance(cfg["image_size"], int) else list(cfg["image_size"])
         if len(size) != cfg["dims"]:
@@ -136,7 +147,10 @@ class DiffusionUNet(nn.Module):
 
     x: (B, in_channels, *spatial); t: (B,) schedule times (scaled by ``time_scale`` before embedding);
     class_labels: (B,) int64 in [0, num_classes], num_classes = null class (also used when omitted);
-    cond_image: (B, cond_channels, *spatial), concatenated to x.
+    cond_image: (B, cond_channels, *spatial), concatenated to x;
+    guidance_scale: (B,) float CFG scales, required when ``guidance_input`` (embedded sinusoidally, through a 2-layer
+    MLP whose last layer starts at zero, and added to the time embedding: at initialisation the network is exactly
+    the class-conditional one it was warm-started from).
     """
 
     def __init__(self, config: dict) -> None:
@@ -160,9 +174,22 @@ class DiffusionUNet(nn.Module):
             num_class_embeds=None if self.num_classes is None else self.num_classes + 1,
             use_flash_attention=cfg["use_flash_attention"],
         )
+        self.guidance_embed = None
+        if cfg.get("guidance_input"):
+            width = cfg["channels"][0] * 4  # MONAI's time-embedding width
+            self.guidance_embed = nn.Sequential(nn.Linear(cfg["channels"][0], width), nn.SiLU(),
+                                                nn.Linear(width, width))
+            nn.init.zeros_(self.guidance_embed[2].weight)
+            nn.init.zeros_(self.guidance_embed[2].bias)
+            self._guidance = None  # (B, width) for the call in progress, added by the hook below
+            self.unet.time_embed.register_forward_hook(self._add_guidance)
+
+    def _add_guidance(self, module, inputs, output: Tensor) -> Tensor:
+        """Forward hook on MONAI's time embedding: time embedding + guidance-scale embedding."""
+        return output + self._guidance.to(output.dtype)
 
     def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None,
-                cond_image: Tensor | None = None) -> Tensor:
+                cond_image: Tensor | None = None, guidance_scale: Tensor | None = None) -> Tensor:
         cfg = self.config
         check_input(x, cfg)
         if cfg["cond_channels"]:
@@ -187,7 +214,22 @@ class DiffusionUNet(nn.Module):
         elif class_labels is not None:
             raise MeddiffError(f"{CLASS_LABELS} given but the network is unconditional; set model.num_classes")
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
-        return self.unet(x, t * cfg["time_scale"], class_labels=class_labels)
+        if self.guidance_embed is None:
+            if guidance_scale is not None:
+                raise MeddiffError(f"{GUIDANCE_SCALE} given but the network has no guidance input (it is not a "
+                                   "guidance-distilled student); use classifier-free guidance instead")
+            return self.unet(x, t * cfg["time_scale"], class_labels=class_labels)
+        if guidance_scale is None:
+            raise MeddiffError(f"this network takes the guidance scale as an input: pass {GUIDANCE_SCALE}=(B,) floats")
+        from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
+
+        scale = torch.as_tensor(guidance_scale, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
+        self._guidance = self.guidance_embed(
+            get_timestep_embedding(scale * GUIDANCE_EMBED_SCALE, cfg["channels"][0]).to(self.guidance_embed[0].weight.dtype))
+        try:
+            return self.unet(x, t * cfg["time_scale"], class_labels=class_labels)
+        finally:
+            self._guidance = None
 
     def drop_labels(self, labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Replace each label by the null class with probability ``class_dropout`` (CFG training)."""

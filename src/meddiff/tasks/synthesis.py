@@ -29,7 +29,7 @@ from meddiff.diffusion.samplers import get_sampler, network_evaluations, recomme
 from meddiff.diffusion.schedules import make_schedule
 from meddiff.diffusion.timesteps import TimeGrid, make_grid
 from meddiff.errors import MeddiffError
-from meddiff.nets.unet import CLASS_LABELS
+from meddiff.nets.unet import CLASS_LABELS, GUIDANCE_SCALE
 from meddiff.training.checkpoint import load_checkpoint, resolve_checkpoint
 from meddiff.training.images import image_grid
 from meddiff.training.trainer import versions
@@ -101,6 +101,10 @@ def generate(checkpoint: str | Path, num: int, *, sampler: str | None = None, st
     if distilled_scale is not None and guidance_scale != 1.0:
         raise MeddiffError(f"{checkpoint}: this student was distilled at guidance scale {distilled_scale} (built in); "
                            "sample it with --guidance-scale 1")
+    scale_input = guidance_input_range(meta)
+    if scale_input is not None and not scale_input[0] <= guidance_scale <= scale_input[1]:
+        raise MeddiffError(f"--guidance-scale {guidance_scale:g}: this guidance-distilled student was trained at scales "
+                           f"{scale_input[0]:g} to {scale_input[1]:g}; choose one in that range")
     denoiser = ModelDenoiser(model, schedule, meta["prediction"])
     labels = class_labels_for(meta, num, class_label)
     if guidance_scale != 1.0 and labels is None:
@@ -119,7 +123,9 @@ def generate(checkpoint: str | Path, num: int, *, sampler: str | None = None, st
         cond, hooks = {}, []
         if labels is not None:
             cond[CLASS_LABELS] = labels[start:start + batch_size].to(torch_device)
-            if guidance_scale != 1.0:  # the denoiser called without labels is the null-class (unconditional) model
+            if scale_input is not None:  # the scale is a network input: one evaluation per step (Meng et al. 2023)
+                cond[GUIDANCE_SCALE] = torch.full((x.shape[0],), float(guidance_scale), device=torch_device)
+            elif guidance_scale != 1.0:  # the denoiser called without labels is the null-class (unconditional) model
                 hooks.append(ClassifierFreeGuidance(denoiser, guidance_scale))
         if clip_denoised or (clip_denoised is None and bounded(meta)):
             hooks.append(ClipDenoised(-1.0, 1.0))
@@ -129,6 +135,14 @@ def generate(checkpoint: str | Path, num: int, *, sampler: str | None = None, st
             progress(min(start + batch_size, num), num)
     samples = torch.cat(out)
     return (samples.clamp(-1, 1) if bounded(meta) else samples), labels
+
+
+def guidance_input_range(meta: dict) -> tuple[float, float] | None:
+    """(low, high) guidance scales of a guidance-distilled network that takes the scale as an input, else None."""
+    if not (meta.get("network") or {}).get("guidance_input"):
+        return None
+    low, high = (meta.get("sampling") or {}).get("guidance_range") or (0.0, float("inf"))
+    return float(low), float(high)
 
 
 def bounded(meta: dict) -> bool:
@@ -214,6 +228,7 @@ def sample_to_folder(checkpoint: str | Path, out_dir: str | Path, num: int, *, s
     manifest = {"checkpoint": str(path), "num": num, "sampler": sampler, "steps": steps, "seed": seed,
                 "class": class_label, "guidance_scale": guidance_scale,
                 "clip_denoised": bounded(meta) if clip_denoised is None else clip_denoised, "seconds": round(seconds, 3),
-                "network_evaluations_per_sample": per_step * (2 if guidance_scale != 1.0 else 1)}
+                "network_evaluations_per_sample":
+                    per_step * (2 if guidance_scale != 1.0 and guidance_input_range(meta) is None else 1)}
     files = write_samples(out_dir, samples, labels, meta, manifest=manifest)
     return {**manifest, "files": {k: str(v) for k, v in files.items()}}

@@ -11,7 +11,12 @@ the distillation loss; the run directory holds ``distill.yaml`` (the settings), 
 done, ``student/``: a checkpoint whose meta.json records ``sampling`` (sampler "ddim", steps, the grid's times,
 the guidance scale the teacher was distilled at), which `meddiff sample` uses by default.
 Class-conditional teachers are distilled at one classifier-free guidance scale (Ho & Salimans 2022), so the student
-needs one network evaluation per step; the CFG-scale-as-input variant of Meng et al. 2023 is not implemented.
+needs one network evaluation per step; or, with ``guidance_range: [low, high]``, by guided distillation (Meng et al.
+2023): a first round (``guided/``, `GuidanceTrainer`) teaches a student with the guidance scale as an input
+(``model.guidance_input``, warm-started from the teacher, its scale embedding at zero) the teacher's guided estimate
+at scales drawn uniformly from the range, at all training times (that student already halves the cost of CFG with
+any sampler); the progressive rounds then distil it with the scale an input of teacher and student, so the final
+student samples at any scale of the range in ``steps`` evaluations (`meddiff sample --guidance-scale S`).
 
 ``method: consistency`` (Song et al. 2023, consistency distillation, `meddiff.diffusion.distill`): one round
 (``consistency_<N>/``) of `ConsistencyTrainer`: the student (started from the teacher) learns a consistency function
@@ -35,12 +40,12 @@ from torch.utils.data import Dataset
 
 from meddiff.diffusion import ClassifierFreeGuidance, ClipDenoised, ModelDenoiser, TimeGrid, make_grid, make_schedule
 from meddiff.diffusion.distill import (BOUNDARY_SIGMA, CONSISTENCY_SAMPLER, WEIGHTINGS, ConsistencyFunction,
-                                       consistency_loss, consistency_target, distillation_loss, sample_consistency,
-                                       two_step_target)
+                                       consistency_loss, consistency_target, distillation_loss, guided_x0,
+                                       sample_consistency, two_step_target)
 from meddiff.diffusion.samplers import initial_noise, sample_ddim
 from meddiff.errors import MeddiffError, check_choice
 from meddiff.files import atomic_path, read_yaml_mapping, write_text
-from meddiff.nets import CLASS_LABELS
+from meddiff.nets import CLASS_LABELS, GUIDANCE_SCALE
 from meddiff.training.checkpoint import list_checkpoints, load_checkpoint, load_state, resolve_checkpoint
 from meddiff.training.trainer import IMAGE, LABEL, Trainer
 
@@ -49,6 +54,7 @@ TARGET_DECAY = 0.95  # consistency distillation: EMA decay of the target network
 SUPPORTED_PREDICTIONS = ("eps", "x0", "v")
 GRID_SPACING = "trailing"  # nests under halving (see the module docstring)
 STUDENT_DIR = "student"
+GUIDED_DIR = "guided"  # the first round of guided distillation
 
 DISTILL_DEFAULTS: dict = {
     "method": "progressive",
@@ -61,6 +67,8 @@ DISTILL_DEFAULTS: dict = {
     "ema_decay": 0.995,
     "weighting": "truncated_snr",
     "guidance_scale": None,     # class-conditional teachers: CFG scale distilled into the student (None: 1.0)
+    "guidance_range": None,     # [low, high]: guided distillation (Meng et al. 2023), the scale a student input
+    "guidance_iterations": None,  # guided distillation: optimiser steps of the first (guided/) round (None: iterations)
     "clip_denoised": None,      # clamp the teacher's x0 estimates to [-1, 1] (None: unless the data was z-scored)
     "seed": 0,
     "data": None,               # None: the teacher's training data (its meta.json), else a dataset config
@@ -158,6 +166,23 @@ def resolve_distill_config(settings: dict) -> dict:
         raise MeddiffError(f"lr={config['lr']} must be positive")
     if config["guidance_scale"] is not None and config["guidance_scale"] < 0:
         raise MeddiffError(f"--guidance-scale {config['guidance_scale']} must be >= 0")
+    if config["guidance_range"] is not None:
+        scales = config["guidance_range"]
+        if not isinstance(scales, (list, tuple)) or len(scales) != 2 \
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scales) \
+                or not 0 <= scales[0] <= scales[1]:
+            raise MeddiffError(f"--guidance-range {scales!r} must be two scales LOW HIGH with 0 <= LOW <= HIGH "
+                               "(e.g. 1 4)")
+        config["guidance_range"] = [float(v) for v in scales]
+        if config["guidance_scale"] is not None:
+            raise MeddiffError("--guidance-scale and --guidance-range exclude each other: one fixed scale is built "
+                               "into the student, a range makes the scale a student input")
+        if config["method"] != "progressive":
+            raise MeddiffError("--guidance-range (guided distillation) runs with --method progressive")
+        iterations = config["guidance_iterations"]
+        if iterations is not None and (isinstance(iterations, bool) or not isinstance(iterations, int)
+                                       or iterations < 1):
+            raise MeddiffError(f"guidance_iterations={iterations!r} must be a positive integer")
     return config
 
 
@@ -171,13 +196,98 @@ class GuidedDenoiser:
         return self.guidance.denoised(x, self.denoiser(x, t, **cond), t)
 
 
-def _index_and_noise(trainer: Trainer, batch: int, steps: int) -> tuple[Tensor, Tensor, None]:
+def teacher_denoiser(teacher: torch.nn.Module, meta: dict, schedule, device, guidance_scale: float = 1.0):
+    """The frozen teacher network as an x0-denoiser on ``device``, under CFG at ``guidance_scale`` when it is not 1."""
+    teacher = teacher.to(device).eval().requires_grad_(False)
+    denoiser = ModelDenoiser(teacher, schedule, meta["prediction"])
+    return GuidedDenoiser(denoiser, guidance_scale) if guidance_scale != 1.0 else denoiser
+
+
+def _index_and_noise(trainer: Trainer, batch: int, steps: int, scale_range: list[float] | None = None
+                     ) -> tuple[Tensor, Tensor, Tensor | None]:
     """A distillation trainer's random draws for one batch, in a fixed order from the run's generator (so a resumed
-    run draws the same): grid indices (B,) int64 in 0..steps-1, noise (B, C, *spatial), and no condition dropout."""
+    run draws the same): indices (B,) int64 in 0..steps-1, noise (B, C, *spatial), and guidance scales (B,) uniform in
+    ``scale_range`` (None without one)."""
     model = trainer.config["model"]
     index = torch.randint(0, steps, (batch,), generator=trainer.generator)
     noise = torch.randn((batch, model["in_channels"], *model["image_size"]), generator=trainer.generator)
-    return index, noise, None
+    scales = None
+    if scale_range is not None:
+        low, high = scale_range
+        scales = low + (high - low) * torch.rand(batch, generator=trainer.generator)
+    return index, noise, scales
+
+
+def _noised(trainer: Trainer, batch: dict, t: Tensor, noise: Tensor) -> tuple[Tensor, dict]:
+    """(x_t = alpha_t x0 + sigma_t noise (B, C, *spatial) on the trainer's device, the batch's class condition)."""
+    x0 = batch[IMAGE].to(trainer.device, non_blocking=True)
+    alpha, sigma = trainer.schedule.alpha_sigma(t)
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    x_t = alpha.reshape(shape).to(x0) * x0 + sigma.reshape(shape).to(x0) * noise.to(trainer.device, non_blocking=True)
+    cond = {CLASS_LABELS: batch[LABEL].to(trainer.device).long()} if trainer.config["model"].get("num_classes") else {}
+    return x_t, cond
+
+
+def _sample_start(trainer: Trainer, grid: TimeGrid, num: int | None, seed: int | None,
+                  scale: float | None = None) -> tuple[Tensor, dict, torch.Generator]:
+    """Initial noise, condition (class labels cycling, the guidance ``scale`` for guidance-input students) and the
+    generator of a distillation trainer's preview samples."""
+    run, model = trainer.config["run"], trainer.config["model"]
+    num = num or run["num_samples"]
+    generator = torch.Generator().manual_seed(run["seed"] if seed is None else seed)
+    x = initial_noise(grid, (num, model["in_channels"], *model["image_size"]), generator=generator,
+                      device=trainer.device)
+    cond = {CLASS_LABELS: torch.arange(num, device=trainer.device) % model["num_classes"]} \
+        if model.get("num_classes") else {}
+    if model.get("guidance_input"):
+        cond[GUIDANCE_SCALE] = torch.full((num,), 1.0 if scale is None else scale, device=trainer.device)
+    return x, cond, generator
+
+
+def preview_scale(scale_range: list[float] | None) -> float | None:
+    """The guidance scale of a guidance-input student's preview samples: 1 (the conditional model) clamped into its
+    range; None without a range."""
+    return None if scale_range is None else min(max(1.0, scale_range[0]), scale_range[1])
+
+
+class GuidanceTrainer(Trainer):
+    """Guided distillation, first round (Meng et al. 2023, sec. 3.1): the student network (``guidance_input``,
+    warm-started from the teacher) learns the teacher's classifier-free-guided x0, x0_u + s (x0_c - x0_u), with s an
+    input drawn uniformly from ``scale_range`` and t uniform over the teacher's training times; the loss is the
+    weighted x0 error of progressive distillation (`distillation_loss`). Afterwards one student call replaces CFG's
+    two with any sampler."""
+
+    def __init__(self, config: dict, teacher: torch.nn.Module, teacher_meta: dict, scale_range: list[float], *,
+                 weighting: str = "truncated_snr", sampling: dict | None = None, dataset: Dataset | None = None,
+                 run_dir: str | Path | None = None) -> None:
+        super().__init__(config, dataset, run_dir=run_dir)
+        self.scale_range, self.weighting = scale_range, weighting
+        self.teacher = teacher_denoiser(teacher, teacher_meta, self.schedule, self.device)
+        self.sampling = sampling or {}
+
+    def _draws(self, batch: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(training times (B,) int64 in 0..T-1, noise (B, C, *spatial), scales (B,)): from the run's generator."""
+        return _index_and_noise(self, batch, self.schedule.num_train_steps, self.scale_range)
+
+    def _micro_loss(self, batch: dict, t: Tensor, noise: Tensor, scales: Tensor) -> Tensor:
+        x_t, cond = _noised(self, batch, t, noise)
+        t_dev, scales = t.float().to(self.device), scales.to(self.device)
+        with torch.no_grad():
+            target = guided_x0(self.teacher, x_t, t_dev, scales, cond=cond)
+        return distillation_loss(self.train_model, x_t, t_dev, target, self.schedule,
+                                 self.config["diffusion"]["prediction"], weighting=self.weighting,
+                                 cond={**cond, GUIDANCE_SCALE: scales})
+
+    def meta(self) -> dict:
+        return {**super().meta(), "sampling": {**self.sampling, "guidance_range": self.scale_range}}
+
+    @torch.no_grad()
+    def sample(self, num: int | None = None, seed: int | None = None) -> Tensor:
+        """EMA student samples, DDIM on the 32-step trailing grid at scale 1 clamped into the range."""
+        grid = distill_grid(self.schedule, 32)
+        x, cond, _ = _sample_start(self, grid, num, seed, preview_scale(self.scale_range))
+        denoiser = ModelDenoiser(self.ema.module, self.schedule, self.config["diffusion"]["prediction"])
+        return sample_ddim(denoiser, x, grid, cond=cond, hook=ClipDenoised(-1.0, 1.0)).float()
 
 
 class DistillTrainer(Trainer):
@@ -186,37 +296,36 @@ class DistillTrainer(Trainer):
     ``teacher`` is the teacher network (eval mode, frozen) and ``teacher_meta`` its meta; the student (this trainer's
     network) starts from run.init_from. A training draw is a student step index i (B,) in 0..N-1 and noise; the
     student is trained at t_i of its N-step grid with the teacher's 2N-step grid times 2i+1 and 2i+2 as t', t''.
+    With ``scale_range`` (guided distillation, stage two) teacher and student take the guidance scale as an input,
+    drawn uniformly from the range per sample.
     """
 
     def __init__(self, config: dict, teacher: torch.nn.Module, teacher_meta: dict, student_steps: int, *,
                  guidance_scale: float = 1.0, weighting: str = "truncated_snr", clip_denoised: bool = True,
-                 sampling: dict | None = None, dataset: Dataset | None = None, run_dir: str | Path | None = None
-                 ) -> None:
+                 scale_range: list[float] | None = None, sampling: dict | None = None, dataset: Dataset | None = None,
+                 run_dir: str | Path | None = None) -> None:
         super().__init__(config, dataset, run_dir=run_dir)
         self.student_steps, self.weighting, self.guidance_scale = student_steps, weighting, guidance_scale
+        self.scale_range = scale_range
         self.student_grid = distill_grid(self.schedule, student_steps)
         self.teacher_grid = distill_grid(self.schedule, 2 * student_steps)
         if not torch.equal(self.teacher_grid.times[::2], self.student_grid.times):
             raise AssertionError("trailing grids must nest")  # guaranteed by construction (module docstring)
-        teacher = teacher.to(self.device).eval().requires_grad_(False)
-        denoiser = ModelDenoiser(teacher, self.schedule, teacher_meta["prediction"])
-        self.teacher = GuidedDenoiser(denoiser, guidance_scale) if guidance_scale != 1.0 else denoiser
+        self.teacher = teacher_denoiser(teacher, teacher_meta, self.schedule, self.device, guidance_scale)
         self.clip = (-1.0, 1.0) if clip_denoised else None
         self.sampling = sampling or {}
 
-    def _draws(self, batch: int) -> tuple[Tensor, Tensor, None]:
-        """(student step indices (B,) int64, noise (B, C, *spatial), None): all from the run's generator."""
-        return _index_and_noise(self, batch, self.student_steps)
+    def _draws(self, batch: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(student step indices (B,) int64, noise (B, C, *spatial), guidance scales (B,) or None): all from the
+        run's generator."""
+        return _index_and_noise(self, batch, self.student_steps, self.scale_range)
 
-    def _micro_loss(self, batch: dict, index: Tensor, noise: Tensor, drop: None) -> Tensor:
-        x0 = batch[IMAGE].to(self.device, non_blocking=True)
-        noise = noise.to(self.device, non_blocking=True)
+    def _micro_loss(self, batch: dict, index: Tensor, noise: Tensor, scales: Tensor | None) -> Tensor:
         times = self.teacher_grid.times
         t, t_mid, t_next = times[2 * index], times[2 * index + 1], times[2 * index + 2]
-        alpha, sigma = self.schedule.alpha_sigma(t)
-        shape = (-1,) + (1,) * (x0.ndim - 1)
-        x_t = (alpha.reshape(shape).to(x0) * x0 + sigma.reshape(shape).to(x0) * noise)
-        cond = {CLASS_LABELS: batch[LABEL].to(self.device).long()} if self.config["model"].get("num_classes") else {}
+        x_t, cond = _noised(self, batch, t, noise)
+        if scales is not None:
+            cond[GUIDANCE_SCALE] = scales.to(self.device)
         t_dev = t.float().to(self.device)
         with torch.no_grad():
             x_tilde = two_step_target(self.teacher, x_t, t_dev, t_mid.float().to(self.device),
@@ -226,20 +335,16 @@ class DistillTrainer(Trainer):
 
     def meta(self) -> dict:
         times = [float(v) for v in self.student_grid.times[:-1]]
+        scale = {"guidance_range": self.scale_range} if self.scale_range is not None \
+            else {"guidance_scale": self.guidance_scale}
         return {**super().meta(), "sampling": {
             **self.sampling, "sampler": "ddim", "steps": self.student_steps, "spacing": GRID_SPACING, "times": times,
-            "guidance_scale": self.guidance_scale}}
+            **scale}}
 
     @torch.no_grad()
     def sample(self, num: int | None = None, seed: int | None = None) -> Tensor:
         """EMA student samples on its own grid (DDIM, x0 clamped to [-1, 1]); class labels cycle."""
-        run, model = self.config["run"], self.config["model"]
-        num = num or run["num_samples"]
-        generator = torch.Generator().manual_seed(run["seed"] if seed is None else seed)
-        x = initial_noise(self.student_grid, (num, model["in_channels"], *model["image_size"]), generator=generator,
-                          device=self.device)
-        cond = {CLASS_LABELS: torch.arange(num, device=self.device) % model["num_classes"]} \
-            if model.get("num_classes") else {}
+        x, cond, _ = _sample_start(self, self.student_grid, num, seed, preview_scale(self.scale_range))
         denoiser = ModelDenoiser(self.ema.module, self.schedule, self.config["diffusion"]["prediction"])
         return sample_ddim(denoiser, x, self.student_grid, cond=cond, hook=ClipDenoised(-1.0, 1.0)).float()
 
@@ -264,9 +369,7 @@ class ConsistencyTrainer(Trainer):
         self.student_grid = distill_grid(self.schedule, student_steps)
         if not torch.equal(self.grid.times[::grid_steps // student_steps], self.student_grid.times):
             raise AssertionError("trailing grids must nest")  # guaranteed when student_steps divides grid_steps
-        teacher = teacher.to(self.device).eval().requires_grad_(False)
-        denoiser = ModelDenoiser(teacher, self.schedule, teacher_meta["prediction"])
-        self.teacher = GuidedDenoiser(denoiser, guidance_scale) if guidance_scale != 1.0 else denoiser
+        self.teacher = teacher_denoiser(teacher, teacher_meta, self.schedule, self.device, guidance_scale)
         self.clip = (-1.0, 1.0) if clip_denoised else None
         self.target_decay, self.boundary_sigma = target_decay, boundary_sigma
         self.target_net = copy.deepcopy(self.net).eval().requires_grad_(False)
@@ -281,13 +384,8 @@ class ConsistencyTrainer(Trainer):
         return _index_and_noise(self, batch, self.grid_steps)
 
     def _micro_loss(self, batch: dict, index: Tensor, noise: Tensor, drop: None) -> Tensor:
-        x0 = batch[IMAGE].to(self.device, non_blocking=True)
-        noise = noise.to(self.device, non_blocking=True)
         t, t_next = self.grid.times[index], self.grid.times[index + 1]
-        alpha, sigma = self.schedule.alpha_sigma(t)
-        shape = (-1,) + (1,) * (x0.ndim - 1)
-        x_t = alpha.reshape(shape).to(x0) * x0 + sigma.reshape(shape).to(x0) * noise
-        cond = {CLASS_LABELS: batch[LABEL].to(self.device).long()} if self.config["model"].get("num_classes") else {}
+        x_t, cond = _noised(self, batch, t, noise)
         t_dev = t.float().to(self.device)
         with torch.no_grad():
             target = consistency_target(self.teacher, self._function(self.target_net), x_t, t_dev,
@@ -317,27 +415,26 @@ class ConsistencyTrainer(Trainer):
     @torch.no_grad()
     def sample(self, num: int | None = None, seed: int | None = None) -> Tensor:
         """EMA student samples by multistep consistency sampling on its grid (x0 clamped to [-1, 1])."""
-        run, model = self.config["run"], self.config["model"]
-        num = num or run["num_samples"]
-        generator = torch.Generator().manual_seed(run["seed"] if seed is None else seed)
-        x = initial_noise(self.student_grid, (num, model["in_channels"], *model["image_size"]), generator=generator,
-                          device=self.device)
-        cond = {CLASS_LABELS: torch.arange(num, device=self.device) % model["num_classes"]} \
-            if model.get("num_classes") else {}
+        x, cond, generator = _sample_start(self, self.student_grid, num, seed)
         return sample_consistency(self._function(self.ema.module), x, self.student_grid, cond=cond,
                                   generator=generator, hook=ClipDenoised(-1.0, 1.0)).float()
 
 
-def round_config(settings: dict, teacher_meta: dict, init_from: str, name: str, out_dir: Path) -> dict:
-    """The Trainer config of one round: the teacher's network, schedule, parametrisation and data."""
+def round_config(settings: dict, teacher_meta: dict, init_from: str, name: str, out_dir: Path,
+                 iterations: int | None = None) -> dict:
+    """The Trainer config of one round: the teacher's network (with a guidance input under guided distillation),
+    schedule, parametrisation and data; ``iterations`` overrides the settings' optimiser steps."""
+    model = copy.deepcopy(teacher_meta["network"])
+    if settings.get("guidance_range") is not None:
+        model["guidance_input"] = True
     return {
         "task": "synthesis",
-        "model": copy.deepcopy(teacher_meta["network"]),
+        "model": model,
         "diffusion": {"schedule": teacher_meta["schedule"], "prediction": teacher_meta["prediction"]},
         "data": settings["data"] or teacher_meta.get("data"),
         "optimiser": {"lr": settings["lr"], "grad_clip": 1.0},
         "schedule": {"kind": "linear", "warmup_steps": settings["warmup_steps"], "min_lr_ratio": 0.0},
-        "run": {"name": name, "out_dir": str(out_dir), "steps": settings["iterations"],
+        "run": {"name": name, "out_dir": str(out_dir), "steps": iterations or settings["iterations"],
                 "batch_size": settings["batch_size"], "seed": settings["seed"], "ema_decay": settings["ema_decay"],
                 "checkpoint_every": settings["checkpoint_every"], "keep_checkpoints": 1,
                 "log_every": settings["log_every"], "sample_every": settings["sample_every"],
@@ -378,10 +475,16 @@ def distill(settings: dict, out_dir: str | Path, *, resume: bool = False, datase
     schedule = make_schedule(teacher_meta["schedule"])
     if teacher_meta.get("num_classes"):
         scale = settings["guidance_scale"] if settings["guidance_scale"] is not None else 1.0
-    elif settings["guidance_scale"] not in (None, 1.0):
-        raise MeddiffError("--guidance-scale needs a class-conditional teacher (this one is unconditional)")
+    elif settings["guidance_scale"] not in (None, 1.0) or settings["guidance_range"] is not None:
+        raise MeddiffError("--guidance-scale and --guidance-range need a class-conditional teacher (this one is "
+                           "unconditional)")
     else:
         scale = 1.0
+    if (teacher_meta.get("network") or {}).get("guidance_input") and (
+            settings["guidance_range"] is not None or settings["method"] != "progressive"):
+        raise MeddiffError(f"--teacher {settings['teacher']}: already takes the guidance scale as an input; distil it "
+                           "with --method progressive and without --guidance-range (its rounds keep the scale an "
+                           "input)")
     if settings["start_steps"] > schedule.num_train_steps:
         raise MeddiffError(f"--start-steps {settings['start_steps']} exceeds the teacher's "
                            f"{schedule.num_train_steps} training steps")
@@ -391,6 +494,9 @@ def distill(settings: dict, out_dir: str | Path, *, resume: bool = False, datase
     if settings["method"] == "consistency":
         teacher_source = _consistency_round(settings, teacher_path, teacher_meta, out_dir, scale, clip, resume,
                                             dataset, on_round)
+    scale_range = settings["guidance_range"] or (teacher_meta.get("sampling") or {}).get("guidance_range")
+    if settings["guidance_range"] is not None:
+        teacher_source = _guidance_round(settings, teacher_path, teacher_meta, out_dir, resume, dataset)
     for steps in (plan_rounds(settings["start_steps"], settings["steps"]) if settings["method"] == "progressive"
                   else []):
         name = f"steps_{steps:03d}"
@@ -403,7 +509,8 @@ def distill(settings: dict, out_dir: str | Path, *, resume: bool = False, datase
                         "weighting": settings["weighting"], "clip_denoised": clip}
             trainer = DistillTrainer(round_config(settings, teacher_meta, teacher_source, name, out_dir), teacher, meta,
                                      steps, guidance_scale=scale, weighting=settings["weighting"], clip_denoised=clip,
-                                     sampling=sampling, dataset=dataset, run_dir=out_dir / name)
+                                     scale_range=scale_range, sampling=sampling, dataset=dataset,
+                                     run_dir=out_dir / name)
             try:
                 trainer.fit(resume=resume and bool(list_checkpoints(out_dir / name / "checkpoints")))
             finally:
@@ -416,6 +523,26 @@ def distill(settings: dict, out_dir: str | Path, *, resume: bool = False, datase
     with atomic_path(final, directory=True) as tmp:
         shutil.copytree(Path(teacher_source), tmp, dirs_exist_ok=True)
     return final
+
+
+def _guidance_round(settings: dict, teacher_path: Path, teacher_meta: dict, out_dir: Path, resume: bool,
+                    dataset: Dataset | None) -> str:
+    """Guided distillation's first round (``guided/``, `GuidanceTrainer`); returns its final checkpoint."""
+    iterations = settings["guidance_iterations"] or settings["iterations"]
+    done = _round_done(out_dir / GUIDED_DIR, iterations)
+    if done is None:
+        teacher, meta = load_checkpoint(str(teacher_path))
+        sampling = {"method": "guided", "teacher": settings["teacher"], "distilled_from": str(teacher_path),
+                    "iterations": iterations, "weighting": settings["weighting"]}
+        config = round_config(settings, teacher_meta, str(teacher_path), GUIDED_DIR, out_dir, iterations)
+        trainer = GuidanceTrainer(config, teacher, meta, settings["guidance_range"], weighting=settings["weighting"],
+                                  sampling=sampling, dataset=dataset, run_dir=out_dir / GUIDED_DIR)
+        try:
+            trainer.fit(resume=resume and bool(list_checkpoints(out_dir / GUIDED_DIR / "checkpoints")))
+        finally:
+            trainer.close()
+        done = _round_done(out_dir / GUIDED_DIR, iterations)
+    return str(done)
 
 
 def _consistency_round(settings: dict, teacher_path: Path, teacher_meta: dict, out_dir: Path, scale: float,
@@ -451,5 +578,7 @@ def student_sampling(meta: dict) -> dict | None:
     return sampling if isinstance(sampling, dict) and sampling.get("steps") else None
 
 
-__all__ = ["ConsistencyTrainer", "DISTILL_DEFAULTS", "DistillTrainer", "consistency_grid_check", "GuidedDenoiser", "METHODS", "SUPPORTED_PREDICTIONS", "check_teacher",
-           "distill", "distill_grid", "load_distill_settings", "plan_rounds", "resolve_distill_config", "round_config", "student_sampling"]
+__all__ = ["ConsistencyTrainer", "DISTILL_DEFAULTS", "DistillTrainer", "GuidanceTrainer", "GuidedDenoiser", "METHODS",
+           "SUPPORTED_PREDICTIONS", "check_teacher", "consistency_grid_check", "distill", "distill_grid",
+           "load_distill_settings", "plan_rounds", "preview_scale", "resolve_distill_config", "round_config",
+           "student_sampling", "teacher_denoiser"]

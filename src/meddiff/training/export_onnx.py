@@ -27,7 +27,7 @@ from torch import Tensor
 
 from meddiff.errors import MeddiffError, check_choice
 from meddiff.files import atomic_path, write_text
-from meddiff.nets.unet import CLASS_LABELS
+from meddiff.nets.unet import CLASS_LABELS, GUIDANCE_SCALE
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -36,29 +36,53 @@ ONNX_OPSET = 17
 
 
 class StepNetwork(torch.nn.Module):
-    """The network with positional inputs (x, t[, class_labels]), the signature an exported graph has."""
+    """The network with positional inputs (x, t, *conditions), the signature an exported graph has; ``conditions``
+    names the keyword inputs after x and t (class_labels, guidance_scale)."""
 
-    def __init__(self, model: torch.nn.Module, conditional: bool) -> None:
+    def __init__(self, model: torch.nn.Module, conditions: list[str]) -> None:
         super().__init__()
-        self.model, self.conditional = model, conditional
+        self.model, self.conditions = model, list(conditions)
 
-    def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
-        return self.model(x, t, class_labels=class_labels) if self.conditional else self.model(x, t)
+    def forward(self, x: Tensor, t: Tensor, *values: Tensor) -> Tensor:
+        return self.model(x, t, **dict(zip(self.conditions, values)))
 
 
 def input_names(meta: dict) -> list[str]:
-    return ["x", "t", CLASS_LABELS] if meta.get("num_classes") else ["x", "t"]
+    """x, t, then class_labels (class-conditional) and guidance_scale (guidance-distilled students)."""
+    names = ["x", "t"]
+    if meta.get("num_classes"):
+        names.append(CLASS_LABELS)
+    if (meta.get("network") or {}).get("guidance_input"):
+        names.append(GUIDANCE_SCALE)
+    return names
 
 
 def example_inputs(meta: dict, batch: int = 1, seed: int = 0, times: Tensor | None = None) -> tuple[Tensor, ...]:
-    """Random inputs of the network: x (batch, C, *spatial) N(0, 1), t (batch,) float, class labels (batch,) int64."""
+    """Random inputs of the network: x (batch, C, *spatial) N(0, 1), t (batch,) float, class labels (batch,) int64,
+    guidance scales (batch,) float in the student's range."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn((batch, meta["channels"], *meta["image_size"]), generator=generator)
     steps = (meta.get("schedule") or {}).get("num_train_steps", 1000)
     t = times if times is not None else torch.randint(0, steps, (batch,), generator=generator).float()
-    if not meta.get("num_classes"):
-        return x, t
-    return x, t, torch.randint(0, meta["num_classes"], (batch,), generator=generator)
+    inputs = [x, t]
+    if meta.get("num_classes"):
+        inputs.append(torch.randint(0, meta["num_classes"], (batch,), generator=generator))
+    if GUIDANCE_SCALE in input_names(meta):
+        low, high = (meta.get("sampling") or {}).get("guidance_range") or (1.0, 1.0)
+        inputs.append(low + (high - low) * torch.rand(batch, generator=generator))
+    return tuple(inputs)
+
+
+def _feeds(names: list[str], x: Tensor, t: Tensor, cond: dict) -> list[Tensor]:
+    """The exported graph's inputs in order, from the torch-style call (x, t, **cond); t expanded to (B,)."""
+    values = [x.detach().float().cpu(), t.detach().float().cpu().reshape(-1).expand(len(x)).contiguous()]
+    for name in names[2:]:
+        if cond.get(name) is None:
+            raise MeddiffError(f"this exported network needs {name} (B,): it is "
+                               f"{'class-conditional' if name == CLASS_LABELS else 'a guidance-distilled student'}")
+        value = cond[name].detach().cpu()
+        values.append(value.long() if name == CLASS_LABELS else value.float().reshape(-1).expand(len(x)).contiguous())
+    return values
 
 
 def _check_network(meta: dict) -> None:
@@ -71,9 +95,9 @@ def _check_network(meta: dict) -> None:
 
 
 def _export_file(model: torch.nn.Module, meta: dict, fmt: str, tmp: Path) -> None:
-    wrapper = StepNetwork(model, bool(meta.get("num_classes"))).eval()
-    inputs = example_inputs(meta, batch=1)
     names = input_names(meta)
+    wrapper = StepNetwork(model, names[2:]).eval()
+    inputs = example_inputs(meta, batch=1)
     with warnings.catch_warnings():  # the exporters' deprecation and tracer warnings: the export is verified instead
         warnings.simplefilter("ignore")
         if fmt == "onnx":
@@ -93,8 +117,8 @@ def _export_file(model: torch.nn.Module, meta: dict, fmt: str, tmp: Path) -> Non
 
 
 class OnnxNetwork:
-    """An exported ONNX network under onnxruntime, called like the torch network: ``net(x, t, class_labels=None)``
-    with torch tensors in, a float32 torch tensor out. ``threads`` intra-op threads (None: torch's thread count)."""
+    """An exported ONNX network under onnxruntime, called like the torch network: ``net(x, t, **cond)`` (class_labels,
+    guidance_scale) with torch tensors in, a float32 torch tensor out. ``threads`` intra-op threads (None: torch's thread count)."""
 
     def __init__(self, path: str | Path, names: list[str], threads: int | None = None) -> None:
         try:
@@ -108,13 +132,8 @@ class OnnxNetwork:
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.names = names
 
-    def __call__(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None, **_) -> Tensor:
-        feed = {"x": x.detach().float().cpu().numpy(), "t": t.detach().float().cpu().reshape(-1).expand(len(x))
-                .contiguous().numpy()}
-        if CLASS_LABELS in self.names:
-            if class_labels is None:
-                raise MeddiffError("this exported network is class-conditional: pass class_labels (B,) int64")
-            feed[CLASS_LABELS] = class_labels.detach().long().cpu().numpy()
+    def __call__(self, x: Tensor, t: Tensor, **cond) -> Tensor:
+        feed = {name: value.numpy() for name, value in zip(self.names, _feeds(self.names, x, t, cond))}
         return torch.from_numpy(self.session.run(None, feed)[0])
 
 
@@ -124,13 +143,8 @@ class TorchScriptNetwork:
     def __init__(self, path: str | Path, names: list[str]) -> None:
         self.module, self.names = torch.jit.load(str(path), map_location="cpu"), names
 
-    def __call__(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None, **_) -> Tensor:
-        t = t.float().reshape(-1).expand(len(x)).contiguous()
-        if CLASS_LABELS in self.names:
-            if class_labels is None:
-                raise MeddiffError("this exported network is class-conditional: pass class_labels (B,) int64")
-            return self.module(x.float(), t, class_labels.long())
-        return self.module(x.float(), t)
+    def __call__(self, x: Tensor, t: Tensor, **cond) -> Tensor:
+        return self.module(*_feeds(self.names, x, t, cond))
 
 
 def sidecar(path: str | Path) -> Path:
@@ -159,7 +173,7 @@ def max_export_error(model: torch.nn.Module, exported: Callable[..., Tensor], me
     for seed, (batch, times) in enumerate([(1, torch.tensor([0.0])), (1, torch.tensor([float(steps // 2)])),
                                            (1, torch.tensor([float(steps - 1)])), (2, None)]):
         inputs = example_inputs(meta, batch, seed=seed, times=times)
-        cond = {CLASS_LABELS: inputs[2]} if len(inputs) == 3 else {}
+        cond = dict(zip(input_names(meta)[2:], inputs[2:]))
         with torch.no_grad():
             reference = model(inputs[0], inputs[1], **cond)
             error = max(error, float((exported(inputs[0], inputs[1], **cond) - reference).abs().max()))

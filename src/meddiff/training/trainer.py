@@ -224,13 +224,22 @@ class Trainer:
     def _warm_start(self, source: str) -> None:
         """Start from the EMA weights of checkpoint ``source`` (fine-tuning or a new schedule after a finished run)."""
         checkpoint = resolve_checkpoint(source)
-        network = read_meta(checkpoint).get("network")
-        if network is not None and network != self.config["model"]:
-            keys = sorted(k for k in set(network) | set(self.config["model"]) if network.get(k) != self.config["model"].get(k))
-            raise MeddiffError(f"run.init_from={source}: its network differs from this config's model in {', '.join(keys)}; "
-                               "use the same model section as the checkpoint's config.yaml")
+        network, model = read_meta(checkpoint).get("network"), self.config["model"]
+        # a guidance input may be added (guidance distillation): its embedding is new and starts at zero
+        adds_guidance = bool(model.get("guidance_input")) and network is not None \
+            and not network.get("guidance_input")
+        if network is not None:
+            keys = sorted(k for k in set(network) | set(model) if network.get(k) != model.get(k)
+                          and not (k == "guidance_input" and (adds_guidance or not model.get(k))))
+            if keys:
+                raise MeddiffError(f"run.init_from={source}: its network differs from this config's model in "
+                                   f"{', '.join(keys)}; use the same model section as the checkpoint's config.yaml")
         weights = load_file(checkpoint / "ema.safetensors")
-        self.net.load_state_dict({k: v.float() for k, v in weights.items()})
+        result = self.net.load_state_dict({k: v.float() for k, v in weights.items()}, strict=not adds_guidance)
+        if adds_guidance and (result.unexpected_keys or any(not k.startswith("guidance_embed.")
+                                                            for k in result.missing_keys)):
+            raise MeddiffError(f"run.init_from={source}: weights do not match this network apart from its guidance "
+                               f"input (missing {result.missing_keys[:4]}, unexpected {result.unexpected_keys[:4]})")
 
     def _complete_model_config(self, config: dict, dataset: Dataset) -> dict:
         """Fill channels, dimensions, image size, classes and conditioning channels from the dataset."""
