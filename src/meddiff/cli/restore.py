@@ -20,7 +20,9 @@ def register(subparsers) -> None:
                     "averaging (the mean over scale x scale blocks) unless --kernel says otherwise. inpaint: --mask "
                     "marks the missing pixels (1 = fill); on a 3D volume a mask of whole slices along the last axis "
                     "fills those slices from the known ones (linear, cubic, biharmonic, or ddnm / sdedit: the axial prior refining "
-                    "the linear interpolation). denoise: --sigma is the noise sd in the input's units "
+                    "the linear interpolation, or slice-diffusion / slice-unet: networks trained to predict a missing "
+                    "slice from its nearest known slices below and above; shipped slices_diffusion_ixi / "
+                    "slices_unet_ixi where present). denoise: --sigma is the noise sd in the input's units "
                     f"(estimated when left out). Methods per task: {by_task}. Zero-shot methods (ddnm, dps, "
                     "repaint, diffusion) draw --samples posterior samples; the output is their mean and --std-out "
                     "their per-pixel standard deviation.",
@@ -34,16 +36,19 @@ def register(subparsers) -> None:
                              "gaussian = Gaussian blur of sd scale/2 sampled at the block centres")
     parser.add_argument("--mask", help="inpainting mask (.npy, .png, .nii.gz), 1 = missing pixel; (H, W) for every "
                                        "slice or the input's shape (whole missing slices of a volume: linear, cubic, "
-                                       "biharmonic, ddnm, sdedit)")
+                                       "biharmonic, ddnm, sdedit, slice-diffusion, slice-unet)")
     parser.add_argument("--sigma", type=float, help="denoising: noise sd in the input's intensity units")
     parser.add_argument("--noise", choices=NOISES, default="gaussian", help="denoising: noise model (default gaussian)")
     parser.add_argument("--lam", type=float, help="tv: regularisation weight (default per task)")
-    parser.add_argument("--samples", type=int, help="zero-shot methods and sr3: posterior samples K (default per "
-                                                    "method)")
-    parser.add_argument("--steps", type=int, help="zero-shot methods and sr3: sampler steps (default per method)")
-    parser.add_argument("--checkpoint", help="prior checkpoint (zero-shot methods) or trained network (sr3, unet): "
+    parser.add_argument("--samples", type=int, help="zero-shot methods, sr3 and slice-diffusion: posterior "
+                                                    "samples K (default per method)")
+    parser.add_argument("--steps", type=int, help="zero-shot methods, sr3 and slice-diffusion: sampler steps "
+                                                  "(default per method)")
+    parser.add_argument("--checkpoint", help="prior checkpoint (zero-shot methods) or trained network (sr3, unet, "
+                                             "slice-diffusion, slice-unet): "
                                              "directory, run directory or shipped name (default: the shipped prior "
-                                             "for restore, else for reconstruct; sr3_ixi_4x; unet_sr_ixi_4x)")
+                                             "for restore, else for reconstruct; sr3_ixi_4x; unet_sr_ixi_4x; "
+                                             "slices_diffusion_ixi; slices_unet_ixi)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0; slice z of a volume uses "
                                                             "seed + z)")
     parser.add_argument("--out", required=True, help="output image (.npy, .nii.gz or .nii)")

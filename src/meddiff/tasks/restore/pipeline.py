@@ -18,13 +18,14 @@ from meddiff.tasks.restore.learned import LEARNED, SRModel, load_sr_model, solve
 from meddiff.tasks.restore.methods import ZERO_SHOT, solve
 from meddiff.tasks.restore.problems import TASKS, check_mask, make_problem
 from meddiff.tasks.restore.slices3d import SLICE_METHODS, SLICE_SAMPLING, missing_slices, restore_slices
+from meddiff.tasks.restore.slices_learned import SLICE_LEARNED, SliceModel, fill_slices, load_slice_model
 
 METHODS = {task: BASELINES[task] + ZERO_SHOT[task] + LEARNED[task] for task in TASKS}
 # methods that draw samples (an uncertainty map): the zero-shot solvers and SR3
 SAMPLING = {task: ZERO_SHOT[task] + tuple(m for m in LEARNED[task] if m == "sr3") for task in TASKS}
-SAMPLING["inpaint"] += tuple(m for m in SLICE_SAMPLING if m not in SAMPLING["inpaint"])
+SAMPLING["inpaint"] += tuple(m for m in SLICE_SAMPLING + ("slice-diffusion",) if m not in SAMPLING["inpaint"])
 # whole missing slices of a 3D volume (--task inpaint with a mask of whole slices; ``slices3d``)
-SLICE_ONLY = tuple(m for m in SLICE_METHODS if m not in METHODS["inpaint"])
+SLICE_ONLY = tuple(m for m in SLICE_METHODS + SLICE_LEARNED if m not in METHODS["inpaint"])
 ALL_METHODS = tuple(dict.fromkeys([m for task in TASKS for m in METHODS[task]] + list(SLICE_ONLY)))
 OUTPUT_SUFFIXES = (".npy", ".nii.gz", ".nii")
 
@@ -62,16 +63,17 @@ def check_method(task: str, method: str) -> None:
 def restore(image, task: str, method: str, *, scale: int | None = None, kernel: str = "area", mask=None,
             sigma: float | None = None, noise: str = "gaussian", samples: int | None = None,
             steps: int | None = None, seed: int = 0, checkpoint: str | Path | None = None,
-            prior: Prior | None = None, model: SRModel | None = None, **params) -> Restoration:
+            prior: Prior | None = None, model: SRModel | SliceModel | None = None, **params) -> Restoration:
     """Restore ``image`` (2D (H, W), or 3D (H, W, D) slice by slice): super-resolution (the low-resolution input ->
     ``scale`` x its in-plane size; ``kernel`` "area" = the mean over scale x scale blocks by default), inpainting
     (``mask``: 1 = missing, (H, W) or the image's shape; a 3D mask of whole slices along the last axis fills those
-    slices from the others, ``slices3d``: linear, cubic, biharmonic, ddnm, sdedit) or denoising (``sigma``: noise sd
+    slices from the others, ``slices3d``: linear, cubic, biharmonic, ddnm, sdedit; ``slices_learned``: slice-diffusion,
+    slice-unet) or denoising (``sigma``: noise sd
     in the image's units, estimated when None; ``noise`` "gaussian" or "rician"). ``params``: method parameters
     (``lam`` for tv; steps, eta, zeta, start, jump, resample for the zero-shot solvers, ``methods.SOLVER_DEFAULTS``;
     factor, start, level for the missing-slice ones, ``slices3d.SLICE_DEFAULTS``; eta for sr3).
-    ``checkpoint``: the prior of the zero-shot solvers, or the trained network of sr3 / unet (``learned``; ``model``
-    passes one already loaded)."""
+    ``checkpoint``: the prior of the zero-shot solvers, or the trained network of sr3 / unet (``learned``) or
+    slice-diffusion / slice-unet (``slices_learned``); ``model`` passes one already loaded."""
     check_method(task, method)
     image = np.asarray(image)
     if image.ndim not in (2, 3):
@@ -97,7 +99,7 @@ def restore(image, task: str, method: str, *, scale: int | None = None, kernel: 
         missing = missing_slices(np.stack(masks, -1))
         if missing is not None:
             return _restore_slices(volume, missing, method, prior=prior, checkpoint=checkpoint, steps=steps,
-                                   samples=samples, seed=seed, **params)
+                                   samples=samples, seed=seed, model=model, **params)
     if method in SLICE_ONLY:
         raise MeddiffError(f"--method {method} fills whole missing slices of a 3D volume (a --mask of whole slices "
                            f"along the last axis); for holes choose one of: {', '.join(METHODS[task])}")
@@ -135,13 +137,20 @@ def restore(image, task: str, method: str, *, scale: int | None = None, kernel: 
     return Restoration(out, std, nfe, time.perf_counter() - start, info)
 
 
-def _restore_slices(volume: np.ndarray, missing, method: str, *, prior: Prior | None, checkpoint, **kwargs
-                    ) -> Restoration:
-    """Whole missing slices of a volume (``slices3d.restore_slices``)."""
+def _restore_slices(volume: np.ndarray, missing, method: str, *, prior: Prior | None, checkpoint, model=None,
+                    **kwargs) -> Restoration:
+    """Whole missing slices of a volume (``slices3d.restore_slices``; ``slices_learned.fill_slices``)."""
     if method in SLICE_SAMPLING and prior is None:
         prior = restore_prior(checkpoint)
+    if method in SLICE_LEARNED and model is None:
+        model = load_slice_model(method, checkpoint)
+    if method in SLICE_LEARNED and model.method != method:
+        raise MeddiffError(f"--checkpoint {model.source} is a {model.method} model, not {method}")
     start = time.perf_counter()
-    out, std, nfe, settings = restore_slices(volume, missing, method, prior=prior, **kwargs)
+    if method in SLICE_LEARNED:
+        out, std, nfe, settings = fill_slices(volume, missing, model, **kwargs)
+    else:
+        out, std, nfe, settings = restore_slices(volume, missing, method, prior=prior, **kwargs)
     info = {"task": "inpaint", "method": method, "mode": "missing slices", **settings}
     return Restoration(out, std, nfe, time.perf_counter() - start, info)
 

@@ -1,0 +1,207 @@
+"""Train the missing-slice models of issue 22 for a fixed wall time: the slice-conditional diffusion model
+(configs/slices/slices_diffusion_ixi.yaml, the meddiff Trainer, SR3/Palette-style conditioning on the two known
+neighbours) and the supervised UNet baseline (configs/slices/slices_unet_ixi.yaml, ``meddiff.training.regression``), on
+the same pairs (``meddiff.data.slice_triplets``), each on one CPU thread, started together so both get the same wall
+time on the same machine:
+
+    nice -n 19 env OMP_NUM_THREADS=1 nohup .venv/bin/python scripts/train_slices.py --model diffusion \
+        --max-seconds 2280 > runs/slice22/diffusion.log &
+    nice -n 19 env OMP_NUM_THREADS=1 nohup .venv/bin/python scripts/train_slices.py --model unet \
+        --max-seconds 2280 > runs/slice22/unet.log &
+
+Runs go to runs/slice22/<name>/ (``--resume`` continues; the seconds of all sittings count towards ``--max-seconds``;
+the SR3 time-limit loop of scripts/train_sr.py is reused). ``--ship`` (no training) ships the run's model to
+src/meddiff/assets/checkpoints/<name>/ with config, log, command, split and a model card (diffusion: fp16 EMA by
+``export_checkpoint``; UNet: fp16 weights by ``save_regression``) -- only after it beat biharmonic on TEST in
+benchmarks/restoration.py --settings slices3d. ``--tune-val N`` (no training) scores sampling variants on N VAL
+volumes (never test) and writes runs/slice22/tune.json: how ``slices_learned.SLICE_LEARNED_DEFAULTS`` was chosen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import meddiff.data.slice_triplets  # noqa: F401  (registers the slice_triplets data kind)
+from meddiff.data import build_dataset
+from meddiff.files import read_yaml_mapping, write_text
+from meddiff.training import list_checkpoints, load_config
+from meddiff.training.config import dump_yaml
+from meddiff.training.regression import build_regression_unet, load_regression, save_regression, train_regression
+from meddiff.training.shipped import SHIPPED_DIR, export_checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_sr import seconds_file, train_sr3  # noqa: E402  (the same time-limited Trainer loop)
+
+CONFIGS = {"diffusion": "configs/slices/slices_diffusion_ixi.yaml", "unet": "configs/slices/slices_unet_ixi.yaml"}
+NAMES = {"diffusion": "slices_diffusion_ixi", "unet": "slices_unet_ixi"}
+DESCRIPTIONS = {
+    "diffusion": "missing-slice inpainting of 2 mm axial IXI T1 volumes: a conditional diffusion model on the two "
+                 "known neighbour slices (residual target); meddiff restore --task inpaint --method slice-diffusion",
+    "unet": "supervised MONAI UNet for missing-slice inpainting of 2 mm axial IXI T1 volumes (two known neighbours -> "
+            "the missing slice, L1, residual); meddiff restore --task inpaint --method slice-unet",
+}
+TRAINED_ON = "IXI T1 2 mm axial slice triplets, 150 train subjects (configs/splits/ixi_t1_2mm_dlmuse.json)"
+TUNE_VARIANTS = {
+    "linear": ("linear", {}), "biharmonic": ("biharmonic", {}), "slice-unet": ("slice-unet", {}),
+    "slice-diffusion s10 eta0": ("slice-diffusion", {"steps": 10, "eta": 0.0}),
+    "slice-diffusion s10 eta1": ("slice-diffusion", {"steps": 10, "eta": 1.0}),
+    "slice-diffusion s20 eta1": ("slice-diffusion", {"steps": 20, "eta": 1.0}),
+}
+
+
+def unet_data_config(unet_config: dict) -> dict:
+    return dict(load_config(unet_config["data_from"])["data"])
+
+
+def tune_val(subjects: int, out_dir: Path, samples: int = 2) -> dict:
+    """Mean PSNR in the missing slices of each ``TUNE_VARIANTS`` entry on VAL volumes (the benchmark's 13-slice val
+    blocks, every second slice missing; K = ``samples``)."""
+    import statistics
+
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import restoration as bench
+    from mri_ixi import split_subjects
+
+    from meddiff.tasks import restore as R
+    from meddiff.tasks.restore.slices_learned import load_slice_model
+
+    torch.set_num_threads(1)
+    cases = bench.load_volumes(split_subjects("val", subjects), bench.SLICES3D_VAL_BLOCK)
+    models = {m: load_slice_model(m, out_dir / NAMES[k])
+              for m, k in (("slice-diffusion", "diffusion"), ("slice-unet", "unet"))}
+    results = {}
+    for name, (method, params) in TUNE_VARIANTS.items():
+        values = []
+        for case in cases:
+            vol = case["image"]
+            mask = R.missing_slices_mask(vol.shape, every=2).numpy()
+            kwargs = dict(params, model=models[method]) if method in models else {}
+            if method == "slice-diffusion":
+                kwargs["samples"] = samples
+            out = R.restore(np.where(mask, 0, vol), "inpaint", method, mask=mask, **kwargs)
+            values.append(R.volume_scores(out.image, vol, np.flatnonzero(mask.all((0, 1))), case["brain"])
+                          ["psnr_missing"])
+        results[name] = statistics.mean(values)
+        print(f"{name}: {results[name]:.2f} dB", flush=True)
+    write_text(out_dir / "tune.json", json.dumps({"subjects": [c["subject"] for c in cases], "samples": samples,
+                                                  "psnr_missing": results}, indent=1))
+    return results
+
+
+def val_table(out_dir: Path) -> str:
+    file = out_dir / "tune.json"
+    if not file.is_file():
+        return ""
+    tune = json.loads(file.read_text())
+    rows = "\n".join(f"| {k} | {v:.2f} |" for k, v in tune["psnr_missing"].items())
+    return (f"\nVAL volumes ({', '.join(tune['subjects'])}; 13-slice blocks, every second slice missing, K = "
+            f"{tune['samples']}; `scripts/train_slices.py --tune-val {len(tune['subjects'])}`; test numbers: "
+            "benchmarks/README.md):\n\n| method | PSNR in the missing slices |\n|---|---|\n" + rows + "\n")
+
+
+def model_card(kind: str, name: str, result: dict, config_path: str, command: str, out_dir: Path) -> str:
+    what = ("A Palette/SR3-style conditional DiffusionModelUNet (v-prediction, 1000-step linear schedule, min-SNR-5 "
+            "weighting) whose input is the noisy missing slice concatenated with its two known neighbours (z-1, z+1); "
+            "the target is the residual 4 x (slice - mean of the neighbours), so `meddiff restore --method "
+            "slice-diffusion` adds the linear fill back (DDIM, K samples -> mean and std)."
+            if kind == "diffusion" else
+            "A MONAI UNet (channels 16-32-64-128, 2 residual units per level) mapping the two known neighbours "
+            "(z-1, z+1) to 4 x (slice - their mean), L1 loss, Adam 1e-3 constant: the supervised regression baseline "
+            "of the slice diffusion model, trained on the same pairs for the same wall time, at the same time on the "
+            "same machine; `meddiff restore --method slice-unet`.")
+    return f"""# {name}
+
+{what}
+
+- Data: IXI T1 at 2 mm (../shared/data/ixi_t1_2mm_dlmuse), axial slices (RAS, centre crop 88 x 120), 150 train
+  subjects; val/test subjects never used for training (split.json). Pairs: `meddiff.data.slice_triplets` (every slice
+  with both neighbours and >= 15 % foreground; 64 x 64 windows at seeded positions; intensities over the
+  `magnitude_scale` of the two neighbours, zero = -1). Inference runs on whole slices (fully convolutional).
+- Training: {result['steps']} steps in {result['seconds'] / 60:.1f} min of wall time on one CPU thread of a shared
+  2-core machine (other jobs running), config `{config_path}` (copied as config.yaml), log.csv, command.txt.
+- Short training: the loss was still falling at the end (log.csv); more steps (and whole slices instead of windows)
+  would buy more. How it compares with linear / biharmonic and the other model on TEST: benchmarks/README.md
+  (restoration, slices3d).
+{val_table(out_dir)}
+- Reproduce (one line per sitting, then `--ship`):
+
+```
+{command}
+```
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(CONFIGS), help="the model to train or ship")
+    parser.add_argument("--tune-val", type=int, metavar="N", help="only score sampling variants on N val volumes")
+    parser.add_argument("--max-seconds", type=float, default=2280.0, help="training wall time, all sittings")
+    parser.add_argument("--out-dir", default="runs/slice22")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--ship", action="store_true", help="ship the run's model (no training)")
+    args = parser.parse_args(argv)
+    if args.tune_val:
+        tune_val(args.tune_val, Path(args.out_dir))
+        return 0
+    if args.model is None:
+        parser.error("--model is required (or --tune-val N)")
+    name, config_path = NAMES[args.model], CONFIGS[args.model]
+    run_dir = Path(args.out_dir) / name
+    commands = run_dir / "commands.txt"
+    if not args.ship:
+        line = "nice -n 19 env OMP_NUM_THREADS=1 " + shlex.join([".venv/bin/python", "scripts/train_slices.py",
+                                                                  *(argv or sys.argv[1:])])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        previous = commands.read_text() if args.resume and commands.is_file() else ""
+        write_text(commands, previous + line + "\n")
+    if args.model == "diffusion":
+        config = load_config(config_path)
+        config["run"].update({"name": name, "out_dir": args.out_dir, "progress": False})
+        if not args.ship:
+            result = train_sr3(config, run_dir, args.max_seconds, args.resume)
+            print(f"trained {name}: {result}")
+            return 0
+        command = commands.read_text().strip() + f"\n.venv/bin/python scripts/train_slices.py --model {args.model} --ship"
+        result = json.loads(seconds_file(run_dir).read_text())
+        checkpoint = list_checkpoints(run_dir / "checkpoints")[-1]
+        shipped = export_checkpoint(checkpoint, name, command=command, description=DESCRIPTIONS["diffusion"],
+                                    trained_on=TRAINED_ON,
+                                    extra_files={"split.json": Path(config["data"]["split_file"])})
+        result["steps"] = json.loads((checkpoint / "meta.json").read_text()).get("step", result.get("step"))
+    else:
+        config = read_yaml_mapping(config_path)
+        data = unet_data_config(config)
+        if not args.ship:
+            dataset = build_dataset(data, "train")
+            model = build_regression_unet(2, 1, **config["model"])
+            result = train_regression(model, dataset, max_seconds=args.max_seconds, run_dir=run_dir,
+                                      resume=args.resume, log=lambda line: print(line, flush=True), **config["train"])
+            save_regression(model, run_dir / "final", meta={**result, "data": data})
+            print(f"trained {name}: {result}")
+            return 0
+        command = commands.read_text().strip() + f"\n.venv/bin/python scripts/train_slices.py --model {args.model} --ship"
+        model = load_regression(run_dir / "final")
+        result = json.loads((run_dir / "final" / "regression.json").read_text())["meta"]
+        shipped = SHIPPED_DIR / name
+        save_regression(model, shipped, meta={**result, "shipped": {"name": name, "description": DESCRIPTIONS["unet"],
+                                                                     "trained_on": TRAINED_ON}},
+                        dtype=__import__("torch").float16)
+        write_text(shipped / "config.yaml", dump_yaml({**config, "data": data}))
+        shutil.copy2(run_dir / "log.csv", shipped / "log.csv")
+        shutil.copy2(data["split_file"], shipped / "split.json")
+        write_text(shipped / "command.txt", command + "\n")
+    write_text(shipped / "README.md", model_card(args.model, name, result, config_path, command, Path(args.out_dir)))
+    print(f"shipped {name} -> {shipped}: {result}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

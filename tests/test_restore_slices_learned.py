@@ -1,0 +1,192 @@
+"""Learned missing-slice inpainting (meddiff.data.slice_triplets, meddiff.tasks.restore.slices_learned): the training
+pairs against a hand computation, the residual mapping's round trip, the neighbour search, a zero-residual network
+reproducing the linear fill, the CLI round trip with tiny trained networks (known slices unchanged, affine kept, std
+map) and the failure paths. Tiny volumes, two-level networks, two training steps."""
+
+import functools
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from meddiff.cli.main import main
+from meddiff.data import COND_KEY, IMAGE_KEY
+from meddiff.data.slice_triplets import SliceTriplets, neighbour_condition, residual_fill, triplet_item
+from meddiff.data.transforms import magnitude_scale
+from meddiff.diffusion import ModelDenoiser, make_schedule
+from meddiff.errors import MeddiffError
+from meddiff.tasks import restore as R
+from meddiff.tasks.restore.slices_learned import (SliceModel, fill_slices, load_slice_model, neighbours,
+                                                  untrained_slice_model)
+
+
+def volume(h=16, w=16, d=9, seed=0):
+    """A blob whose size changes along the slice axis, plus noise and a bar: >= 0, (h, w, d)."""
+    yy, xx, zz = np.mgrid[0:h, 0:w, 0:d].astype(np.float64)
+    img = (1 + 0.1 * zz) * np.exp(-((yy - h / 2) ** 2 + (xx - w / 2) ** 2) / (0.05 * h * w * (1 + 0.05 * zz)))
+    img[h // 4:h // 4 + 2, 1:-1, :] += 0.3
+    img += 0.02 * np.random.default_rng(seed).random(img.shape)
+    return img.astype(np.float32)
+
+
+def test_triplet_item_against_hand_computation_and_residual_round_trip():
+    vol = volume() * 7.0
+    item = triplet_item(vol, 4, residual_scale=4.0)
+    s = magnitude_scale(np.stack([vol[..., 3], vol[..., 5]]))
+    v = 2 * vol / s - 1
+    np.testing.assert_allclose(item[COND_KEY].numpy(), np.stack([v[..., 3], v[..., 5]]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(item[IMAGE_KEY][0].numpy(), 4.0 * (v[..., 4] - (v[..., 3] + v[..., 5]) / 2),
+                               rtol=1e-5, atol=1e-5)
+    # inference maps the residual back to the slice
+    back = residual_fill(item[COND_KEY], item[IMAGE_KEY], 4.0)
+    np.testing.assert_allclose((0.5 * s * (back + 1))[0].numpy(), vol[..., 4], rtol=1e-5, atol=1e-5)
+    # the condition is scale-free: the same volume in other units gives the same pair
+    other = triplet_item(vol / 7.0, 4, residual_scale=4.0)
+    torch.testing.assert_close(other[COND_KEY], item[COND_KEY], rtol=1e-5, atol=1e-5)
+
+
+def test_slice_triplets_index_windows_and_determinism():
+    vols = [volume(seed=0), volume(d=6, seed=1)]
+    vols[1][..., 2] = 0.0  # an empty slice: dropped by the foreground filter
+    full = SliceTriplets(None, volumes=vols, split_file=None, patch=None, min_foreground=0.05)
+    assert full.index == [(0, z) for z in range(1, 8)] + [(1, z) for z in (1, 3, 4)]  # no ends, no empty slice
+    assert full.image_shape == (1, 16, 16) and full[0][COND_KEY].shape == (2, 16, 16)
+    win = SliceTriplets(None, volumes=vols, split_file=None, patch=8, patches_per_slice=3, min_foreground=0.05)
+    assert len(win) == 3 * len(full) and win.image_shape == (1, 8, 8)
+    for i in (0, 4, len(win) - 1):
+        a, b = win[i], win[i]
+        torch.testing.assert_close(a[IMAGE_KEY], b[IMAGE_KEY])  # positions from (seed, index) alone
+        whole = full[i // 3][COND_KEY]  # a window of the whole-slice pair (the whole slices' scale)
+        hits = [(t, l) for t in range(9) for l in range(9)
+                if torch.allclose(whole[:, t:t + 8, l:l + 8], a[COND_KEY])]
+        assert hits
+    with pytest.raises(MeddiffError, match="patch"):
+        SliceTriplets(None, volumes=vols, split_file=None, patch=32)
+
+
+def test_neighbours_and_the_edge_error():
+    below, above = neighbours(9, [1, 3, 4, 7])
+    assert below.tolist() == [0, 2, 2, 6] and above.tolist() == [2, 5, 5, 8]
+    with pytest.raises(MeddiffError, match="missing slice 0 has no known slice below"):
+        neighbours(5, [0, 2])
+    with pytest.raises(MeddiffError, match="missing slice 4 has no known slice above"):
+        neighbours(5, [2, 4])
+
+
+class Zero(torch.nn.Module):
+    """A network that predicts a zero residual (one output channel)."""
+
+    def forward(self, x, t=None, **_):
+        return torch.zeros_like(x[:, :1])
+
+
+def test_zero_residual_networks_reproduce_the_linear_fill():
+    vol = volume()
+    missing = [1, 3, 5, 7]
+    linear = R.interpolate_slices(vol, missing)
+    unet = SliceModel("slice-unet", Zero(), 4, 4.0, "zero")
+    out, std, nfe, settings = fill_slices(vol, missing, unet)
+    np.testing.assert_allclose(out, linear, rtol=1e-5, atol=1e-6)
+    assert std is None and nfe == 1 and settings["max_gap"] == 1
+    schedule = make_schedule({"kind": "discrete", "beta_schedule": "linear", "num_train_steps": 1000})
+    diffusion = SliceModel("slice-diffusion", Zero(), 4, 4.0, "zero", ModelDenoiser(Zero(), schedule, "x0"), schedule,
+                           {"prediction": "x0"})
+    out, std, nfe, _ = fill_slices(vol, missing, diffusion, steps=3, samples=2, eta=0.0)
+    np.testing.assert_allclose(out, linear, atol=1e-3 * vol.max())
+    assert nfe == 3 and std.shape == vol.shape and not std[..., [0, 2, 4, 6, 8]].any()
+
+
+@functools.cache
+def tiny_models(root):
+    """A tiny slice-diffusion run (2 Trainer steps) and a tiny slice-unet (2 regression steps) on synthetic triplets."""
+    from meddiff.training import Trainer
+    from meddiff.training.regression import build_regression_unet, save_regression, train_regression
+
+    data = {"kind": "slice_triplets", "path": "synthetic", "split_file": "none", "patch": 8, "residual_scale": 4.0}
+    dataset = SliceTriplets(None, volumes=[volume(seed=i) for i in range(2)], split_file=None, patch=8,
+                            min_foreground=0.05)
+    config = {"model": {"channels": [8, 8], "attention_levels": [False, False], "num_res_blocks": 1,
+                        "norm_num_groups": 4, "num_classes": None},
+              "diffusion": {"prediction": "v"}, "data": data,
+              "run": {"name": "tiny", "steps": 2, "batch_size": 4, "log_every": 1, "checkpoint_every": 2,
+                      "progress": False, "sample_every": 0}}
+    trainer = Trainer(config, dataset=dataset, run_dir=f"{root}/diffusion")
+    trainer.fit()
+    trainer.close()
+    unet = build_regression_unet(2, 1, channels=[4, 8], strides=[2], num_res_units=0)
+    train_regression(unet, dataset, max_steps=2, batch_size=4)
+    save_regression(unet, f"{root}/unet", meta={"data": data})
+    return f"{root}/diffusion", f"{root}/unet"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return tiny_models(str(tmp_path_factory.mktemp("slice_models")))
+
+
+@pytest.mark.parametrize("method", ["slice-diffusion", "slice-unet"])
+def test_cli_round_trip_keeps_known_slices_and_affine(method, models, tmp_path, capsys):
+    checkpoint = models[0] if method == "slice-diffusion" else models[1]
+    vol = volume(h=14, w=18)  # not a multiple of the networks' padding
+    mask = R.missing_slices_mask(vol.shape, every=2).numpy().astype(np.uint8)
+    affine = np.diag([2.0, 2.0, 4.0, 1.0])
+    affine[:3, 3] = [5, -3, 1]
+    nib.save(nib.Nifti1Image(np.where(mask, 0, vol), affine), str(tmp_path / "thick.nii.gz"))
+    nib.save(nib.Nifti1Image(mask, affine), str(tmp_path / "mask.nii.gz"))
+    extra = ["--samples", "2", "--steps", "2", "--std-out", str(tmp_path / "std.nii.gz")] \
+        if method == "slice-diffusion" else []
+    assert main(["restore", "--task", "inpaint", "--input", str(tmp_path / "thick.nii.gz"), "--mask",
+                 str(tmp_path / "mask.nii.gz"), "--method", method, "--checkpoint", checkpoint, "--out",
+                 str(tmp_path / "out.nii.gz"), *extra]) == 0
+    assert f"inpaint by {method}" in capsys.readouterr().out
+    out = nib.load(str(tmp_path / "out.nii.gz"))
+    np.testing.assert_allclose(out.affine, affine)
+    image = np.asarray(out.dataobj)
+    known = np.flatnonzero(~mask.all((0, 1)).astype(bool))
+    np.testing.assert_array_equal(image[..., known], vol[..., known])  # known slices unchanged
+    assert np.isfinite(image).all() and image[..., 1].std() > 0
+    if method == "slice-diffusion":
+        std = np.asarray(nib.load(str(tmp_path / "std.nii.gz")).dataobj)
+        assert not std[..., known].any() and std[..., 1::2].max() > 0  # two different samples per missing slice
+
+
+def test_untrained_control_changes_the_weights_not_the_method(models):
+    for method, checkpoint in zip(("slice-diffusion", "slice-unet"), models):
+        model = load_slice_model(method, checkpoint)
+        control = untrained_slice_model(model, seed=3)
+        assert control.method == method and "untrained" in control.source
+        trained = dict(model.net.named_parameters())
+        assert any(not torch.equal(p, trained[n]) for n, p in control.net.named_parameters())
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--method", "slice-unet", "--samples", "2"], "slice-unet gives one deterministic volume"),
+    (["--method", "slice-unet", "--std-out", "STD"], "--std-out needs a sampling method"),
+    (["--method", "slice-diffusion", "--checkpoint", "sr3_ixi_4x"], "not a missing-slice diffusion model"),
+    (["--method", "slice-unet", "--checkpoint", "unet_sr_ixi_4x"], "not a missing-slice UNet"),
+    (["--method", "slice-unet", "--checkpoint", "NOWHERE"], "no missing-slice UNet there"),
+    (["--method", "slice-unet", "--mask", "EDGE"], "missing slice 8 has no known slice above"),
+    (["--method", "slice-unet", "--mask", "HOLE"], "fills whole missing slices of a 3D volume"),
+])
+def test_bad_input_is_a_one_line_error(args, match, models, tmp_path, capsys):
+    vol = volume()
+    np.save(tmp_path / "vol.npy", vol)
+    np.save(tmp_path / "mask.npy", R.missing_slices_mask(vol.shape, every=2).numpy().astype(np.uint8))
+    edge = np.zeros(vol.shape, np.uint8)
+    edge[..., [3, 8]] = 1
+    np.save(tmp_path / "edge.npy", edge)
+    hole = np.zeros(vol.shape, np.uint8)
+    hole[4:8, 4:8, :] = 1
+    np.save(tmp_path / "hole.npy", hole)
+    names = {"STD": str(tmp_path / "std.npy"), "NOWHERE": str(tmp_path / "nowhere"),
+             "EDGE": str(tmp_path / "edge.npy"), "HOLE": str(tmp_path / "hole.npy")}
+    args = [names.get(a, a) for a in args]
+    if "--mask" not in args:
+        args += ["--mask", str(tmp_path / "mask.npy")]
+    if "--checkpoint" not in args:
+        args += ["--checkpoint", models[1] if "slice-unet" in args else models[0]]
+    code = main(["restore", "--task", "inpaint", "--input", str(tmp_path / "vol.npy"), "--out",
+                 str(tmp_path / "out.npy"), *args])
+    err = capsys.readouterr().err
+    assert code != 0 and match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
