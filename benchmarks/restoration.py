@@ -33,6 +33,10 @@ known): an interleaved / thick-slice acquisition at twice the slice distance. Me
 diffusion settings are chosen on VAL volumes (13-slice blocks, 6 missing; ``SLICES3D_GRID``, best mean PSNR in the
 missing slices at K = 2), stored under "tuning" -> "slices3d"; the test rows use them with K = ``--samples`` or 4.
 ``--planes-check`` also scores restoring the slices in the coronal planes on val (``planes_check``).
+Learned rows (``restore.slices_learned``, when their models load): "slice-diffusion" (K = ``--samples`` or 4, steps
+and eta at ``SLICE_LEARNED_DEFAULTS``, chosen on val by scripts/train_slices.py --tune-val) and "slice-unet", from the
+shipped slices_diffusion_ixi / slices_unet_ixi or ``--slice-models DIR`` (run directories DIR/<name>), plus their
+controls "<method>-untrained": the same networks with fresh random weights.
 
 Incremental: every finished row is written to the JSON at once (atomic); a re-run with the same --out skips rows
 already there (subject, slice, setting, method). Output: FILE.json and FILE.md (mean +- std per setting and method).
@@ -40,6 +44,7 @@ already there (subject, slice, setting, method). Output: FILE.json and FILE.md (
     python benchmarks/restoration.py --out restoration.json                      # the whole table (hours on a CPU)
     python benchmarks/restoration.py --out dev.json --subjects 1 --slices 1 --settings sr4   # a smoke run
     python benchmarks/restoration.py --out slices.json --settings slices3d                    # missing slices
+    python benchmarks/restoration.py --out slices.json --settings slices3d --slice-models runs/slice22   # + learned
     python benchmarks/restoration.py --out a.json --settings sr4 --figure fig.png --figure-from a.json,b.json
 """
 
@@ -129,15 +134,18 @@ def load_volumes(subjects: list[str], block: int) -> list[dict]:
 
 
 def run_volume(method: str, case: dict, setting: str, prior, params: dict, samples: int | None,
-               out: Path | None = None) -> dict:
-    """One missing-slice row: every ``every``-th slice of the block removed and filled by ``method``."""
+               out: Path | None = None, slice_models: dict | None = None) -> dict:
+    """One missing-slice row: every ``every``-th slice of the block removed and filled by ``method``
+    (``slice_models``: {row name: loaded ``SliceModel``} for the learned rows and their untrained controls)."""
     vol = case["image"]
     mask = R.missing_slices_mask(vol.shape, every=VOLUME_SETTINGS[setting]["every"]).numpy()
     kwargs = {}
     if method in ("ddnm", "sdedit"):
         kwargs = {"prior": prior, "samples": samples, **params.get(method, {})}
+    if method in (slice_models or {}):
+        kwargs = {"model": slice_models[method], "samples": samples if method.startswith("slice-diffusion") else None}
     start = time.perf_counter()
-    result = R.restore(np.where(mask, 0, vol), "inpaint", method, mask=mask, **kwargs)
+    result = R.restore(np.where(mask, 0, vol), "inpaint", method.split("-untrained")[0], mask=mask, **kwargs)
     seconds = time.perf_counter() - start
     missing = np.flatnonzero(mask.all((0, 1)))
     row = {"subject": case["subject"], "slice": case["slice"], "setting": setting, "method": method,
@@ -419,6 +427,24 @@ def planes_check(subjects: list[str], prior, planes: int = 6) -> dict:
     return {"subjects": subjects, "planes": planes, "psnr_missing": result}
 
 
+def load_slice_models(folder: str | None) -> dict:
+    """{"slice-diffusion": SliceModel, "slice-diffusion-untrained": ..., "slice-unet": ..., "slice-unet-untrained":
+    ...}: the shipped models, or the runs under ``folder`` (a missing one is left out)."""
+    from meddiff.tasks.restore.slices_learned import (DEFAULT_SLICE_MODELS, SLICE_LEARNED, load_slice_model,
+                                                      untrained_slice_model)
+
+    out = {}
+    for method in SLICE_LEARNED:
+        source = None if folder is None else Path(folder) / DEFAULT_SLICE_MODELS[method]
+        try:
+            out[method] = load_slice_model(method, source)
+        except Exception as error:  # not shipped / not trained in this checkout: no rows
+            print(f"no {method} rows: {error}", flush=True)
+            continue
+        out[f"{method}-untrained"] = untrained_slice_model(out[method])
+    return out
+
+
 def run_volume_setting(setting: str, result: dict, args, prior, wanted, done: set, out: Path) -> None:
     """Tune on val volumes (once), then the test rows of a missing-slice setting."""
     if setting not in result["tuning"]:
@@ -428,12 +454,16 @@ def run_volume_setting(setting: str, result: dict, args, prior, wanted, done: se
     if args.planes_check and "planes" not in result["tuning"][setting]:
         result["tuning"][setting]["planes"] = planes_check(split_subjects("val", args.val_subjects), prior)
         write_json(result, out)
+    slice_models = load_slice_models(args.slice_models)
+    result["slice_models"] = {name: model.source for name, model in slice_models.items()}
+    names = list(R.SLICE_METHODS) + [m for m in slice_models if not m.endswith("-untrained") or not args.no_untrained]
     for case in load_volumes(split_subjects("test", args.subjects), SLICES3D_BLOCK):
-        for method in R.SLICE_METHODS:
-            if (wanted is not None and method not in wanted) or (case["subject"], case["slice"], setting,
-                                                                   method) in done:
+        for method in names:
+            if (wanted is not None and method not in wanted and method.split("-untrained")[0] not in wanted) \
+                    or (case["subject"], case["slice"], setting, method) in done:
                 continue
-            row = run_volume(method, case, setting, prior, result["tuning"][setting], args.samples or 4, out)
+            row = run_volume(method, case, setting, prior, result["tuning"][setting], args.samples or 4, out,
+                             slice_models)
             result["rows"].append(row)
             write_json(result, out)
             print(f"{case['subject']} {setting} {method}: PSNR missing {row['psnr_missing']:.2f} (brain "
@@ -533,6 +563,8 @@ def main(argv=None) -> int:
                         help="choose the zero-shot solvers' settings on the val slices (ZERO_SHOT_GRID) first")
     parser.add_argument("--planes-check", action="store_true",
                         help="slices3d: also score DDNM in the coronal planes on val (planes_check)")
+    parser.add_argument("--slice-models", help="slices3d: folder with the run directories slices_diffusion_ixi and "
+                                               "slices_unet_ixi (default: the shipped models)")
     parser.add_argument("--figure", help="only draw the figure PNG of the first --settings entry from kept images")
     parser.add_argument("--figure-from", help="comma list of benchmark JSONs for --figure (default: --out)")
     args = parser.parse_args(argv)
