@@ -26,7 +26,7 @@ import shutil
 import sys
 from pathlib import Path
 
-import meddiff.data.slice_triplets  # noqa: F401  (registers the slice_triplets data kind)
+from meddiff.data import slice_triplets  # noqa: F401  (registers the slice_triplets data kind)
 from meddiff.data import build_dataset
 from meddiff.files import read_yaml_mapping, write_text
 from meddiff.training import list_checkpoints, load_config
@@ -52,6 +52,11 @@ TUNE_VARIANTS = {
     "slice-diffusion s10 eta1": ("slice-diffusion", {"steps": 10, "eta": 1.0}),
     "slice-diffusion s20 eta1": ("slice-diffusion", {"steps": 20, "eta": 1.0}),
 }
+
+
+def ship_command(commands: Path, model: str) -> str:
+    """Every training sitting's command (commands.txt of the run), then the shipping one."""
+    return commands.read_text().strip() + f"\n.venv/bin/python scripts/train_slices.py --model {model} --ship"
 
 
 def unet_data_config(unet_config: dict) -> dict:
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             result = train_sr3(config, run_dir, args.max_seconds, args.resume)
             print(f"trained {name}: {result}")
             return 0
-        command = commands.read_text().strip() + f"\n.venv/bin/python scripts/train_slices.py --model {args.model} --ship"
+        command = ship_command(commands, args.model)
         result = json.loads(seconds_file(run_dir).read_text())
         checkpoint = list_checkpoints(run_dir / "checkpoints")[-1]
         shipped = export_checkpoint(checkpoint, name, command=command, description=DESCRIPTIONS["diffusion"],
@@ -187,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             save_regression(model, run_dir / "final", meta={**result, "data": data})
             print(f"trained {name}: {result}")
             return 0
-        command = commands.read_text().strip() + f"\n.venv/bin/python scripts/train_slices.py --model {args.model} --ship"
+        command = ship_command(commands, args.model)
         model = load_regression(run_dir / "final")
         result = json.loads((run_dir / "final" / "regression.json").read_text())["meta"]
         shipped = SHIPPED_DIR / name

@@ -10,8 +10,9 @@ zero reproduces the linear fill; ``residual_fill`` maps a prediction back.
 
 ``SliceTriplets``: every slice z of each subject's volume (RAS, in-plane centre crop ``crop_to``) with both
 neighbours inside the volume and a foreground fraction >= ``min_foreground``, cut into ``patches_per_slice``
-``patch`` x ``patch`` windows (the scale s of the whole neighbour slices) at positions drawn from (seed, index) alone (training is then a function of the step:
-exact resume); ``patch`` None gives whole slices. Volumes are read once and cached as float16 under ``cache_dir``.
+``patch`` x ``patch`` windows (on the scale s of the whole neighbour slices) at positions drawn from (seed, index)
+alone (training is then a function of the step: exact resume); ``patch`` None gives whole slices. Volumes are
+read once and cached as float16 under ``cache_dir``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Missing-slice inpainting by networks trained on (slices z-1 and z+1) -> slice z pairs (``meddiff.data.slice_triplets``),
-the learned counterpart of ``slices3d``'s interpolation along the slice axis:
+"""Missing-slice inpainting by networks trained on (slices z-1 and z+1) -> slice z pairs
+(``meddiff.data.slice_triplets``), the learned counterpart of ``slices3d``'s interpolation along the slice axis:
 
 - "slice-diffusion": a Palette-style conditional diffusion model (Saharia et al. 2022, "Palette: image-to-image
   diffusion models"; the SR3 channel concatenation of Saharia et al. 2021) whose network sees the noisy missing slice
