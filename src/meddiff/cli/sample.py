@@ -23,7 +23,9 @@ def register(subparsers) -> None:
     parser.add_argument("--class", dest="class_label", type=int,
                         help="class index for a class-conditional model (default: all classes in turn)")
     parser.add_argument("--guidance-scale", type=float, default=1.0,
-                        help="classifier-free guidance: 1 = conditional model, 0 = unconditional, >1 = stronger")
+                        help="classifier-free guidance: 1 = conditional model, 0 = unconditional, >1 = stronger (two "
+                             "network evaluations per step; a guidance-distilled student takes any scale of its "
+                             "trained range in one)")
     parser.add_argument("--label-map", help="3D label map (NIfTI) for a label-conditioned latent model such as "
                         "brain3d_ldm: the raw DLMUSE parcellation or the merged 10-class map, on the training grid")
     parser.add_argument("--no-clip", action="store_true",
