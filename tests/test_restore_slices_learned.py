@@ -192,8 +192,10 @@ def test_bad_input_is_a_one_line_error(args, match, models, tmp_path, capsys):
     assert code != 0 and match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-# PSNR margin over biharmonic that the shipped model keeps on the val block (measured: see the model card)
-MARGIN = {"slice-diffusion": 0.3, "slice-unet": 0.3}
+# PSNR margin over biharmonic that a shipped model must keep on the val block (slices_unet_ixi measured 29.80 dB
+# against biharmonic 28.91 and linear 28.62; its random-weight control 21.6-24.2 dB over seeds 0-2; slice-diffusion is
+# not shipped: its margin is what its TEST gain over biharmonic (+0.40 dB) would allow)
+MARGIN = {"slice-diffusion": 0.2, "slice-unet": 0.5}
 
 
 def val_block(shared_data, depth=9):
@@ -222,9 +224,9 @@ def test_shipped_slice_model_beats_biharmonic_on_a_val_block_and_untrained_does_
     """The shipped model (whichever of the two is shipped) on a held-out VAL block with every second slice missing:
     above the 3D biharmonic fill by a margin; the same network with random weights below the linear fill."""
     from meddiff.tasks.restore.slices_learned import DEFAULT_SLICE_MODELS
-    from meddiff.training.shipped import shipped_path
+    from meddiff.training.shipped import SHIPPED_DIR
 
-    if shipped_path(DEFAULT_SLICE_MODELS[method]) is None:
+    if not (SHIPPED_DIR / DEFAULT_SLICE_MODELS[method]).is_dir():
         pytest.skip(f"{DEFAULT_SLICE_MODELS[method]} is not shipped in this checkout")
     block = val_block(shared_data)
     mask = R.missing_slices_mask(block.shape, every=2).numpy()
