@@ -124,7 +124,8 @@ def test_every_shipped_model_has_a_quality_test():
               "t1_to_t2_flair",  # its quality test: tests/test_translate.py
               "ct_chest_prior",  # its quality test: tests/test_ct_prior.py
               "voxelmorph_ixi",  # its quality test: tests/test_cli_register.py
-              "ddm_rat_cine"}  # its quality test: tests/test_interpolate.py
+              "ddm_rat_cine",  # its quality test: tests/test_interpolate.py
+              "slices_unet_ixi"}  # its quality test: tests/test_restore_slices_learned.py
     shipped = {p.name for p in SHIPPED_DIR.iterdir() if p.is_dir() and not p.name.startswith(".")}
     assert shipped == tested, f"shipped models without a quality test: {sorted(shipped - tested)}"
 
