@@ -84,6 +84,12 @@ def load_slice_model(method: str, checkpoint: str | Path | None = None) -> Slice
         raise MeddiffError(f"--method {method!r} has no trained missing-slice model; choose one of: "
                            f"{', '.join(SLICE_LEARNED)}")
     source = DEFAULT_SLICE_MODELS[method] if checkpoint is None else checkpoint
+    if checkpoint is None:
+        from meddiff.training.shipped import SHIPPED_DIR
+
+        if not (SHIPPED_DIR / source).is_dir():
+            raise MeddiffError(f"--method {method}: no shipped model ({source} is not in this checkout); pass "
+                               f"--checkpoint RUN_DIR (train one with scripts/train_slices.py)")
     if method == "slice-unet":
         from meddiff.training.regression import load_regression, read_regression_config
 
