@@ -252,3 +252,22 @@ def test_shipped_slice_model_beats_biharmonic_on_a_val_block_and_untrained_does_
     biharmonic = psnr(R.restore(given, "inpaint", "biharmonic", mask=mask).image)
     assert trained > biharmonic + MARGIN[method], (trained, biharmonic)
     assert untrained < linear, (untrained, linear)
+
+
+def test_slice_configs_resolve_and_their_data_options_fit_the_dataset():
+    """configs/slices/ (outside the top-level configs that test_configs validates: their data kind is registered by
+    meddiff.data.slice_triplets): the diffusion config resolves as a training config, and both data sections name
+    only SliceTriplets options."""
+    import inspect
+    from pathlib import Path
+
+    from meddiff.files import read_yaml_mapping
+    from meddiff.training import load_config, resolve_config
+
+    root = Path(__file__).resolve().parents[1]
+    config = resolve_config(load_config(root / "configs/slices/slices_diffusion_ixi.yaml"))
+    unet = read_yaml_mapping(root / "configs/slices/slices_unet_ixi.yaml")
+    assert unet["data_from"] == "configs/slices/slices_diffusion_ixi.yaml" and not unet["model"]["residual"]
+    options = set(inspect.signature(SliceTriplets).parameters) - {"self"}
+    data = dict(config["data"])
+    assert data.pop("kind") == "slice_triplets" and set(data) <= options
