@@ -29,12 +29,13 @@ def test_assets_listed_inside_package_and_small():
     # Shipped models are ours (trained here, with script and log): each at most 10 MB in fp16 (issue 21), and the
     # whole package under 60 MB: 40 MB until 2026-12-07, then 50 MB when the SR, translation and registration models
     # came (42.8 MB then: 19 models 36.9 MB, the largest brain_t1_ixi 8.7 MB), then 60 MB for the CT prior, the 3D
-    # latent model and the 64x64 student of session 15; a wheel stays far below PyPI's 100 MB.
+    # latent model and the 64x64 student of session 15, then 65 MB (session 18: the missing-slice UNet and the
+    # guidance-distilled pneumonia student, 61 MB in all); a wheel stays far below PyPI's 100 MB.
     for model in models_dir.iterdir():
         size = sum(p.stat().st_size for p in model.rglob("*") if p.is_file())
         assert size < 10e6, f"shipped model {model.name} is {size / 1e6:.1f} MB; at most 10 MB (fp16 EMA weights)"
     total = sum(p.stat().st_size for p in files)
-    assert total < 60e6, f"shipped assets are {total / 1e6:.1f} MB in all; keep the package under 60 MB"
+    assert total < 65e6, f"shipped assets are {total / 1e6:.1f} MB in all; keep the package under 65 MB"
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

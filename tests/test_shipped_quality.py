@@ -117,6 +117,7 @@ def test_every_shipped_model_has_a_quality_test():
               "brats_autoencoder", "brats_classifier", "chestxray_anoddpm", "chestxray_autoencoder",
               "chestxray_classifier", "feature_net_pneumonia", "pneumonia_cond",
               "pneumonia_cond_student",  # its quality test: tests/test_distill.py
+              "pneumonia_cond_guided_student",  # its quality test: tests/test_distill_guided.py
               "brain_slices_2d_student",  # its quality test: tests/test_distill_brain_student.py
               "brain_parcellation_ixi",  # its quality test: tests/test_segment.py
               "brain3d_ldm",  # its quality test: tests/test_ldm_quality.py
