@@ -22,20 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
 from meddiff.data import slice_triplets  # noqa: F401  (registers the slice_triplets data kind)
 from meddiff.data import build_dataset
 from meddiff.files import read_yaml_mapping, write_text
-from meddiff.training import list_checkpoints, load_config
-from meddiff.training.config import dump_yaml
-from meddiff.training.regression import build_regression_unet, load_regression, save_regression, train_regression
-from meddiff.training.shipped import SHIPPED_DIR, export_checkpoint
+from meddiff.training import load_config
+from meddiff.training.regression import build_regression_unet, save_regression, train_regression
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_sr import seconds_file, train_sr3  # noqa: E402  (the same time-limited Trainer loop)
+from train_sr import ship_diffusion, ship_regression, train_sr3  # noqa: E402  (the same training and shipping)
 
 CONFIGS = {"diffusion": "configs/slices/slices_diffusion_ixi.yaml", "unet": "configs/slices/slices_unet_ixi.yaml"}
 NAMES = {"diffusion": "slices_diffusion_ixi", "unet": "slices_unet_ixi"}
@@ -206,12 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"trained {name}: {result}")
             return 0
         command = ship_command(commands, args.model)
-        result = json.loads(seconds_file(run_dir).read_text())
-        checkpoint = list_checkpoints(run_dir / "checkpoints")[-1]
-        shipped = export_checkpoint(checkpoint, name, command=command, description=DESCRIPTIONS["diffusion"],
-                                    trained_on=TRAINED_ON,
-                                    extra_files={"split.json": Path(config["data"]["split_file"])})
-        result["steps"] = json.loads((checkpoint / "meta.json").read_text()).get("step", result.get("step"))
+        shipped, result = ship_diffusion(config, run_dir, name, command=command, description=DESCRIPTIONS["diffusion"],
+                                         trained_on=TRAINED_ON)
     else:
         config = read_yaml_mapping(config_path)
         data = unet_data_config(config)
@@ -223,20 +216,9 @@ def main(argv: list[str] | None = None) -> int:
             save_regression(model, run_dir / "final", meta={**result, "data": data})
             print(f"trained {name}: {result}")
             return 0
-        command = ship_command(commands, args.model)
-        model = load_regression(run_dir / "final")
-        result = json.loads((run_dir / "final" / "regression.json").read_text())["meta"]
-        shipped = SHIPPED_DIR / name
-        save_regression(model, shipped, meta={**result, "shipped": {"name": name, "description": DESCRIPTIONS["unet"],
-                                                                     "trained_on": TRAINED_ON}},
-                        dtype=__import__("torch").float16)
-        write_text(shipped / "config.yaml", dump_yaml({**config, "data": data}))
-        with open(run_dir / "log.csv", newline="") as fh:  # every 10th step and the last (the package's size cap)
-            lines = fh.read().splitlines()
-        write_text(shipped / "log.csv", "\n".join([lines[0]] + [line for i, line in enumerate(lines[1:], 1)
-                                                               if i % 10 == 0 or i == len(lines) - 1]) + "\n")
-        shutil.copy2(data["split_file"], shipped / "split.json")
-        write_text(shipped / "command.txt", command + "\n")
+        command = ship_command(commands, args.model)  # log.csv: every 10th step and the last (the package's size cap)
+        shipped, result = ship_regression(run_dir, name, config, data, command=command,
+                                          description=DESCRIPTIONS["unet"], trained_on=TRAINED_ON, log_every=10)
     write_text(shipped / "README.md", model_card(args.model, name, result, config_path, command, Path(args.out_dir)))
     print(f"shipped {name} -> {shipped}: {result}")
     return 0

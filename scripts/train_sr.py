@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from meddiff.data import build_dataset
 from meddiff.files import read_yaml_mapping, write_text
 from meddiff.training import list_checkpoints, load_config
@@ -122,6 +124,36 @@ def train_sr3(config: dict, run_dir: Path, max_seconds: float, resume: bool) -> 
     return {"steps": trainer.step, "seconds": seconds}
 
 
+def ship_diffusion(config: dict, run_dir: Path, name: str, *, command: str, description: str, trained_on: str
+                   ) -> tuple[Path, dict]:
+    """Ship the last checkpoint of a `train_sr3` run as ``name`` (fp16 EMA, with the split file); returns (shipped
+    directory, the run's seconds and steps)."""
+    result = json.loads(seconds_file(run_dir).read_text())
+    checkpoint = list_checkpoints(run_dir / "checkpoints")[-1]
+    shipped = export_checkpoint(checkpoint, name, command=command, description=description, trained_on=trained_on,
+                                extra_files={"split.json": Path(config["data"]["split_file"])})
+    result["steps"] = json.loads((checkpoint / "meta.json").read_text()).get("step", result.get("step"))
+    return shipped, result
+
+
+def ship_regression(run_dir: Path, name: str, config: dict, data: dict, *, command: str, description: str,
+                    trained_on: str, log_every: int = 1) -> tuple[Path, dict]:
+    """Ship the regression UNet saved in ``run_dir/final`` as ``name`` (fp16 weights, config, split, command and
+    every ``log_every``-th line of log.csv plus the last); returns (shipped directory, its training result)."""
+    model = load_regression(run_dir / "final")
+    result = json.loads((run_dir / "final" / "regression.json").read_text())["meta"]
+    shipped = SHIPPED_DIR / name
+    save_regression(model, shipped, meta={**result, "shipped": {"name": name, "description": description,
+                                                                 "trained_on": trained_on}}, dtype=torch.float16)
+    write_text(shipped / "config.yaml", dump_yaml({**config, "data": data}))
+    lines = (run_dir / "log.csv").read_text().splitlines()
+    kept = [lines[0]] + [line for i, line in enumerate(lines[1:], 1) if i % log_every == 0 or i == len(lines) - 1]
+    write_text(shipped / "log.csv", "\n".join(kept) + "\n")
+    shutil.copy2(data["split_file"], shipped / "split.json")
+    write_text(shipped / "command.txt", command + "\n")
+    return shipped, result
+
+
 def unet_data_config(unet_config: dict) -> dict:
     """The SR3 config's data section with the plain target (the UNet is residual itself)."""
     data = dict(load_config(unet_config["data_from"])["data"])
@@ -195,14 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(config_path)
         config["run"].update({"name": name, "out_dir": args.out_dir, "progress": False})
         if not args.export_only:
-            result = train_sr3(config, run_dir, args.max_seconds, args.resume)
-        else:
-            result = json.loads(seconds_file(run_dir).read_text())
-        checkpoint = list_checkpoints(run_dir / "checkpoints")[-1]
-        shipped = export_checkpoint(checkpoint, name, command=command, description=DESCRIPTIONS["sr3"],
-                                    trained_on=TRAINED_ON,
-                                    extra_files={"split.json": Path(config["data"]["split_file"])})
-        result["steps"] = json.loads((checkpoint / "meta.json").read_text()).get("step", result.get("step"))
+            train_sr3(config, run_dir, args.max_seconds, args.resume)
+        shipped, result = ship_diffusion(config, run_dir, name, command=command, description=DESCRIPTIONS["sr3"],
+                                         trained_on=TRAINED_ON)
     else:
         config = read_yaml_mapping(config_path)
         data = unet_data_config(config)
@@ -212,16 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             result = train_regression(model, dataset, max_seconds=args.max_seconds, run_dir=run_dir,
                                       resume=args.resume, log=lambda line: print(line, flush=True), **config["train"])
             save_regression(model, run_dir / "final", meta={**result, "data": data})
-        model = load_regression(run_dir / "final")
-        result = json.loads((run_dir / "final" / "regression.json").read_text())["meta"]
-        shipped = SHIPPED_DIR / name
-        save_regression(model, shipped, meta={**result, "shipped": {"name": name, "description": DESCRIPTIONS["unet"],
-                                                                     "trained_on": TRAINED_ON}},
-                        dtype=__import__("torch").float16)
-        write_text(shipped / "config.yaml", dump_yaml({**config, "data": data}))
-        shutil.copy2(run_dir / "log.csv", shipped / "log.csv")
-        shutil.copy2(data["split_file"], shipped / "split.json")
-        write_text(shipped / "command.txt", command + "\n")
+        shipped, result = ship_regression(run_dir, name, config, data, command=command,
+                                          description=DESCRIPTIONS["unet"], trained_on=TRAINED_ON)
     result.setdefault("seconds", 0.0)
     write_text(shipped / "README.md", model_card(args.model, name, result, config_path, command,
                                                          Path(args.out_dir)))
