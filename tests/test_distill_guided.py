@@ -197,6 +197,14 @@ def test_two_stage_run_resumes_exactly_and_samples_at_any_scale_of_its_range(tea
     with pytest.raises(MeddiffError, match="trained at scales 1 to 3"):
         synthesis.generate(student, 2, guidance_scale=4.0)
 
+    # a guidance-input checkpoint as the teacher: the rounds keep the scale an input and its range
+    again = distill({**SETTINGS, "teacher": str(tmp_path / "a" / "guided"), "guidance_range": None, "start_steps": 2},
+                    tmp_path / "c", dataset=TinyImages())
+    again_meta = json.loads((again / "meta.json").read_text())
+    assert again_meta["network"]["guidance_input"] and again_meta["sampling"]["guidance_range"] == [1.0, 3.0]
+    with pytest.raises(MeddiffError, match="already takes the guidance scale"):
+        distill({**SETTINGS, "teacher": str(tmp_path / "a" / "guided")}, tmp_path / "d", dataset=TinyImages())
+
 
 def test_export_carries_the_guidance_input(teacher, tmp_path):
     from meddiff.training.export_onnx import export_network, load_exported
