@@ -210,7 +210,7 @@ def test_shipped_sr3_beats_bicubic_on_a_val_slice_and_untrained_does_not(shared_
 
 
 def test_shipped_unet_beats_bicubic_on_a_val_slice_and_untrained_does_not(shared_data):
-    from meddiff.tasks.restore.learned import SRModel, _resolve_unet
+    from meddiff.tasks.restore.learned import SRModel, resolve_regression_folder
     from meddiff.training.regression import read_regression_config
 
     try:
@@ -226,7 +226,7 @@ def test_shipped_unet_beats_bicubic_on_a_val_slice_and_untrained_does_not(shared
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        fresh = build_regression_unet(**read_regression_config(_resolve_unet("unet_sr_ixi_4x"))["build"]).eval()
+        fresh = build_regression_unet(**read_regression_config(resolve_regression_folder("unet_sr_ixi_4x"))["build"]).eval()
     untrained_model = SRModel("unet", fresh, model.scale, model.kernel, model.multiple, None, "untrained")
     bicubic = psnr(R.restore(low, "super-resolution", "bicubic", scale=4).image)
     trained = psnr(R.restore(low, "super-resolution", "unet", scale=4, model=model).image)

@@ -16,7 +16,6 @@ checkpoint's scale): another scale or kernel is an error naming the checkpoint's
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,19 +59,20 @@ class SRModel:
     meta: dict | None = None
 
 
-def _resolve_unet(checkpoint: str | Path) -> Path:
+def resolve_regression_folder(checkpoint: str | Path, what: str = "supervised UNet",
+                              advice: str = f"the shipped one is {DEFAULT_MODELS['unet']}") -> Path:
+    """The folder of a saved regression network: ``checkpoint`` itself, its ``final/`` (a run directory) or, for a
+    bare name, the shipped model of that name; else a one-line error naming ``what``, with ``advice``."""
     from meddiff.training.regression import CONFIG_FILE
     from meddiff.training.shipped import SHIPPED_DIR
 
     path = Path(checkpoint)
-    candidates = [path, path / "final"]
-    if not path.exists() and "/" not in str(checkpoint):
-        candidates.append(SHIPPED_DIR / str(checkpoint))
+    candidates = [path, path / "final"] + ([SHIPPED_DIR / str(checkpoint)] if "/" not in str(checkpoint) else [])
     for candidate in candidates:
         if (candidate / CONFIG_FILE).is_file():
             return candidate
-    raise MeddiffError(f"--checkpoint {checkpoint}: no supervised UNet there (a folder with {CONFIG_FILE}, a run "
-                       f"directory with final/, or a shipped name such as {DEFAULT_MODELS['unet']})")
+    raise MeddiffError(f"--checkpoint {checkpoint}: no {what} there (a folder with {CONFIG_FILE}, a run "
+                       f"directory with final/, or a shipped name); {advice}")
 
 
 def load_sr_model(method: str, checkpoint: str | Path | None = None) -> SRModel:
@@ -85,7 +85,7 @@ def load_sr_model(method: str, checkpoint: str | Path | None = None) -> SRModel:
     if method == "unet":
         from meddiff.training.regression import load_regression, read_regression_config
 
-        folder = _resolve_unet(source)
+        folder = resolve_regression_folder(source)
         data = read_regression_config(folder)["meta"].get("data", {})
         net = load_regression(folder)
         for p in net.parameters():

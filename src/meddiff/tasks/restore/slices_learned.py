@@ -30,7 +30,7 @@ from meddiff.data.slice_triplets import neighbour_condition, residual_fill
 from meddiff.diffusion import ModelDenoiser, get_sampler, initial_noise, make_schedule, start_grid
 from meddiff.errors import MeddiffError
 from meddiff.tasks.prior import solver_settings
-from meddiff.tasks.restore.learned import _padded_crop
+from meddiff.tasks.restore.learned import _padded_crop, resolve_regression_folder
 
 SLICE_LEARNED = ("slice-diffusion", "slice-unet")
 DEFAULT_SLICE_MODELS = {"slice-diffusion": "slices_diffusion_ixi", "slice-unet": "slices_unet_ixi"}
@@ -65,20 +65,6 @@ def _frozen(net: torch.nn.Module) -> torch.nn.Module:
     return net.eval()
 
 
-def _resolve_regression(checkpoint: str | Path) -> Path:
-    from meddiff.training.regression import CONFIG_FILE
-    from meddiff.training.shipped import SHIPPED_DIR
-
-    path = Path(checkpoint)
-    candidates = [path, path / "final"] + ([SHIPPED_DIR / str(checkpoint)] if "/" not in str(checkpoint) else [])
-    for candidate in candidates:
-        if (candidate / CONFIG_FILE).is_file():
-            return candidate
-    raise MeddiffError(f"--checkpoint {checkpoint}: no missing-slice UNet there (a folder with {CONFIG_FILE}, a run "
-                       f"directory with final/, or a shipped name); train one with scripts/train_slices.py --model "
-                       "unet")
-
-
 def load_slice_model(method: str, checkpoint: str | Path | None = None) -> SliceModel:
     """The network of ``method`` from ``checkpoint`` (path, run directory or shipped name; default
     ``DEFAULT_SLICE_MODELS[method]``)."""
@@ -95,7 +81,8 @@ def load_slice_model(method: str, checkpoint: str | Path | None = None) -> Slice
     if method == "slice-unet":
         from meddiff.training.regression import load_regression, read_regression_config
 
-        folder = _resolve_regression(source)
+        folder = resolve_regression_folder(source, "missing-slice UNet",
+                                           "train one with scripts/train_slices.py --model unet")
         data = read_regression_config(folder)["meta"].get("data", {})
         if data.get("kind") != "slice_triplets":
             raise MeddiffError(f"--checkpoint {source}: not a missing-slice UNet (data kind {data.get('kind')!r}); "
