@@ -106,6 +106,15 @@ def test_warm_start_adds_a_guidance_input_but_refuses_other_changes(teacher, tmp
     config["model"]["time_scale"] = 2.0
     with pytest.raises(MeddiffError, match="differs from this config.s model in time_scale"):
         Trainer(config, TinyImages(), run_dir=tmp_path / "bad")
+    # the other way round (dropping a guidance input) is refused in one line, not by torch's strict load
+    trainer = Trainer({**config, "model": {**config["model"], "time_scale": 1.0}, "run": {**config["run"],
+                       "init_from": None}}, TinyImages(), run_dir=tmp_path / "g")
+    trainer.save()  # a checkpoint of a guidance-input network
+    trainer.close()
+    back = {**config, "model": {**config["model"], "time_scale": 1.0, "guidance_input": False},
+            "run": {**config["run"], "init_from": str(tmp_path / "g")}}
+    with pytest.raises(MeddiffError, match="differs from this config.s model in guidance_input"):
+        Trainer(back, TinyImages(), run_dir=tmp_path / "back")
 
 
 def strong_classes(teacher: Path, out: Path, factor: float = 30.0) -> Path:

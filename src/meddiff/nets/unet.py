@@ -176,6 +176,9 @@ class DiffusionUNet(nn.Module):
         )
         self.guidance_embed = None
         if cfg.get("guidance_input"):
+            from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
+
+            self._sinusoid = get_timestep_embedding
             width = cfg["channels"][0] * 4  # MONAI's time-embedding width
             self.guidance_embed = nn.Sequential(nn.Linear(cfg["channels"][0], width), nn.SiLU(),
                                                 nn.Linear(width, width))
@@ -221,11 +224,9 @@ class DiffusionUNet(nn.Module):
             return self.unet(x, t * cfg["time_scale"], class_labels=class_labels)
         if guidance_scale is None:
             raise MeddiffError(f"this network takes the guidance scale as an input: pass {GUIDANCE_SCALE}=(B,) floats")
-        from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
-
         scale = torch.as_tensor(guidance_scale, device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
         self._guidance = self.guidance_embed(
-            get_timestep_embedding(scale * GUIDANCE_EMBED_SCALE, cfg["channels"][0]).to(self.guidance_embed[0].weight.dtype))
+            self._sinusoid(scale * GUIDANCE_EMBED_SCALE, cfg["channels"][0]).to(self.guidance_embed[0].weight.dtype))
         try:
             return self.unet(x, t * cfg["time_scale"], class_labels=class_labels)
         finally:

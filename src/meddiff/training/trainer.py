@@ -228,9 +228,10 @@ class Trainer:
         # a guidance input may be added (guidance distillation): its embedding is new and starts at zero
         adds_guidance = bool(model.get("guidance_input")) and network is not None \
             and not network.get("guidance_input")
-        if network is not None:
-            keys = sorted(k for k in set(network) | set(model) if network.get(k) != model.get(k)
-                          and not (k == "guidance_input" and (adds_guidance or not model.get(k))))
+        if network is not None:  # guidance_input compared as a flag: metas written before it existed lack it
+            keys = sorted(k for k in set(network) | set(model) if (
+                bool(network.get(k)) != bool(model.get(k)) and not adds_guidance if k == "guidance_input"
+                else network.get(k) != model.get(k)))
             if keys:
                 raise MeddiffError(f"run.init_from={source}: its network differs from this config's model in "
                                    f"{', '.join(keys)}; use the same model section as the checkpoint's config.yaml")
