@@ -57,7 +57,9 @@ def ship_command(commands: Path, model: str) -> str:
 
 
 def unet_data_config(unet_config: dict) -> dict:
-    return dict(load_config(unet_config["data_from"])["data"])
+    """The data section of ``data_from`` (the diffusion config: the same pairs) updated by the UNet config's own
+    ``data`` (e.g. ``neighbours: 4``)."""
+    return {**load_config(unet_config["data_from"])["data"], **(unet_config.get("data") or {})}
 
 
 def tune_val(subjects: int, out_dir: Path, samples: int = 2) -> dict:
@@ -177,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", choices=sorted(CONFIGS), help="the model to train or ship")
     parser.add_argument("--tune-val", type=int, metavar="N", help="only score sampling variants on N val volumes")
     parser.add_argument("--max-seconds", type=float, default=2280.0, help="training wall time, all sittings")
+    parser.add_argument("--config", help="the model's config (default: configs/slices/slices_<model>_ixi.yaml)")
     parser.add_argument("--out-dir", default="runs/slice22")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--ship", action="store_true", help="ship the run's model (no training)")
@@ -186,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.model is None:
         parser.error("--model is required (or --tune-val N)")
-    name, config_path = NAMES[args.model], CONFIGS[args.model]
+    name, config_path = NAMES[args.model], args.config or CONFIGS[args.model]
     run_dir = Path(args.out_dir) / name
     commands = run_dir / "commands.txt"
     if not args.ship:
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         data = unet_data_config(config)
         if not args.ship:
             dataset = build_dataset(data, "train")
-            model = build_regression_unet(2, 1, **config["model"])
+            model = build_regression_unet(int(data.get("neighbours", 2)), 1, **config["model"])
             result = train_regression(model, dataset, max_seconds=args.max_seconds, run_dir=run_dir,
                                       resume=args.resume, log=lambda line: print(line, flush=True), **config["train"])
             save_regression(model, run_dir / "final", meta={**result, "data": data})

@@ -12,7 +12,7 @@ import torch
 
 from meddiff.cli.main import main
 from meddiff.data import COND_KEY, IMAGE_KEY
-from meddiff.data.slice_triplets import SliceTriplets, residual_fill, triplet_item
+from meddiff.data.slice_triplets import SliceTriplets, neighbour_slices, residual_fill, triplet_item
 from meddiff.data.transforms import magnitude_scale
 from meddiff.diffusion import ModelDenoiser, make_schedule
 from meddiff.errors import MeddiffError
@@ -46,6 +46,39 @@ def test_triplet_item_against_hand_computation_and_residual_round_trip():
     torch.testing.assert_close(other[COND_KEY], item[COND_KEY], rtol=1e-5, atol=1e-5)
 
 
+def test_four_neighbour_item_against_hand_computation_and_edge_replication():
+    vol = volume() * 3.0
+    item = triplet_item(vol, 4, residual_scale=4.0, neighbours=4)
+    s = magnitude_scale(np.stack([vol[..., 3], vol[..., 5]]))  # the scale of the middle two, as for 2 neighbours
+    v = 2 * vol / s - 1
+    np.testing.assert_allclose(item[COND_KEY].numpy(), v[..., [1, 3, 5, 7]].transpose(2, 0, 1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(item[IMAGE_KEY].numpy(), triplet_item(vol, 4, 4.0)[IMAGE_KEY].numpy(), rtol=1e-5,
+                               atol=1e-6)  # the same residual target over the linear fill of z-1, z+1
+    back = residual_fill(item[COND_KEY], item[IMAGE_KEY], 4.0)
+    np.testing.assert_allclose((0.5 * s * (back + 1))[0].numpy(), vol[..., 4], rtol=1e-5, atol=1e-5)
+    # z-3 / z+3 outside the volume (depth 9): the nearest known slice on that side is repeated
+    assert neighbour_slices(9, 1, 4) == [0, 0, 2, 4] and neighbour_slices(9, 2, 4) == [1, 1, 3, 5]
+    assert neighbour_slices(9, 7, 4) == [4, 6, 8, 8] and neighbour_slices(9, 5, 4) == [2, 4, 6, 8]
+    assert neighbour_slices(9, 5, 4, replicate=(True, False)) == [4, 4, 6, 8] and neighbour_slices(9, 5) == [4, 6]
+    v7 = 2 * vol / magnitude_scale(np.stack([vol[..., 6], vol[..., 8]])) - 1
+    np.testing.assert_allclose(triplet_item(vol, 7, 4.0, 4)[COND_KEY].numpy(), v7[..., [4, 6, 8, 8]].transpose(2, 0, 1),
+                               rtol=1e-5, atol=1e-6)
+    # the dataset: same slices as with 2 neighbours; edge_replicate 1 repeats z-1 / z+1 on both sides everywhere
+    vols = [volume(seed=0)]
+    two = SliceTriplets(None, volumes=vols, split_file=None, patch=None, min_foreground=0.05)
+    four = SliceTriplets(None, volumes=vols, split_file=None, patch=None, min_foreground=0.05, neighbours=4)
+    always = SliceTriplets(None, volumes=vols, split_file=None, patch=None, min_foreground=0.05, neighbours=4,
+                           edge_replicate=1.0)
+    assert four.index == two.index
+    for i, (_, z) in enumerate(four.index):
+        torch.testing.assert_close(four[i][COND_KEY], triplet_item(vols[0], z, 4.0, 4)[COND_KEY])
+        torch.testing.assert_close(four[i][COND_KEY][1:3], two[i][COND_KEY])
+        torch.testing.assert_close(always[i][COND_KEY], two[i][COND_KEY][[0, 0, 1, 1]])
+    for bad, match in [({"neighbours": 3}, "neighbours=3"), ({"edge_replicate": 1.5}, "edge_replicate")]:
+        with pytest.raises(MeddiffError, match=match):
+            SliceTriplets(None, volumes=vols, split_file=None, patch=None, min_foreground=0.05, **bad)
+
+
 def test_slice_triplets_index_windows_and_determinism():
     vols = [volume(seed=0), volume(d=6, seed=1)]
     vols[1][..., 2] = 0.0  # an empty slice: dropped by the foreground filter
@@ -68,10 +101,32 @@ def test_slice_triplets_index_windows_and_determinism():
 def test_neighbours_and_the_edge_error():
     below, above = neighbours(9, [1, 3, 4, 7])
     assert below.tolist() == [0, 2, 2, 6] and above.tolist() == [2, 5, 5, 8]
+    # 4 neighbours: the second-nearest known slice on each side, the nearest one repeated where there is none
+    # (known slices 0, 2, 5, 6, 8)
+    rows = np.stack(neighbours(9, [1, 3, 4, 7], 4), axis=1).tolist()
+    assert rows == [[0, 0, 2, 5], [0, 2, 5, 6], [0, 2, 5, 6], [5, 6, 8, 8]]
     with pytest.raises(MeddiffError, match="missing slice 0 has no known slice below"):
         neighbours(5, [0, 2])
     with pytest.raises(MeddiffError, match="missing slice 4 has no known slice above"):
         neighbours(5, [2, 4])
+
+
+class Outer(torch.nn.Module):
+    """A 4-neighbour network whose residual makes the fill equal to its first input channel (the second known slice
+    below): 4 (v_0 - (v_1 + v_2) / 2) for residual scale 4."""
+
+    def forward(self, x):
+        return 4.0 * (x[:, :1] - x[:, 1:3].mean(1, keepdim=True))
+
+
+def test_four_neighbour_fill_reads_the_second_known_slices():
+    vol = volume()
+    missing = [1, 3, 5, 7]
+    out, _, _, settings = fill_slices(vol, missing, SliceModel("slice-unet", Outer(), 4, 4.0, "outer", neighbours=4))
+    # slice z filled with known slice max(z - 3, 0): the edge slice 1 repeats slice 0
+    np.testing.assert_allclose(out[..., missing], vol[..., [0, 0, 2, 4]], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out[..., ::2], vol[..., ::2])
+    assert settings["max_gap"] == 1
 
 
 class Zero(torch.nn.Module):
@@ -117,7 +172,12 @@ def tiny_models(root):
     unet = build_regression_unet(2, 1, channels=[4, 8], strides=[2], num_res_units=0)
     train_regression(unet, dataset, max_steps=2, batch_size=4)
     save_regression(unet, f"{root}/unet", meta={"data": data})
-    return f"{root}/diffusion", f"{root}/unet"
+    four = SliceTriplets(None, volumes=dataset.volumes, split_file=None, patch=8, min_foreground=0.05, neighbours=4)
+    unet4 = build_regression_unet(4, 1, channels=[4, 8], strides=[2], num_res_units=0)
+    train_regression(unet4, four, max_steps=2, batch_size=4, lr_schedule="cosine")
+    save_regression(unet4, f"{root}/unet4", meta={"data": {**data, "neighbours": 4}})
+    save_regression(unet4, f"{root}/unet4_as_2", meta={"data": data})  # 4 input channels, data says 2 neighbours
+    return f"{root}/diffusion", f"{root}/unet", f"{root}/unet4", f"{root}/unet4_as_2"
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +185,9 @@ def models(tmp_path_factory):
     return tiny_models(str(tmp_path_factory.mktemp("slice_models")))
 
 
-@pytest.mark.parametrize("method", ["slice-diffusion", "slice-unet"])
-def test_cli_round_trip_keeps_known_slices_and_affine(method, models, tmp_path, capsys):
-    checkpoint = models[0] if method == "slice-diffusion" else models[1]
+@pytest.mark.parametrize("method, which", [("slice-diffusion", 0), ("slice-unet", 1), ("slice-unet", 2)])
+def test_cli_round_trip_keeps_known_slices_and_affine(method, which, models, tmp_path, capsys):
+    checkpoint = models[which]  # 2: a 4-neighbour UNet
     vol = volume(h=14, w=18)  # not a multiple of the networks' padding
     mask = R.missing_slices_mask(vol.shape, every=2).numpy().astype(np.uint8)
     affine = np.diag([2.0, 2.0, 4.0, 1.0])
@@ -152,10 +212,11 @@ def test_cli_round_trip_keeps_known_slices_and_affine(method, models, tmp_path, 
 
 
 def test_untrained_control_changes_the_weights_not_the_method(models):
-    for method, checkpoint in zip(("slice-diffusion", "slice-unet"), models):
+    for method, checkpoint, count in zip(("slice-diffusion", "slice-unet", "slice-unet"), models, (2, 2, 4)):
         model = load_slice_model(method, checkpoint)
         control = untrained_slice_model(model, seed=3)
         assert control.method == method and "untrained" in control.source
+        assert model.neighbours == control.neighbours == count  # read from the checkpoint
         trained = dict(model.net.named_parameters())
         assert any(not torch.equal(p, trained[n]) for n, p in control.net.named_parameters())
 
@@ -165,6 +226,7 @@ def test_untrained_control_changes_the_weights_not_the_method(models):
     (["--method", "slice-unet", "--std-out", "STD"], "--std-out needs a sampling method"),
     (["--method", "slice-diffusion", "--checkpoint", "sr3_ixi_4x"], "not a missing-slice diffusion model"),
     (["--method", "slice-unet", "--checkpoint", "unet_sr_ixi_4x"], "not a missing-slice UNet"),
+    (["--method", "slice-unet", "--checkpoint", "UNET4_AS_2"], "4 input channels for 2 neighbours"),
     (["--method", "slice-unet", "--checkpoint", "NOWHERE"], "no missing-slice UNet there"),
     (["--method", "slice-diffusion", "--checkpoint", "DEFAULT"], "slice-diffusion: no shipped model"),
     (["--method", "slice-unet", "--mask", "EDGE"], "missing slice 8 has no known slice above"),
@@ -181,7 +243,7 @@ def test_bad_input_is_a_one_line_error(args, match, models, tmp_path, capsys):
     hole[4:8, 4:8, :] = 1
     np.save(tmp_path / "hole.npy", hole)
     names = {"STD": str(tmp_path / "std.npy"), "NOWHERE": str(tmp_path / "nowhere"),
-             "EDGE": str(tmp_path / "edge.npy"), "HOLE": str(tmp_path / "hole.npy")}
+             "EDGE": str(tmp_path / "edge.npy"), "HOLE": str(tmp_path / "hole.npy"), "UNET4_AS_2": models[3]}
     default = "DEFAULT" in args  # no --checkpoint: the shipped default, absent for slice-diffusion
     if default:
         from meddiff.training.shipped import SHIPPED_DIR
@@ -271,3 +333,6 @@ def test_slice_configs_resolve_and_their_data_options_fit_the_dataset():
     options = set(inspect.signature(SliceTriplets).parameters) - {"self"}
     data = dict(config["data"])
     assert data.pop("kind") == "slice_triplets" and set(data) <= options
+    unet4 = read_yaml_mapping(root / "configs/slices/slices_unet4_ixi.yaml")  # its data: overrides of data_from
+    assert unet4["data_from"] == unet["data_from"] and set(unet4["data"]) <= options
+    assert unet4["data"]["neighbours"] == 4 and unet4["train"]["lr_schedule"] == "cosine"

@@ -7,7 +7,9 @@ compare to: the same pairs, one deterministic prediction (the conditional mean u
   size must be divisible by the product of the strides); ``residual=True`` predicts target - input (channels must
   match), the usual trick for super-resolution where the input is already the upsampled image (Kim et al. 2016,
   VDSR).
-- ``train_regression``: Adam at a constant rate; batch i of step s holds the items of a random permutation of the
+- ``train_regression``: Adam at a constant rate, or (``lr_schedule`` "cosine" / "linear") a linear warm-up over
+  ``warmup_steps`` then a decay to ``min_lr_ratio`` x lr at ``max_steps`` (``trainer.lr_factor``, the diffusion
+  Trainer's schedule; the rate is a function of the step, so resume stays exact); batch i of step s holds the items of a random permutation of the
   dataset drawn from (seed, epoch) alone, so the data order is a function of the step and a resumed run (``resume``:
   model, optimiser, step, elapsed seconds and the torch RNG from ``run_dir/checkpoint.pt``) continues exactly as an
   uninterrupted one. ``max_seconds`` counts the training time of all sittings together.
@@ -31,8 +33,10 @@ from torch import Tensor, nn
 
 from meddiff.errors import MeddiffError, check_choice
 from meddiff.files import atomic_path, write_text
+from meddiff.training.trainer import lr_factor
 
 LOSSES = ("l1", "l2")
+LR_SCHEDULES = ("constant", "cosine", "linear")
 CHECKPOINT_FILE = "checkpoint.pt"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "regression.json"
@@ -136,11 +140,12 @@ def _write_log(path: Path, rows: list[dict]) -> None:
 def train_regression(model: nn.Module, dataset, *, loss: str = "l1", batch_size: int = 16, lr: float = 1e-3,
                      max_steps: int | None = None, max_seconds: float | None = None, seed: int = 0, run_dir=None,
                      checkpoint_every: int = 100, resume: bool = False, input_key: str = "cond_image",
-                     target_key: str = "image", log: Callable[[str], None] | None = None) -> dict:
+                     target_key: str = "image", log: Callable[[str], None] | None = None,
+                     lr_schedule: str = "constant", warmup_steps: int = 0, min_lr_ratio: float = 0.1) -> dict:
     """Train ``model`` to map item[input_key] (Cin, H, W) to item[target_key] (Cout, H, W) of ``dataset``.
 
     Stops after ``max_steps`` steps in all or ``max_seconds`` seconds of training in all (every sitting counted),
-    whichever comes first (at least one is needed). With ``run_dir``: ``checkpoint.pt`` (model, optimiser, step,
+    whichever comes first (at least one is needed); a decaying ``lr_schedule`` runs over ``max_steps`` (needed). With ``run_dir``: ``checkpoint.pt`` (model, optimiser, step,
     seconds, RNG; written atomically every ``checkpoint_every`` steps and at the end) and ``log.csv`` (step, loss,
     seconds, lr per step); ``resume=True`` continues from the checkpoint exactly. Returns {"steps", "seconds",
     "final_loss"} (final_loss: the mean loss of the last up to 20 steps; nan when no step ran)."""
@@ -156,6 +161,14 @@ def train_regression(model: nn.Module, dataset, *, loss: str = "l1", batch_size:
     if max_seconds is not None and (isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float))
                                     or not max_seconds > 0):
         raise MeddiffError(f"max_seconds={max_seconds!r} must be a positive number")
+    check_choice("lr_schedule", lr_schedule, LR_SCHEDULES)
+    if lr_schedule != "constant" and max_steps is None:
+        raise MeddiffError(f"lr_schedule={lr_schedule!r} decays over max_steps: give max_steps (max_seconds may "
+                           "still stop it earlier)")
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise MeddiffError(f"warmup_steps={warmup_steps!r} must be an integer >= 0")
+    if isinstance(min_lr_ratio, bool) or not isinstance(min_lr_ratio, (int, float)) or not 0 <= min_lr_ratio <= 1:
+        raise MeddiffError(f"min_lr_ratio={min_lr_ratio!r} must be a number in [0, 1]")
     if resume and run_dir is None:
         raise MeddiffError("resume=True needs run_dir (the folder with checkpoint.pt)")
     try:
@@ -199,6 +212,9 @@ def train_regression(model: nn.Module, dataset, *, loss: str = "l1", batch_size:
     recent: list[float] = []
     while (max_steps is None or step < max_steps) and (max_seconds is None or seconds < max_seconds):
         start = time.perf_counter()
+        rate = lr * lr_factor(step, warmup_steps, max_steps or 1, lr_schedule, min_lr_ratio)
+        for group in optimiser.param_groups:
+            group["lr"] = rate
         x, y = _collate(dataset, batch_indices(step, size, batch_size, seed), input_key, target_key)
         value = loss_fn(model(x), y)
         scalar = float(value.detach())
@@ -210,7 +226,7 @@ def train_regression(model: nn.Module, dataset, *, loss: str = "l1", batch_size:
         step += 1
         seconds += time.perf_counter() - start
         recent = (recent + [scalar])[-20:]
-        rows.append({"step": step, "loss": f"{scalar:.6g}", "seconds": f"{seconds:.2f}", "lr": lr})
+        rows.append({"step": step, "loss": f"{scalar:.6g}", "seconds": f"{seconds:.2f}", "lr": f"{rate:.6g}"})
         if step % checkpoint_every == 0:
             save()
             say(f"step {step}: loss {sum(recent) / len(recent):.5f}, {seconds:.0f} s")

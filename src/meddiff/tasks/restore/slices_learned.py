@@ -1,5 +1,5 @@
-"""Missing-slice inpainting by networks trained on (slices z-1 and z+1) -> slice z pairs
-(``meddiff.data.slice_triplets``), the learned counterpart of ``slices3d``'s interpolation along the slice axis:
+"""Missing-slice inpainting by networks trained on (known neighbours) -> slice z pairs (``meddiff.data.slice_triplets``:
+2 neighbours z-1, z+1 or 4 neighbours z-3, z-1, z+1, z+3; the count is read from the checkpoint), the learned counterpart of ``slices3d``'s interpolation along the slice axis:
 
 - "slice-diffusion": a Palette-style conditional diffusion model (Saharia et al. 2022, "Palette: image-to-image
   diffusion models"; the SR3 channel concatenation of Saharia et al. 2021) whose network sees the noisy missing slice
@@ -11,8 +11,9 @@
 
 Both run per missing slice in the pairs' model space: v = 2 x / s - 1 with s = ``magnitude_scale`` of the two
 neighbours (``neighbour_condition``), padded with air (v = -1) to the network's multiple and cropped back; x = s (v +
-1) / 2. The neighbours are the nearest KNOWN slices below and above; the models were trained on adjacent ones (every
-second slice missing), so a longer run of missing slices gets, in each of them, the model's fill between the two
+1) / 2. The neighbours are the nearest KNOWN slices below and above (4-neighbour models: also the second-nearest known
+slice on each side, or the nearest one repeated where there is no second, as in training at the volume edges); the
+models were trained on the slices known when every second slice is missing, so a longer run of missing slices gets, in each of them, the model's fill between the two
 known slices around the run (outside the training distribution; the gap is reported in the settings as
 ``max_gap``). A missing slice with no known slice below or above it (the ends of the volume) is an error: use
 linear / biharmonic, which copy the nearest known slice there. Known slices are returned unchanged.
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from meddiff.data.slice_triplets import neighbour_condition, residual_fill
+from meddiff.data.slice_triplets import NEIGHBOURS, neighbour_condition, residual_fill
 from meddiff.diffusion import ModelDenoiser, get_sampler, initial_noise, make_schedule, start_grid
 from meddiff.errors import MeddiffError
 from meddiff.tasks.prior import solver_settings
@@ -47,7 +48,8 @@ SLICE_LEARNED_DEFAULTS: dict[str, dict] = {
 @dataclass
 class SliceModel:
     """A loaded missing-slice network: ``method`` (``SLICE_LEARNED``), ``net``, its padding multiple, the residual
-    scaling of its target; for slice-diffusion the x0-denoiser, schedule and checkpoint meta; ``source``."""
+    scaling of its target; for slice-diffusion the x0-denoiser, schedule and checkpoint meta; ``source``; the number of
+    known neighbours it reads (its input channels: 2 or 4)."""
 
     method: str
     net: torch.nn.Module
@@ -57,6 +59,7 @@ class SliceModel:
     denoiser: ModelDenoiser | None = None
     schedule: object = None
     meta: dict | None = None
+    neighbours: int = 2
 
 
 def _frozen(net: torch.nn.Module) -> torch.nn.Module:
@@ -83,12 +86,15 @@ def load_slice_model(method: str, checkpoint: str | Path | None = None) -> Slice
 
         folder = resolve_regression_folder(source, "missing-slice UNet",
                                            "train one with scripts/train_slices.py --model unet")
-        data = read_regression_config(folder)["meta"].get("data", {})
-        if data.get("kind") != "slice_triplets":
-            raise MeddiffError(f"--checkpoint {source}: not a missing-slice UNet (data kind {data.get('kind')!r}); "
-                               "train one with scripts/train_slices.py --model unet")
+        config = read_regression_config(folder)
+        data, channels = config["meta"].get("data", {}), config["build"].get("in_channels")
+        if data.get("kind") != "slice_triplets" or channels not in NEIGHBOURS \
+                or channels != data.get("neighbours", 2):
+            raise MeddiffError(f"--checkpoint {source}: not a missing-slice UNet (data kind {data.get('kind')!r}, "
+                               f"{channels} input channels for {data.get('neighbours', 2)} neighbours); train one with "
+                               "scripts/train_slices.py --model unet")
         net = _frozen(load_regression(folder))
-        return SliceModel(method, net, net.multiple, float(data["residual_scale"]), str(source))
+        return SliceModel(method, net, net.multiple, float(data["residual_scale"]), str(source), neighbours=channels)
     from meddiff.training.checkpoint import load_checkpoint
 
     try:
@@ -97,13 +103,14 @@ def load_slice_model(method: str, checkpoint: str | Path | None = None) -> Slice
         raise MeddiffError(f"--checkpoint {source}: {error} (train one with scripts/train_slices.py --model "
                            "diffusion)") from None
     network, data = meta.get("network", {}), meta.get("data") or {}
-    if network.get("cond_channels") != 2 or data.get("kind") != "slice_triplets":
+    count = network.get("cond_channels")
+    if count not in NEIGHBOURS or count != data.get("neighbours", 2) or data.get("kind") != "slice_triplets":
         raise MeddiffError(f"--checkpoint {source}: not a missing-slice diffusion model (image conditioning "
                            f"{network.get('cond_channels')}, data kind {data.get('kind')!r}); train one with "
                            "scripts/train_slices.py --model diffusion")
     schedule = make_schedule(meta["schedule"])
     return SliceModel(method, _frozen(net), 2 ** (len(network["channels"]) - 1), float(data["residual_scale"]),
-                      str(source), ModelDenoiser(net, schedule, meta["prediction"]), schedule, meta)
+                      str(source), ModelDenoiser(net, schedule, meta["prediction"]), schedule, meta, count)
 
 
 def untrained_slice_model(model: SliceModel, seed: int = 0) -> SliceModel:
@@ -122,12 +129,14 @@ def untrained_slice_model(model: SliceModel, seed: int = 0) -> SliceModel:
     denoiser = None if model.schedule is None else ModelDenoiser(net, model.schedule, model.meta["prediction"])
     return SliceModel(model.method, net, model.multiple, model.residual_scale,
                       f"{model.source} (untrained, seed {seed})", denoiser, model.schedule,
-                      None if model.meta is None else {**model.meta, "untrained": True})
+                      None if model.meta is None else {**model.meta, "untrained": True}, model.neighbours)
 
 
-def neighbours(depth: int, missing) -> tuple[np.ndarray, np.ndarray]:
-    """The nearest known slice below and above each of the ``missing`` slices (indices along an axis of ``depth``);
-    ``MeddiffError`` naming the first missing slice without a known slice on one side."""
+def neighbours(depth: int, missing, count: int = 2) -> tuple[np.ndarray, ...]:
+    """The known neighbours of each of the ``missing`` slices (indices along an axis of ``depth``), bottom to top:
+    ``count`` 2: the nearest known slice below and above; 4: (second-nearest below, nearest below, nearest above,
+    second-nearest above), the nearest one repeated where a side has only one known slice. ``MeddiffError`` naming the
+    first missing slice without a known slice on one side."""
     missing = np.asarray(missing, dtype=int)
     known = np.setdiff1d(np.arange(depth), missing)
     hi = np.searchsorted(known, missing)
@@ -137,7 +146,10 @@ def neighbours(depth: int, missing) -> tuple[np.ndarray, np.ndarray]:
         raise MeddiffError(f"--mask: missing slice {z} has no known slice {'below' if hi[edge][0] == 0 else 'above'} "
                            f"it ({int(edge.sum())} such slice(s)); the learned methods fill a slice from known slices "
                            "on both sides: use linear or biharmonic, which copy the nearest known slice there")
-    return known[hi - 1], known[hi]
+    below, above = known[hi - 1], known[hi]
+    if count == 2:
+        return below, above
+    return known[np.maximum(hi - 2, 0)], below, above, known[np.minimum(hi + 1, len(known) - 1)]
 
 
 def fill_slices(volume: np.ndarray, missing, model: SliceModel, *, steps: int | None = None,
@@ -152,14 +164,15 @@ def fill_slices(volume: np.ndarray, missing, model: SliceModel, *, steps: int | 
         raise MeddiffError("--method slice-unet gives one deterministic volume; leave out --steps and --samples")
     volume = np.asarray(volume, dtype=np.float32)
     missing = np.asarray(missing, dtype=int)
-    below, above = neighbours(volume.shape[-1], missing)
+    around = neighbours(volume.shape[-1], missing, model.neighbours)
+    below, above = around[len(around) // 2 - 1], around[len(around) // 2]
     padded, crop = _padded_crop(volume.shape[:2], model.multiple)
     out = volume.copy()
     std = np.zeros_like(volume) if method == "slice-diffusion" else None
     nfe = 1
-    for z, b, a in zip(missing.tolist(), below.tolist(), above.tolist()):
-        cond = torch.full((1, 2) + padded, -1.0)
-        cond[crop], s = neighbour_condition(volume[..., b], volume[..., a])
+    for z, *near in zip(missing.tolist(), *(k.tolist() for k in around)):
+        cond = torch.full((1, len(near)) + padded, -1.0)
+        cond[crop], s = neighbour_condition(*(volume[..., k] for k in near))
         with torch.no_grad():
             if method == "slice-unet":
                 v = residual_fill(cond, model.net(cond), model.residual_scale)
