@@ -36,7 +36,9 @@ missing slices at K = 2), stored under "tuning" -> "slices3d"; the test rows use
 Learned rows (``restore.slices_learned``, when their models load): "slice-diffusion" (K = ``--samples`` or 4, steps
 and eta at ``SLICE_LEARNED_DEFAULTS``, chosen on val by scripts/train_slices.py --tune-val) and "slice-unet", from the
 shipped slices_diffusion_ixi / slices_unet_ixi or ``--slice-models DIR`` (run directories DIR/<name>), plus their
-controls "<method>-untrained": the same networks with fresh random weights.
+controls "<method>-untrained": the same networks with fresh random weights; ``--previous-slice-unet DIR`` adds the
+rows "slice-unet-previous" of another slices_unet_ixi (a run directory or model folder: e.g. the 2-neighbour model
+that the 4-neighbour one replaced).
 
 Incremental: every finished row is written to the JSON at once (atomic); a re-run with the same --out skips rows
 already there (subject, slice, setting, method). Output: FILE.json and FILE.md (mean +- std per setting and method).
@@ -45,6 +47,7 @@ already there (subject, slice, setting, method). Output: FILE.json and FILE.md (
     python benchmarks/restoration.py --out dev.json --subjects 1 --slices 1 --settings sr4   # a smoke run
     python benchmarks/restoration.py --out slices.json --settings slices3d                    # missing slices
     python benchmarks/restoration.py --out slices.json --settings slices3d --slice-models runs/slice22   # + learned
+    python benchmarks/restoration.py --out slices.json --settings slices3d --previous-slice-unet runs/slice22/slices_unet_ixi
     python benchmarks/restoration.py --out a.json --settings sr4 --figure fig.png --figure-from a.json,b.json
 """
 
@@ -145,7 +148,8 @@ def run_volume(method: str, case: dict, setting: str, prior, params: dict, sampl
     if method in (slice_models or {}):
         kwargs = {"model": slice_models[method], "samples": samples if method.startswith("slice-diffusion") else None}
     start = time.perf_counter()
-    result = R.restore(np.where(mask, 0, vol), "inpaint", method.split("-untrained")[0], mask=mask, **kwargs)
+    name = slice_models[method].method if method in (slice_models or {}) else method
+    result = R.restore(np.where(mask, 0, vol), "inpaint", name, mask=mask, **kwargs)
     seconds = time.perf_counter() - start
     missing = np.flatnonzero(mask.all((0, 1)))
     row = {"subject": case["subject"], "slice": case["slice"], "setting": setting, "method": method,
@@ -427,9 +431,10 @@ def planes_check(subjects: list[str], prior, planes: int = 6) -> dict:
     return {"subjects": subjects, "planes": planes, "psnr_missing": result}
 
 
-def load_slice_models(folder: str | None) -> dict:
+def load_slice_models(folder: str | None, previous_unet: str | None = None) -> dict:
     """{"slice-diffusion": SliceModel, "slice-diffusion-untrained": ..., "slice-unet": ..., "slice-unet-untrained":
-    ...}: the shipped models, or the runs under ``folder`` (a missing one is left out)."""
+    ...}: the shipped models, or the runs under ``folder`` (a missing one is left out); with ``previous_unet`` also
+    "slice-unet-previous" loaded from there."""
     from meddiff.tasks.restore.slices_learned import (DEFAULT_SLICE_MODELS, SLICE_LEARNED, load_slice_model,
                                                       untrained_slice_model)
 
@@ -442,6 +447,8 @@ def load_slice_models(folder: str | None) -> dict:
             print(f"no {method} rows: {error}", flush=True)
             continue
         out[f"{method}-untrained"] = untrained_slice_model(out[method])
+    if previous_unet is not None:
+        out["slice-unet-previous"] = load_slice_model("slice-unet", previous_unet)
     return out
 
 
@@ -454,7 +461,7 @@ def run_volume_setting(setting: str, result: dict, args, prior, wanted, done: se
     if args.planes_check and "planes" not in result["tuning"][setting]:
         result["tuning"][setting]["planes"] = planes_check(split_subjects("val", args.val_subjects), prior)
         write_json(result, out)
-    slice_models = load_slice_models(args.slice_models)
+    slice_models = load_slice_models(args.slice_models, args.previous_slice_unet)
     result["slice_models"] = {name: model.source for name, model in slice_models.items()}
     names = list(R.SLICE_METHODS) + [m for m in slice_models if not m.endswith("-untrained") or not args.no_untrained]
     for case in load_volumes(split_subjects("test", args.subjects), SLICES3D_BLOCK):
@@ -565,6 +572,8 @@ def main(argv=None) -> int:
                         help="slices3d: also score DDNM in the coronal planes on val (planes_check)")
     parser.add_argument("--slice-models", help="slices3d: folder with the run directories slices_diffusion_ixi and "
                                                "slices_unet_ixi (default: the shipped models)")
+    parser.add_argument("--previous-slice-unet", metavar="DIR",
+                        help="slices3d: also the rows slice-unet-previous of the slices_unet_ixi in DIR")
     parser.add_argument("--figure", help="only draw the figure PNG of the first --settings entry from kept images")
     parser.add_argument("--figure-from", help="comma list of benchmark JSONs for --figure (default: --out)")
     args = parser.parse_args(argv)

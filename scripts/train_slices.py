@@ -62,9 +62,10 @@ def unet_data_config(unet_config: dict) -> dict:
     return {**load_config(unet_config["data_from"])["data"], **(unet_config.get("data") or {})}
 
 
-def tune_val(subjects: int, out_dir: Path, samples: int = 2) -> dict:
+def tune_val(subjects: int, out_dir: Path, samples: int = 2, previous: Path | None = None) -> dict:
     """Mean PSNR in the missing slices of each ``TUNE_VARIANTS`` entry on VAL volumes (the benchmark's 13-slice val
-    blocks, every second slice missing; K = ``samples``)."""
+    blocks, every second slice missing; K = ``samples``); a learned variant whose run is not under ``out_dir`` is left
+    out; ``previous``: a folder with an earlier slices_unet_ixi run, scored as "slice-unet-previous"."""
     import statistics
 
     import numpy as np
@@ -79,10 +80,17 @@ def tune_val(subjects: int, out_dir: Path, samples: int = 2) -> dict:
 
     torch.set_num_threads(1)
     cases = bench.load_volumes(split_subjects("val", subjects), bench.SLICES3D_VAL_BLOCK)
-    models = {m: load_slice_model(m, out_dir / NAMES[k])
-              for m, k in (("slice-diffusion", "diffusion"), ("slice-unet", "unet"))}
+    models, variants = {}, dict(TUNE_VARIANTS)
+    for method, kind in (("slice-diffusion", "diffusion"), ("slice-unet", "unet")):
+        if (out_dir / NAMES[kind]).is_dir():
+            models[method] = load_slice_model(method, out_dir / NAMES[kind])
+    if previous is not None:
+        models["slice-unet-previous"] = load_slice_model("slice-unet", previous / NAMES["unet"])
+        variants["slice-unet-previous"] = ("slice-unet-previous", {})
     results = {}
-    for name, (method, params) in TUNE_VARIANTS.items():
+    for name, (method, params) in variants.items():
+        if method.startswith("slice-") and method not in models:
+            continue
         values = []
         for case in cases:
             vol = case["image"]
@@ -90,12 +98,14 @@ def tune_val(subjects: int, out_dir: Path, samples: int = 2) -> dict:
             kwargs = dict(params, model=models[method]) if method in models else {}
             if method == "slice-diffusion":
                 kwargs["samples"] = samples
-            out = R.restore(np.where(mask, 0, vol), "inpaint", method, mask=mask, **kwargs)
+            out = R.restore(np.where(mask, 0, vol), "inpaint", models[method].method if method in models else method,
+                            mask=mask, **kwargs)
             values.append(R.volume_scores(out.image, vol, np.flatnonzero(mask.all((0, 1))), case["brain"])
                           ["psnr_missing"])
         results[name] = statistics.mean(values)
         print(f"{name}: {results[name]:.2f} dB", flush=True)
     write_text(out_dir / "tune.json", json.dumps({"subjects": [c["subject"] for c in cases], "samples": samples,
+                                                  "previous": None if previous is None else str(previous),
                                                   "psnr_missing": results}, indent=1))
     return results
 
@@ -106,9 +116,11 @@ def val_table(out_dir: Path) -> str:
         return ""
     tune = json.loads(file.read_text())
     rows = "\n".join(f"| {k} | {v:.2f} |" for k, v in tune["psnr_missing"].items())
+    flags = f" --out-dir {out_dir}" + (f" --previous {tune['previous']}" if tune.get("previous") else "")
     return (f"\nVAL volumes ({', '.join(tune['subjects'])}; 13-slice blocks, every second slice missing, K = "
-            f"{tune['samples']}; `scripts/train_slices.py --tune-val {len(tune['subjects'])}`; test numbers: "
-            "benchmarks/README.md):\n\n| method | PSNR in the missing slices |\n|---|---|\n" + rows + "\n")
+            f"{tune['samples']} for slice-diffusion; `scripts/train_slices.py --tune-val {len(tune['subjects'])}"
+            f"{flags}`; slice-unet-previous: the run under --previous; test numbers: benchmarks/README.md):\n\n"
+            "| method | PSNR in the missing slices |\n|---|---|\n" + rows + "\n")
 
 
 def test_table(out_dir: Path) -> str:
@@ -142,30 +154,68 @@ def curve(kind: str, out_dir: Path) -> str:
     return "mean loss over the " + ", ".join(f"{n} 500 steps {statistics.mean(v):.4f}" for n, v in parts)
 
 
-def model_card(kind: str, name: str, result: dict, config_path: str, command: str, out_dir: Path) -> str:
+def test_gain(out_dir: Path, method: str = "slice-unet") -> str:
+    """``method``'s mean TEST gain over biharmonic in ``out_dir``/slices3d.json and whether it meets issue 22's +1 dB,
+    or "" when there is no such run."""
+    import statistics
+
+    file = out_dir / "slices3d.json"
+    if not file.is_file():
+        return ""
+    rows = [r for r in json.loads(file.read_text())["rows"] if r["setting"] == "slices3d"]
+    mean = {m: statistics.mean(r["psnr_missing"] for r in rows if r["method"] == m) for m in (method, "biharmonic")
+            if any(r["method"] == m for r in rows)}
+    if len(mean) < 2:
+        return ""
+    gain = mean[method] - mean["biharmonic"]
+    return (f"- TEST: {mean[method]:.2f} dB in the missing slices vs biharmonic {mean['biharmonic']:.2f}: "
+            f"{gain:+.2f} dB; issue 22's target (>= +1 dB) is {'met' if gain >= 1 else 'NOT met'}.\n")
+
+
+def unet_description(config: dict, data: dict) -> str:
+    """What the supervised missing-slice UNet of ``config`` (with its resolved ``data``) is."""
+    model, train = config["model"], config["train"]
+    count = int(data.get("neighbours", 2))
+    known = "two known neighbours (z-1, z+1)" if count == 2 else (
+        "four known neighbours (z-3, z-1, z+1, z+3: the slices known when every second slice is missing; where a side "
+        f"has only one known slice it is repeated, in training also at random with probability "
+        f"{data.get('edge_replicate', 0.0)} per side)")
+    rate = f"Adam {train['lr']:g} " + ("constant" if train.get("lr_schedule", "constant") == "constant" else
+                                       f"with {train.get('warmup_steps', 0)} warm-up steps and a "
+                                       f"{train['lr_schedule']} decay to {train.get('min_lr_ratio', 0.1):g} x over "
+                                       f"{train['max_steps']} steps")
+    window = "whole 88 x 120 slices" if data.get("patch") is None else f"{data['patch']} x {data['patch']} windows"
+    return (f"A MONAI UNet (channels {'-'.join(str(c) for c in model['channels'])}, {model['num_res_units']} residual "
+            f"units per level) mapping the {known} to {data['residual_scale']:g} x (slice - mean of z-1 and z+1), "
+            f"{train['loss'].upper()} loss, {rate}, batch {train['batch_size']} of {window}; the supervised "
+            "regression counterpart of the slice diffusion model; `meddiff restore --method slice-unet`.")
+
+
+def model_card(kind: str, name: str, result: dict, config_path: str, command: str, out_dir: Path,
+               config: dict | None = None, data: dict | None = None) -> str:
     what = ("A Palette/SR3-style conditional DiffusionModelUNet (v-prediction, 1000-step linear schedule, min-SNR-5 "
             "weighting) whose input is the noisy missing slice concatenated with its two known neighbours (z-1, z+1); "
             "the target is the residual 4 x (slice - mean of the neighbours), so `meddiff restore --method "
             "slice-diffusion` adds the linear fill back (DDIM, K samples -> mean and std)."
-            if kind == "diffusion" else
-            "A MONAI UNet (channels 16-32-64-128, 2 residual units per level) mapping the two known neighbours "
-            "(z-1, z+1) to 4 x (slice - their mean), L1 loss, Adam 1e-3 constant: the supervised regression baseline "
-            "of the slice diffusion model, trained on the same pairs for the same wall time, at the same time on the "
-            "same machine; `meddiff restore --method slice-unet`.")
+            if kind == "diffusion" else unet_description(config, data))
+    data = data or {}
+    count = int(data.get("neighbours", 2))
+    window = ("whole slices" if data.get("patch", 64) is None else
+              f"{data.get('patch', 64)} x {data.get('patch', 64)} windows at seeded positions")
     return f"""# {name}
 
 {what}
 
 - Data: IXI T1 at 2 mm (../shared/data/ixi_t1_2mm_dlmuse), axial slices (RAS, centre crop 88 x 120), 150 train
   subjects; val/test subjects never used for training (split.json). Pairs: `meddiff.data.slice_triplets` (every slice
-  with both neighbours and >= 15 % foreground; 64 x 64 windows at seeded positions; intensities over the
-  `magnitude_scale` of the two neighbours, zero = -1). Inference runs on whole slices (fully convolutional).
+  with z-1 and z+1 inside the volume and >= 15 % foreground; {count} neighbours; {window}; intensities over the
+  `magnitude_scale` of z-1 and z+1, zero = -1). Inference runs on whole slices (fully convolutional) and reads the
+  number of neighbours from the checkpoint (regression.json: in_channels).
 - Training: {result['steps']} steps in {result['seconds'] / 60:.1f} min of wall time on one CPU thread of a shared
-  2-core machine (other jobs running), config `{config_path}` (copied as config.yaml), log.csv (UNet: every 10th step), command.txt.
-- Short training: the loss was still falling at the end (log.csv: {curve(kind, out_dir)}); more steps (and whole
-  slices instead of windows) would buy more, slowly. How it compares with linear / biharmonic and the other model on
-  TEST: below and benchmarks/README.md (restoration, slices3d).
-{val_table(out_dir)}{test_table(out_dir)}
+  2-core machine (other jobs running), config `{config_path}` (copied as config.yaml), log.csv (UNet: every 10th step),
+  command.txt. Loss (log.csv): {curve(kind, out_dir)}. How it compares with linear / biharmonic and the other
+  models on TEST: below and benchmarks/README.md (restoration, slices3d).
+{test_gain(out_dir)}{val_table(out_dir)}{test_table(out_dir)}
 - Reproduce (one line per sitting, then `--ship`):
 
 ```
@@ -178,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(CONFIGS), help="the model to train or ship")
     parser.add_argument("--tune-val", type=int, metavar="N", help="only score sampling variants on N val volumes")
+    parser.add_argument("--previous", help="--tune-val: a folder with an earlier slices_unet_ixi run to compare")
     parser.add_argument("--max-seconds", type=float, default=2280.0, help="training wall time, all sittings")
     parser.add_argument("--config", help="the model's config (default: configs/slices/slices_<model>_ixi.yaml)")
     parser.add_argument("--out-dir", default="runs/slice22")
@@ -185,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ship", action="store_true", help="ship the run's model (no training)")
     args = parser.parse_args(argv)
     if args.tune_val:
-        tune_val(args.tune_val, Path(args.out_dir))
+        tune_val(args.tune_val, Path(args.out_dir), previous=None if args.previous is None else Path(args.previous))
         return 0
     if args.model is None:
         parser.error("--model is required (or --tune-val N)")
@@ -222,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         command = ship_command(commands, args.model)  # log.csv: every 10th step and the last (the package's size cap)
         shipped, result = ship_regression(run_dir, name, config, data, command=command,
                                           description=DESCRIPTIONS["unet"], trained_on=TRAINED_ON, log_every=10)
-    write_text(shipped / "README.md", model_card(args.model, name, result, config_path, command, Path(args.out_dir)))
+    write_text(shipped / "README.md", model_card(args.model, name, result, config_path, command, Path(args.out_dir),
+                                                 config, None if args.model == "diffusion" else data))
     print(f"shipped {name} -> {shipped}: {result}")
     return 0
 
