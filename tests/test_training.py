@@ -123,6 +123,27 @@ def test_resume_repeats_the_loss_sequence_bit_for_bit(tmp_path):
         Trainer(changed, TinyDataset(), run_dir=tmp_path / "killed").fit(resume=True)
 
 
+def test_resume_of_a_run_saved_before_a_new_off_by_default_option(tmp_path):
+    """A run whose saved config lacks an option a newer meddiff added with an off default (None / False) resumes;
+    the same option switched on is still a refused change."""
+    import yaml
+
+    Trainer(tiny_config(), TinyDataset(), run_dir=tmp_path / "run").fit()
+    saved_path = tmp_path / "run" / "config.yaml"
+    saved = yaml.safe_load(saved_path.read_text())
+    saved["model"].pop("guidance_input", None)  # as written by an older meddiff
+    saved_path.write_text(yaml.safe_dump(saved))
+    longer = tiny_config()
+    longer["run"]["steps"] = 7
+    longer["model"]["guidance_input"] = False
+    assert [s for s, _ in Trainer(longer, TinyDataset(), run_dir=tmp_path / "run").fit(resume=True)] == [7]
+    saved_path.write_text(yaml.safe_dump(saved))
+    switched_on = tiny_config()
+    switched_on["model"]["guidance_input"] = True
+    with pytest.raises(MeddiffError, match="model.guidance_input: None -> True"):
+        Trainer(switched_on, TinyDataset(), run_dir=tmp_path / "run").fit(resume=True)
+
+
 def test_checkpoint_layout_meta_and_load(tmp_path):
     trainer = Trainer(tiny_config(sample_every=3, num_samples=4, sample_steps=3), TinyDataset(),
                       run_dir=tmp_path / "run")

@@ -601,6 +601,12 @@ IGNORED_ON_RESUME = {("run", "steps"), ("run", "progress"), ("run", "num_workers
                      ("run", "tensorboard"), ("run", "device")}
 
 
+def _same_setting(a, b) -> bool:
+    """Equal values; a key one side lacks equals an off value (None / False) on the other: a run saved before a
+    newer meddiff added an option with an off default resumes under that default."""
+    return a == b or (a in (None, False) and b in (None, False))
+
+
 def _check_same_config(saved: dict, current: dict, path: Path) -> None:
     """A resumed run must use the config it started with, except for bookkeeping keys (IGNORED_ON_RESUME)."""
     differences = []
@@ -608,7 +614,7 @@ def _check_same_config(saved: dict, current: dict, path: Path) -> None:
         a, b = saved.get(section), current.get(section)
         if isinstance(a, dict) and isinstance(b, dict):
             for key in sorted(set(a) | set(b)):
-                if (section, key) not in IGNORED_ON_RESUME and a.get(key) != b.get(key):
+                if (section, key) not in IGNORED_ON_RESUME and not _same_setting(a.get(key), b.get(key)):
                     differences.append(f"{section}.{key}: {a.get(key)!r} -> {b.get(key)!r}")
         elif a != b:
             differences.append(f"{section}: {a!r} -> {b!r}")
