@@ -47,7 +47,8 @@ already there (subject, slice, setting, method). Output: FILE.json and FILE.md (
     python benchmarks/restoration.py --out dev.json --subjects 1 --slices 1 --settings sr4   # a smoke run
     python benchmarks/restoration.py --out slices.json --settings slices3d                    # missing slices
     python benchmarks/restoration.py --out slices.json --settings slices3d --slice-models runs/slice22   # + learned
-    python benchmarks/restoration.py --out slices.json --settings slices3d --previous-slice-unet runs/slice22/slices_unet_ixi
+    python benchmarks/restoration.py --out slices.json --settings slices3d \
+        --previous-slice-unet runs/slice22/slices_unet_ixi   # + the 2-neighbour UNet that slices_unet_ixi replaced
     python benchmarks/restoration.py --out a.json --settings sr4 --figure fig.png --figure-from a.json,b.json
 """
 

@@ -9,12 +9,18 @@ time on the same machine:
     nice -n 19 env OMP_NUM_THREADS=1 nohup .venv/bin/python scripts/train_slices.py --model unet \
         --max-seconds 2280 > runs/slice22/unet.log &
 
-Runs go to runs/slice22/<name>/ (``--resume`` continues; the seconds of all sittings count towards ``--max-seconds``;
-the SR3 time-limit loop of scripts/train_sr.py is reused). ``--ship`` (no training) ships the run's model to
-src/meddiff/assets/checkpoints/<name>/ with config, log, command, split and a model card (diffusion: fp16 EMA by
-``export_checkpoint``; UNet: fp16 weights by ``save_regression``) -- only after it beat biharmonic on TEST in
-benchmarks/restoration.py --settings slices3d. ``--tune-val N`` (no training) scores sampling variants on N VAL
-volumes (never test) and writes runs/slice22/tune.json: how ``slices_learned.SLICE_LEARNED_DEFAULTS`` was chosen.
+The shipped slices_unet_ixi is the 4-neighbour UNet of configs/slices/slices_unet4_ixi.yaml (z-3, z-1, z+1, z+3;
+whole slices, cosine learning rate; ``--config`` picks it, ``--out-dir`` its run folder):
+
+    nice -n 19 env OMP_NUM_THREADS=1 nohup .venv/bin/python scripts/train_slices.py --model unet \
+        --config configs/slices/slices_unet4_ixi.yaml --out-dir runs/slice4 --max-seconds 4500 > runs/slice4/unet.log &
+
+Runs go to <out-dir>/<name>/ (default runs/slice22; ``--resume`` continues; the seconds of all sittings count towards
+``--max-seconds``; the SR3 time-limit loop of scripts/train_sr.py is reused). ``--ship`` (no training) ships the run's
+model to src/meddiff/assets/checkpoints/<name>/ with config, log, command, split and a model card (diffusion: fp16 EMA
+by ``export_checkpoint``; UNet: fp16 weights by ``save_regression``) -- only after it beat biharmonic on TEST in
+benchmarks/restoration.py --settings slices3d. ``--tune-val N`` (no training) scores sampling variants on N VAL volumes
+(never test) and writes runs/slice22/tune.json: how ``slices_learned.SLICE_LEARNED_DEFAULTS`` was chosen.
 """
 
 from __future__ import annotations
@@ -42,6 +48,23 @@ DESCRIPTIONS = {
     "unet": "supervised MONAI UNet for missing-slice inpainting of 2 mm axial IXI T1 volumes (two known neighbours -> "
             "the missing slice, L1, residual); meddiff restore --task inpaint --method slice-unet",
 }
+# Measured notes for the model card, per config (what the run showed beyond the generated tables).
+CARD_NOTES = {
+    "configs/slices/slices_unet4_ixi.yaml": """- TEST command (its JSON started from a copy of
+  runs/slice22/slices3d.json without the linear, cubic, biharmonic and slice-unet rows: the ddnm, sdedit and
+  slice-diffusion rows are carried over, not rerun; the previous 2-neighbour slices_unet_ixi is
+  runs/slice22/slices_unet_ixi, also in git before this model replaced it):
+  `nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/restoration.py --out runs/slice4/slices3d.json
+  --settings slices3d --slice-models runs/slice4 --previous-slice-unet runs/slice22/slices_unet_ixi --methods
+  linear,cubic,biharmonic,slice-unet,slice-unet-previous`. Per TEST volume over biharmonic: +0.86 / +0.71 / +0.58 dB
+  (the previous 2-neighbour model: +0.76 / +0.58 / +0.46).
+- VAL during training (checkpoint.pt of the run scored the same way at steps 2700 / 5400 / 8000 / 10900 / 13700 /
+  17000): 29.35 / 29.83 / 29.97 / 30.00 / 30.04 / 30.05 dB: flat over the last third, so more steps of this network
+  buy little. What more would buy (VAL only): averaging with the prediction on the left-right mirrored volume +0.10 dB
+  (30.15; not built in), mirroring the slice order -0.18 dB. The missing +0.28 dB on TEST needs more than this: a
+  wider view across slices (a 3D network), a larger network trained longer (a GPU), or both.
+""",
+}
 TRAINED_ON = "IXI T1 2 mm axial slice triplets, 150 train subjects (configs/splits/ixi_t1_2mm_dlmuse.json)"
 TUNE_VARIANTS = {
     "linear": ("linear", {}), "biharmonic": ("biharmonic", {}), "slice-unet": ("slice-unet", {}),
@@ -51,9 +74,10 @@ TUNE_VARIANTS = {
 }
 
 
-def ship_command(commands: Path, model: str) -> str:
-    """Every training sitting's command (commands.txt of the run), then the shipping one."""
-    return commands.read_text().strip() + f"\n.venv/bin/python scripts/train_slices.py --model {model} --ship"
+def ship_command(commands: Path, model: str, flags: str = "") -> str:
+    """Every training sitting's command (commands.txt of the run), then the shipping one (with ``flags``: --config,
+    --out-dir)."""
+    return commands.read_text().strip() + f"\n.venv/bin/python scripts/train_slices.py --model {model}{flags} --ship"
 
 
 def unet_data_config(unet_config: dict) -> dict:
@@ -137,7 +161,8 @@ def test_table(out_dir: Path) -> str:
             groups.setdefault(row["method"], []).append(row["psnr_missing"])
     rows = "\n".join(f"| {k} | {statistics.mean(v):.2f} | {len(v)} |" for k, v in groups.items())
     return ("\nTEST volumes (benchmarks/restoration.py --settings slices3d: 25-slice blocks, every second slice "
-            "missing, K = 4 for slice-diffusion; `-untrained`: the same network with random weights):\n\n"
+            "missing, K = 4 for slice-diffusion; `-untrained`: the same network with random weights; "
+            "`slice-unet-previous`: the model of `--previous-slice-unet`):\n\n"
             "| method | PSNR in the missing slices | volumes |\n|---|---|---|\n" + rows + "\n")
 
 
@@ -215,7 +240,7 @@ def model_card(kind: str, name: str, result: dict, config_path: str, command: st
   2-core machine (other jobs running), config `{config_path}` (copied as config.yaml), log.csv (UNet: every 10th step),
   command.txt. Loss (log.csv): {curve(kind, out_dir)}. How it compares with linear / biharmonic and the other
   models on TEST: below and benchmarks/README.md (restoration, slices3d).
-{test_gain(out_dir)}{val_table(out_dir)}{test_table(out_dir)}
+{test_gain(out_dir)}{CARD_NOTES.get(config_path, "")}{val_table(out_dir)}{test_table(out_dir)}
 - Reproduce (one line per sitting, then `--ship`):
 
 ```
@@ -241,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.model is None:
         parser.error("--model is required (or --tune-val N)")
     name, config_path = NAMES[args.model], args.config or CONFIGS[args.model]
+    flags = (f" --config {args.config}" if args.config else "") + \
+        (f" --out-dir {args.out_dir}" if args.out_dir != parser.get_default("out_dir") else "")
     run_dir = Path(args.out_dir) / name
     commands = run_dir / "commands.txt"
     if not args.ship:
@@ -256,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             result = train_sr3(config, run_dir, args.max_seconds, args.resume)
             print(f"trained {name}: {result}")
             return 0
-        command = ship_command(commands, args.model)
+        command = ship_command(commands, args.model, flags)
         shipped, result = ship_diffusion(config, run_dir, name, command=command, description=DESCRIPTIONS["diffusion"],
                                          trained_on=TRAINED_ON)
     else:
@@ -270,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             save_regression(model, run_dir / "final", meta={**result, "data": data})
             print(f"trained {name}: {result}")
             return 0
-        command = ship_command(commands, args.model)  # log.csv: every 10th step and the last (the package's size cap)
+        command = ship_command(commands, args.model, flags)  # log.csv: every 10th step and the last (size cap)
         shipped, result = ship_regression(run_dir, name, config, data, command=command,
                                           description=DESCRIPTIONS["unet"], trained_on=TRAINED_ON, log_every=10)
     write_text(shipped / "README.md", model_card(args.model, name, result, config_path, command, Path(args.out_dir),

@@ -3,16 +3,15 @@
 The "regression" baseline that conditional diffusion models (SR3, Saharia et al. 2021; Palette, Saharia et al. 2022)
 compare to: the same pairs, one deterministic prediction (the conditional mean under L2, the median under L1).
 
-- ``build_regression_unet``: a 2D ``monai.networks.nets.UNet`` (residual units, strided convolutions; the spatial
-  size must be divisible by the product of the strides); ``residual=True`` predicts target - input (channels must
-  match), the usual trick for super-resolution where the input is already the upsampled image (Kim et al. 2016,
-  VDSR).
+- ``build_regression_unet``: a 2D ``monai.networks.nets.UNet`` (residual units, strided convolutions; the spatial size
+  must be divisible by the product of the strides); ``residual=True`` predicts target - input (channels must match), the
+  usual trick for super-resolution where the input is already the upsampled image (Kim et al. 2016, VDSR).
 - ``train_regression``: Adam at a constant rate, or (``lr_schedule`` "cosine" / "linear") a linear warm-up over
   ``warmup_steps`` then a decay to ``min_lr_ratio`` x lr at ``max_steps`` (``trainer.lr_factor``, the diffusion
-  Trainer's schedule; the rate is a function of the step, so resume stays exact); batch i of step s holds the items of a random permutation of the
-  dataset drawn from (seed, epoch) alone, so the data order is a function of the step and a resumed run (``resume``:
-  model, optimiser, step, elapsed seconds and the torch RNG from ``run_dir/checkpoint.pt``) continues exactly as an
-  uninterrupted one. ``max_seconds`` counts the training time of all sittings together.
+  Trainer's schedule; the rate is a function of the step, so resume stays exact); batch i of step s holds the items of a
+  random permutation of the dataset drawn from (seed, epoch) alone, so the data order is a function of the step and a
+  resumed run (``resume``: model, optimiser, step, elapsed seconds and the torch RNG from ``run_dir/checkpoint.pt``)
+  continues exactly as an uninterrupted one. ``max_seconds`` counts the training time of all sittings together.
 - ``save_regression`` / ``load_regression``: weights (safetensors) + ``regression.json`` (the build arguments and any
   metadata), so a model is rebuilt from its folder alone.
 """
@@ -145,10 +144,11 @@ def train_regression(model: nn.Module, dataset, *, loss: str = "l1", batch_size:
     """Train ``model`` to map item[input_key] (Cin, H, W) to item[target_key] (Cout, H, W) of ``dataset``.
 
     Stops after ``max_steps`` steps in all or ``max_seconds`` seconds of training in all (every sitting counted),
-    whichever comes first (at least one is needed); a decaying ``lr_schedule`` runs over ``max_steps`` (needed). With ``run_dir``: ``checkpoint.pt`` (model, optimiser, step,
-    seconds, RNG; written atomically every ``checkpoint_every`` steps and at the end) and ``log.csv`` (step, loss,
-    seconds, lr per step); ``resume=True`` continues from the checkpoint exactly. Returns {"steps", "seconds",
-    "final_loss"} (final_loss: the mean loss of the last up to 20 steps; nan when no step ran)."""
+    whichever comes first (at least one is needed); a decaying ``lr_schedule`` runs over ``max_steps`` (needed). With
+    ``run_dir``: ``checkpoint.pt`` (model, optimiser, step, seconds, RNG; written atomically every ``checkpoint_every``
+    steps and at the end) and ``log.csv`` (step, loss, seconds, lr per step); ``resume=True`` continues from the
+    checkpoint exactly. Returns {"steps", "seconds", "final_loss"} (final_loss: the mean loss of the last up to 20
+    steps; nan when no step ran)."""
     loss_fn = _loss_fn(loss)
     _positive_int("batch_size", batch_size)
     _positive_int("checkpoint_every", checkpoint_every)

@@ -1,5 +1,6 @@
 """Missing-slice inpainting by networks trained on (known neighbours) -> slice z pairs (``meddiff.data.slice_triplets``:
-2 neighbours z-1, z+1 or 4 neighbours z-3, z-1, z+1, z+3; the count is read from the checkpoint), the learned counterpart of ``slices3d``'s interpolation along the slice axis:
+2 neighbours z-1, z+1 or 4 neighbours z-3, z-1, z+1, z+3; the count is read from the checkpoint), the learned
+counterpart of ``slices3d``'s interpolation along the slice axis:
 
 - "slice-diffusion": a Palette-style conditional diffusion model (Saharia et al. 2022, "Palette: image-to-image
   diffusion models"; the SR3 channel concatenation of Saharia et al. 2021) whose network sees the noisy missing slice
@@ -13,10 +14,11 @@ Both run per missing slice in the pairs' model space: v = 2 x / s - 1 with s = `
 neighbours (``neighbour_condition``), padded with air (v = -1) to the network's multiple and cropped back; x = s (v +
 1) / 2. The neighbours are the nearest KNOWN slices below and above (4-neighbour models: also the second-nearest known
 slice on each side, or the nearest one repeated where there is no second, as in training at the volume edges); the
-models were trained on the slices known when every second slice is missing, so a longer run of missing slices gets, in each of them, the model's fill between the two
-known slices around the run (outside the training distribution; the gap is reported in the settings as
-``max_gap``). A missing slice with no known slice below or above it (the ends of the volume) is an error: use
-linear / biharmonic, which copy the nearest known slice there. Known slices are returned unchanged.
+models were trained on the slices known when every second slice is missing, so a longer run of missing slices gets, in
+each of them, the model's fill between the two known slices around the run (outside the training distribution; the gap
+is reported in the settings as ``max_gap``). A missing slice with no known slice below or above it (the ends of the
+volume) is an error: use linear / biharmonic, which copy the nearest known slice there. Known slices are returned
+unchanged.
 """
 
 from __future__ import annotations
