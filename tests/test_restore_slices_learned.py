@@ -143,13 +143,39 @@ def test_zero_residual_networks_reproduce_the_linear_fill():
     unet = SliceModel("slice-unet", Zero(), 4, 4.0, "zero")
     out, std, nfe, settings = fill_slices(vol, missing, unet)
     np.testing.assert_allclose(out, linear, rtol=1e-5, atol=1e-6)
-    assert std is None and nfe == 1 and settings["max_gap"] == 1
+    assert std is None and nfe == 2 and settings["max_gap"] == 1 and settings["mirror"]
     schedule = make_schedule({"kind": "discrete", "beta_schedule": "linear", "num_train_steps": 1000})
     diffusion = SliceModel("slice-diffusion", Zero(), 4, 4.0, "zero", ModelDenoiser(Zero(), schedule, "x0"), schedule,
                            {"prediction": "x0"})
     out, std, nfe, _ = fill_slices(vol, missing, diffusion, steps=3, samples=2, eta=0.0)
     np.testing.assert_allclose(out, linear, atol=1e-3 * vol.max())
     assert nfe == 3 and std.shape == vol.shape and not std[..., [0, 2, 4, 6, 8]].any()
+
+
+class Ramp(torch.nn.Module):
+    """A network blind to its input whose residual rises along the slice's first axis: 0 at the first row, 4 at the
+    last (v = linear fill + ramp / 4)."""
+
+    def forward(self, x):
+        return 4.0 * torch.linspace(0, 1, x.shape[-2]).view(1, 1, -1, 1).expand(x.shape[0], 1, -1, x.shape[-1])
+
+
+def test_mirror_ensemble_averages_the_prediction_with_its_mirror_image():
+    """mirror=True: the mean of r(x) and flip(r(flip(x))) along the first in-plane axis (a ramp becomes its mean, 0.5
+    in model units); mirror=False: the network's own prediction. Volume 8 x 6 (multiple 4: no padding)."""
+    vol = volume()[:8, :6]
+    missing = [1, 3, 5, 7]
+    linear = R.interpolate_slices(vol, missing)
+    unet = SliceModel("slice-unet", Ramp(), 4, 4.0, "ramp")
+    plain, _, nfe1, _ = fill_slices(vol, missing, unet, mirror=False)
+    mirrored, _, nfe2, _ = fill_slices(vol, missing, unet)
+    assert nfe1 == 1 and nfe2 == 2
+    plain_gain, mirrored_gain = (plain - linear)[..., missing], (mirrored - linear)[..., missing]  # s / 2 x residual
+    np.testing.assert_allclose(plain_gain[0], 0.0, atol=1e-4 * vol.max())  # ramp 0 at the first row, 1 at the last
+    assert (plain_gain[-1] > 0.1 * vol.max()).all()
+    expected = np.broadcast_to(0.5 * plain_gain[-1:], mirrored_gain.shape)  # the ramp's mean, 0.5, on every row
+    np.testing.assert_allclose(mirrored_gain, expected, rtol=1e-4, atol=1e-4 * vol.max())
+    np.testing.assert_array_equal(mirrored[..., ::2], vol[..., ::2])
 
 
 @functools.cache
