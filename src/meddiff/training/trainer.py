@@ -604,7 +604,7 @@ IGNORED_ON_RESUME = {("run", "steps"), ("run", "progress"), ("run", "num_workers
 def _same_setting(a, b) -> bool:
     """Equal values; a key one side lacks equals an off value (None / False) on the other: a run saved before a
     newer meddiff added an option with an off default resumes under that default."""
-    return a == b or (a in (None, False) and b in (None, False))
+    return a == b or (a is None or a is False) and (b is None or b is False)  # `is`: 0 is a setting, not off
 
 
 def _check_same_config(saved: dict, current: dict, path: Path) -> None:
