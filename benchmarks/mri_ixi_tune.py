@@ -41,6 +41,11 @@ GRID = [
     ("mc-ddpm", {"start": 0.05, "steps": 6}), ("mc-ddpm", {"samples": 8}), ("pc", {"start": 0.02, "steps": 4}),
     # 18-20: the posterior mean over more samples (the gain of 4 -> 8 samples was the largest above)
     ("mc-ddpm", {"samples": 16}), ("mc-ddpm", {"start": 0.05, "steps": 6, "samples": 16}), ("ddnm", {"samples": 16}),
+    # 21-26 (session 20): mc-ddpm's steps and start by acceleration (solvers.py, HIGH_ACCELERATION_DEFAULTS), run with
+    # --slices 2 --settings gaussian:4 equispaced:4 gaussian:8 equispaced:8 --only 21 22 23 24 25 26
+    ("mc-ddpm", {"start": 0.1, "steps": 16}), ("mc-ddpm", {"start": 0.1, "steps": 24}),
+    ("mc-ddpm", {"start": 0.15, "steps": 12}), ("mc-ddpm", {"start": 0.2, "steps": 16}),
+    ("mc-ddpm", {"start": 0.25, "steps": 20}), ("mc-ddpm", {"start": 0.3, "steps": 24}),
 ]
 
 

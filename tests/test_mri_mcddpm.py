@@ -128,6 +128,24 @@ def test_seeded_and_reproducible():
     assert not np.array_equal(a.image, c.image)
 
 
+def test_defaults_follow_the_acceleration_and_explicit_values_win():
+    """Below HIGH_ACCELERATION the mc-ddpm defaults are SOLVER_DEFAULTS; from it on the later start and longer grid
+    replace them; a value the caller passes beats both; other solvers have one set of defaults."""
+    k, _, maps = phantom(h=30, w=21)
+    low = make_mask((30, 21), 2, "equispaced", acs_fraction=0.4, seed=0, axis=-2)
+    high = make_mask((30, 21), 8, "equispaced", acs_fraction=0.1, seed=0, axis=-2)
+    assert mri.method_defaults("mc-ddpm", low)["mc-ddpm"] == mri.SOLVER_DEFAULTS["mc-ddpm"]
+    at_high = mri.method_defaults("mc-ddpm", high)["mc-ddpm"]
+    assert at_high == {**mri.SOLVER_DEFAULTS["mc-ddpm"], **mri.HIGH_ACCELERATION_DEFAULTS["mc-ddpm"]}
+    assert at_high["start"] > mri.SOLVER_DEFAULTS["mc-ddpm"]["start"]
+    assert mri.method_defaults("ddnm", high)["ddnm"] == mri.SOLVER_DEFAULTS["ddnm"]
+    prior = tiny_prior()
+    out = mri.reconstruct(k, high, "mc-ddpm", prior=prior, maps=maps, samples=2, seed=0)
+    assert out.settings["start"] == at_high["start"] and out.nfe == at_high["steps"]
+    out = mri.reconstruct(k, high, "mc-ddpm", prior=prior, maps=maps, steps=3, samples=2, seed=0, start=0.05)
+    assert out.settings["start"] == 0.05 and out.nfe == 3
+
+
 def test_bad_parameters_and_sizes_are_named():
     k, _, maps = phantom(h=30, w=21)
     mask = make_mask((30, 21), 2, "equispaced", acs_fraction=0.4, seed=0, axis=-2)

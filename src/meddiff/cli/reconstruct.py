@@ -10,7 +10,8 @@ import argparse
 
 def register(subparsers) -> None:
     from meddiff.tasks.ct import METHODS as CT_METHODS
-    from meddiff.tasks.mri import COMBINES, METHODS, SOLVER_DEFAULTS
+    from meddiff.tasks.mri import (COMBINES, HIGH_ACCELERATION, HIGH_ACCELERATION_DEFAULTS, METHODS,
+                                   SOLVER_DEFAULTS)
 
     parser = subparsers.add_parser(
         "reconstruct", help="reconstruct undersampled MRI k-space (baselines or diffusion solvers)",
@@ -46,7 +47,8 @@ def register(subparsers) -> None:
     parser.add_argument("--steps", type=int, help="sampler steps (diffusion methods; default per method)")
     parser.add_argument("--start", type=float, help="diffusion methods: fraction of the diffusion time the noised CS "
                         "image starts from (default per method: ddnm 0.03, mc-ddpm "
-                        f"{SOLVER_DEFAULTS['mc-ddpm']['start']:g}; 0.01 makes ddnm a CS "
+                        f"{SOLVER_DEFAULTS['mc-ddpm']['start']:g}, from {HIGH_ACCELERATION:g}x on "
+                        f"{HIGH_ACCELERATION_DEFAULTS['mc-ddpm']['start']:g}; 0.01 makes ddnm a CS "
                         "refinement that scores 0-0.6 dB higher but barely uses the prior, benchmarks/README.md; "
                         "larger starts spread the samples more, benchmarks/mri_uncertainty.py; CT: the noised TV "
                         "image, ddnm 0.02, dps/pc/mbir 0.05, 10 steps)")

@@ -49,13 +49,14 @@ from meddiff.tasks.mri.prior import Prior, load_prior, untrained_prior
 from meddiff.tasks.mri.problem import (BASELINES, COMBINES, PHASE_ACS, MRIProblem, baseline, combine_coils,
                                        low_resolution_phase, make_problem)
 from meddiff.tasks.mri.report import report_section
-from meddiff.tasks.mri.solvers import (INITS, METHODS, SCALE_PERCENTILE, SOLVER_DEFAULTS, SOLVERS, RealImageModel,
-                                       Reconstruction, reconstruct, solve)
+from meddiff.tasks.mri.solvers import (HIGH_ACCELERATION, HIGH_ACCELERATION_DEFAULTS, INITS, METHODS, SCALE_PERCENTILE,
+                                       SOLVER_DEFAULTS, SOLVERS, RealImageModel, Reconstruction, method_defaults,
+                                       reconstruct, solve)
 
 __all__ = [
-    "BASELINES", "COMBINES", "INITS", "IXI_T1_DIR", "METHODS", "MRIProblem", "ONE_MM_MEDIAN", "ONE_MM_T1", "PHASE_ACS",
+    "BASELINES", "COMBINES", "HIGH_ACCELERATION", "HIGH_ACCELERATION_DEFAULTS", "INITS", "IXI_T1_DIR", "METHODS", "MRIProblem", "ONE_MM_MEDIAN", "ONE_MM_T1", "PHASE_ACS",
     "PRIOR_PATCH", "PRIOR_VAL_SUBJECTS", "PRIOR_ZOOM", "Prior", "RealImageModel", "Reconstruction", "SCALE_PERCENTILE",
     "SOLVERS", "SOLVER_DEFAULTS", "baseline", "calibration_plot", "check_inputs", "combine_coils", "load_kspace",
-    "load_mask", "load_prior", "low_resolution_phase", "make_prior_patches", "make_problem", "reconstruct",
+    "load_mask", "load_prior", "low_resolution_phase", "make_prior_patches", "make_problem", "method_defaults", "reconstruct",
     "report_section", "solve", "untrained_prior",
 ]

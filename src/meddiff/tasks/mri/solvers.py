@@ -15,7 +15,7 @@ from meddiff.data.transforms import magnitude_scale
 from meddiff.diffusion import get_sampler, initial_noise, start_grid
 from meddiff.diffusion.inverse import MeasurementReplacement, PosteriorGradient, Projection
 from meddiff.errors import MeddiffError, check_choice
-from meddiff.physics import cg_sense, cs_wavelet
+from meddiff.physics import acceleration_of, cg_sense, cs_wavelet
 from meddiff.tasks.mri.mcddpm import sample_mcddpm
 from meddiff.tasks.prior import Prior, Reconstruction, load_prior, solver_settings
 from meddiff.tasks.mri.problem import (BASELINES, COMBINES, MRIProblem, baseline, combine_coils, low_resolution_phase,
@@ -48,14 +48,32 @@ INITS = ("sense", "cs-wavelet")  # the image a solver with start < 1 noises and 
 # mc-ddpm averages 8 samples (session 13, brain_t1_ixi step 1400, `benchmarks/mri_ixi_tune.py` on 3 val slices): 4 / 8 /
 #   16 samples +0.63 / +0.91 / +1.00 dB over CS at Gaussian 4x, +0.79 / +0.96 dB at equispaced 8x; 8 keeps a slice
 #   well inside the issue's 30 s on this CPU, 16 does not.
+# mc-ddpm steps and start by acceleration (session 20, brain_t1_ixi step 2200, 6 IXI val slices, dev mask seed 100, 8
+#   samples; `benchmarks/mri_ixi_tune.py --only 21 22 23 24`): a finer grid pays at every acceleration and a later
+#   start at 8x, where the CS start image is further from the truth. Gain over CS (dB) at 4x Gaussian / equispaced:
+#   8 steps from 10 % +0.85 / +0.88, 16 steps +0.94 / +0.98, 24 steps +0.96 / -, 16 samples +0.97 / -; at 8x
+#   equispaced / Gaussian: 8 steps from 10 % +0.89 / +0.58, 12 from 15 % +1.09 / +0.77, 16 from 20 % +1.19 / +0.90,
+#   20 from 25 % +1.25 / +0.97, 24 from 30 % +1.25 / +0.99. Chosen: 16 steps from 10 % below 6x (16 s / slice on one
+#   loaded thread), 20 steps from 25 % from 6x on (21 s); both inside the issue's 30 s.
 SOLVER_DEFAULTS: dict[str, dict] = {
     "pc": {"steps": 3, "samples": 4, "snr": 0.05, "start": 0.01, "init": "cs-wavelet"},
     "dps": {"steps": 3, "samples": 4, "zeta": 1.0, "start": 0.01, "init": "cs-wavelet"},
     "ddnm": {"steps": 4, "samples": 4, "eta": 0.85, "start": 0.03, "init": "cs-wavelet"},
     "coarse-to-fine": {"steps": 3, "samples": 4, "start": 0.02, "init": "cs-wavelet", "refine_steps": 2,
                        "refine_start": 0.01},
-    "mc-ddpm": {"steps": 8, "samples": 8, "start": 0.1, "init": "cs-wavelet"},
+    "mc-ddpm": {"steps": 16, "samples": 8, "start": 0.1, "init": "cs-wavelet"},
 }
+HIGH_ACCELERATION = 6.0  # realised acceleration (``acceleration_of`` the mask) from which HIGH_ACCELERATION_DEFAULTS apply
+HIGH_ACCELERATION_DEFAULTS: dict[str, dict] = {"mc-ddpm": {"steps": 20, "start": 0.25}}
+
+
+def method_defaults(method: str, mask: Tensor) -> dict[str, dict]:
+    """``SOLVER_DEFAULTS`` for ``method`` at this mask's acceleration: from ``HIGH_ACCELERATION`` on, the
+    high-acceleration values replace the others (a later start and more steps for mc-ddpm, comment above)."""
+    defaults = dict(SOLVER_DEFAULTS[method])
+    if acceleration_of(mask) >= HIGH_ACCELERATION:
+        defaults.update(HIGH_ACCELERATION_DEFAULTS.get(method, {}))
+    return {method: defaults}
 SCALE_PERCENTILE = 99.5
 
 
@@ -118,7 +136,7 @@ def solve(method: str, problem: MRIProblem, prior: Prior, *, steps: int | None =
           seed: int = 0, combine: str = "sense", **params) -> tuple[Tensor, Tensor, int, dict]:
     """Run a diffusion solver: (magnitudes (K, H, W) of the K samples, image (H, W), network evaluations, settings)."""
     check_choice("method", method, SOLVERS)
-    settings = solver_settings(SOLVER_DEFAULTS, method, steps, samples, params)
+    settings = solver_settings(method_defaults(method, problem.mask), method, steps, samples, params)
     n_steps, k = settings["steps"], settings["samples"]
     padded = prior.padded_size(tuple(problem.mask.shape), "k-space")  # MeddiffError naming both sizes if no match
     phase, scale, sense = _start(problem, settings["init"])
