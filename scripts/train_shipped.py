@@ -12,6 +12,7 @@ this exact command, so anyone can retrain the model and compare the logs.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -46,15 +47,24 @@ def save_real_examples(data_config: dict, per_class: int, path: Path) -> None:
         Image.fromarray(np.concatenate(grids)).save(tmp, format="PNG")  # one grid per class, top to bottom
 
 
+def shipped_card(name: str) -> dict:
+    """The "shipped" fields (description, trained_on, default_for) of the model already shipped as ``name``, or {}:
+    a further sitting (``--resume``) or a re-export keeps them unless the command line gives new ones."""
+    meta = SHIPPED_DIR / name / "meta.json"
+    return json.loads(meta.read_text()).get("shipped", {}) if meta.is_file() else {}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--name", required=True, help="shipped name (folder under assets/checkpoints)")
-    parser.add_argument("--description", required=True, help="one line for `meddiff checkpoints list`")
+    parser.add_argument("--description", help="one line for `meddiff checkpoints list` (kept from the shipped card "
+                                              "when left out; required for a new model)")
     parser.add_argument("--trained-on", default="", help="one line naming the data and split, for `meddiff "
                         "checkpoints list` (kept from the shipped card when left out)")
-    parser.add_argument("--default-for", nargs="*", default=[],
-                        help="commands that use this model when --checkpoint is left out (e.g. sample)")
+    parser.add_argument("--default-for", nargs="*",
+                        help="commands that use this model when --checkpoint is left out (e.g. sample; kept from the "
+                             "shipped card when left out)")
     parser.add_argument("--steps", type=int, help="override run.steps")
     parser.add_argument("--out-dir", default="runs/shipped")
     parser.add_argument("--resume", action="store_true")
@@ -68,23 +78,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps is not None:
         config["run"]["steps"] = args.steps
     run_dir = Path(args.out_dir) / args.name
+    card = shipped_card(args.name)
+    description = args.description or card.get("description")
+    if not description:
+        parser.error(f"--description is required: {args.name} has no shipped card to keep it from")
     started = time.time()
     if not args.export_only:
         train(config, resume=args.resume, run_dir=run_dir)
     checkpoint = list_checkpoints(run_dir / "checkpoints")[-1]
     command = "OMP_NUM_THREADS=1 " + shlex.join([".venv/bin/python", "scripts/train_shipped.py", *(argv or sys.argv[1:])])
     previous = SHIPPED_DIR / args.name / "command.txt"
-    if args.export_only and previous.is_file():  # re-exporting keeps the command that trained the model
+    if previous.is_file() and args.export_only:  # re-exporting keeps the commands that trained the model
         command = previous.read_text().strip()
-    trained_on = args.trained_on
-    if not trained_on and (SHIPPED_DIR / args.name / "meta.json").is_file():
-        import json
-
-        trained_on = json.loads((SHIPPED_DIR / args.name / "meta.json").read_text()).get("shipped", {}).get("trained_on", "")
+    elif previous.is_file() and args.resume:  # a further sitting: the earlier ones stay in the record
+        command = previous.read_text().strip() + "\n# resumed:\n" + command
+    trained_on = args.trained_on or card.get("trained_on", "")
+    default_for = args.default_for if args.default_for is not None else card.get("default_for", [])
     split_file = (config.get("data") or {}).get("split_file")  # the subject split travels with the model
     extra = {"split.json": Path(split_file)} if split_file and Path(split_file).is_file() else None
-    shipped = export_checkpoint(checkpoint, args.name, command=command, description=args.description,
-                                default_for=args.default_for, trained_on=trained_on, extra_files=extra)
+    shipped = export_checkpoint(checkpoint, args.name, command=command, description=description,
+                                default_for=default_for, trained_on=trained_on, extra_files=extra)
     if args.real_examples:
         save_real_examples(config["data"], args.real_examples, shipped / "real_examples.png")
     print(f"shipped {checkpoint} -> {shipped} ({time.time() - started:.0f} s)")

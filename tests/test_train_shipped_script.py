@@ -1,0 +1,51 @@
+"""scripts/train_shipped.py over sittings: a resumed sitting keeps the shipped card (description, trained_on,
+default_for) and appends its command to the earlier ones; a re-export keeps them all; a new model needs a
+description."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import meddiff.training.shipped as shipped_module
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_shipped.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("train_shipped_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_resumed_sitting_keeps_the_card_and_every_command(tmp_path, monkeypatch):
+    g = np.random.default_rng(0)
+    images = (np.clip(g.normal(0.4, 0.3, (16, 16, 16)), 0, 1) * 255).astype(np.uint8)
+    np.savez(tmp_path / "patches.npz", train_images=images, train_labels=np.zeros((16, 1), np.int64))
+    config = {"model": {"channels": [8, 8], "attention_levels": [False, False], "num_classes": None},
+              "data": {"kind": "medmnist", "path": str(tmp_path / "patches.npz")},
+              "run": {"name": "tiny", "steps": 2, "batch_size": 4, "log_every": 1, "checkpoint_every": 1,
+                      "progress": False}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    script = load_script()
+    shipped = tmp_path / "shipped"
+    monkeypatch.setattr(script, "SHIPPED_DIR", shipped)
+    monkeypatch.setattr(shipped_module, "SHIPPED_DIR", shipped)
+    common = ["--config", str(tmp_path / "tiny.yaml"), "--name", "tiny", "--out-dir", str(tmp_path / "runs")]
+    with pytest.raises(SystemExit):  # a new model without a description
+        script.main(common)
+    assert script.main(common + ["--description", "Tiny prior", "--trained-on", "noise", "--default-for", "sample"]) == 0
+    assert script.main(common + ["--steps", "3", "--resume"]) == 0
+    card = json.loads((shipped / "tiny" / "meta.json").read_text())
+    assert card["step"] == 3
+    assert {k: card["shipped"][k] for k in ("description", "trained_on", "default_for")} == {
+        "description": "Tiny prior", "trained_on": "noise", "default_for": ["sample"]}
+    commands = (shipped / "tiny" / "command.txt").read_text()
+    assert "--description 'Tiny prior'" in commands and "# resumed:" in commands and "--steps 3 --resume" in commands
+    assert script.main(common + ["--export-only", "--description", "Tiny prior v2"]) == 0
+    assert (shipped / "tiny" / "command.txt").read_text() == commands
+    assert json.loads((shipped / "tiny" / "meta.json").read_text())["shipped"]["description"] == "Tiny prior v2"
