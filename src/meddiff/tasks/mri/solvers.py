@@ -49,12 +49,15 @@ INITS = ("sense", "cs-wavelet")  # the image a solver with start < 1 noises and 
 #   16 samples +0.63 / +0.91 / +1.00 dB over CS at Gaussian 4x, +0.79 / +0.96 dB at equispaced 8x; 8 keeps a slice
 #   well inside the 30 s on this CPU, 16 does not.
 # mc-ddpm steps and start by acceleration (session 20, brain_t1_ixi step 2200, 6 IXI val slices, dev mask seed 100, 8
-#   samples; `benchmarks/mri_ixi_tune.py --only 21 22 23 24`): a finer grid pays at every acceleration and a later
+#   samples; `benchmarks/mri_ixi_tune.py --slices 2 --settings gaussian:4 equispaced:4 gaussian:8 equispaced:8 --only
+#   21 22 23 24 25 26`): a finer grid pays at every acceleration and a later
 #   start at 8x, where the CS start image is further from the truth. Gain over CS (dB) at 4x Gaussian / equispaced:
 #   8 steps from 10 % +0.85 / +0.88, 16 steps +0.94 / +0.98, 24 steps +0.96 / -, 16 samples +0.97 / -; at 8x
 #   equispaced / Gaussian: 8 steps from 10 % +0.89 / +0.58, 12 from 15 % +1.09 / +0.77, 16 from 20 % +1.19 / +0.90,
 #   20 from 25 % +1.25 / +0.97, 24 from 30 % +1.25 / +0.99. Chosen: 16 steps from 10 % below 6x (16 s / slice on one
 #   loaded thread), 20 steps from 25 % from 6x on (21 s); both inside the 30 s.
+#   Out of domain (the real 1 mm slice) the later 8x start costs 0.28 dB at Gaussian 8x (benchmarks/README.md);
+#   `start=0.1, steps=8` restores the old grid.
 SOLVER_DEFAULTS: dict[str, dict] = {
     "pc": {"steps": 3, "samples": 4, "snr": 0.05, "start": 0.01, "init": "cs-wavelet"},
     "dps": {"steps": 3, "samples": 4, "zeta": 1.0, "start": 0.01, "init": "cs-wavelet"},
@@ -74,6 +77,8 @@ def method_defaults(method: str, mask: Tensor) -> dict[str, dict]:
     if acceleration_of(mask) >= HIGH_ACCELERATION:
         defaults.update(HIGH_ACCELERATION_DEFAULTS.get(method, {}))
     return {method: defaults}
+
+
 SCALE_PERCENTILE = 99.5
 
 
