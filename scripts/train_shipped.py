@@ -54,6 +54,22 @@ def shipped_card(name: str) -> dict:
     return json.loads(meta.read_text()).get("shipped", {}) if meta.is_file() else {}
 
 
+def apply_override(config: dict, assignment: str, parser: argparse.ArgumentParser) -> None:
+    """``section.key=value`` -> config[section][key] = YAML value; a malformed assignment is a usage error."""
+    import yaml
+
+    path, sep, text = assignment.partition("=")
+    keys = path.split(".")
+    if not sep or len(keys) < 2 or not all(keys):
+        parser.error(f"--set {assignment!r}: write SECTION.KEY=VALUE, e.g. --set optimiser.lr=4e-4")
+    node = config
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            parser.error(f"--set {assignment!r}: {key} is not a section of the config")
+    node[keys[-1]] = yaml.safe_load(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
@@ -66,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="commands that use this model when --checkpoint is left out (e.g. sample; kept from the "
                              "shipped card when left out)")
     parser.add_argument("--steps", type=int, help="override run.steps")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config value, read as YAML (repeatable), e.g. a further sitting that starts "
+                             "from the shipped weights with a fresh optimiser: --set run.init_from=NAME "
+                             "--set optimiser.lr=4e-4")
     parser.add_argument("--out-dir", default="runs/shipped")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--export-only", action="store_true", help="export the latest checkpoint of the run")
@@ -77,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     config["run"].update({"name": args.name, "out_dir": args.out_dir})
     if args.steps is not None:
         config["run"]["steps"] = args.steps
+    for assignment in args.set:
+        apply_override(config, assignment, parser)
     run_dir = Path(args.out_dir) / args.name
     card = shipped_card(args.name)
     description = args.description or card.get("description")
@@ -92,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         command = previous.read_text().strip()
     elif previous.is_file() and args.resume:  # a further sitting: the earlier ones stay in the record
         command = previous.read_text().strip() + "\n# resumed:\n" + command
+    elif previous.is_file() and config["run"].get("init_from") == args.name:  # a sitting from the shipped weights
+        command = previous.read_text().strip() + "\n# warm-started from the shipped weights, fresh optimiser:\n" + command
     trained_on = args.trained_on or card.get("trained_on", "")
     default_for = args.default_for if args.default_for is not None else card.get("default_for", [])
     split_file = (config.get("data") or {}).get("split_file")  # the subject split travels with the model

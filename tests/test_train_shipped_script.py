@@ -49,3 +49,47 @@ def test_resumed_sitting_keeps_the_card_and_every_command(tmp_path, monkeypatch)
     assert script.main(common + ["--export-only", "--description", "Tiny prior v2"]) == 0
     assert (shipped / "tiny" / "command.txt").read_text() == commands
     assert json.loads((shipped / "tiny" / "meta.json").read_text())["shipped"]["description"] == "Tiny prior v2"
+
+
+
+def test_sitting_from_the_shipped_weights_with_overrides(tmp_path, monkeypatch):
+    """--set overrides config values (read as YAML; "1e-12" without a dot is still taken as a number), and a sitting that
+    starts from the shipped weights (run.init_from = its own name, fresh optimiser) starts from exactly those weights and
+    appends its command to the record; a malformed --set is a usage error."""
+    import torch
+    from safetensors.torch import load_file
+
+    g = np.random.default_rng(0)
+    images = (np.clip(g.normal(0.4, 0.3, (16, 16, 16)), 0, 1) * 255).astype(np.uint8)
+    np.savez(tmp_path / "patches.npz", train_images=images, train_labels=np.zeros((16, 1), np.int64))
+    config = {"model": {"channels": [8, 8], "attention_levels": [False, False], "num_classes": None},
+              "data": {"kind": "medmnist", "path": str(tmp_path / "patches.npz")},
+              "run": {"name": "tiny", "steps": 2, "batch_size": 4, "log_every": 1, "checkpoint_every": 1,
+                      "progress": False}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    script = load_script()
+    shipped = tmp_path / "shipped"
+    monkeypatch.setattr(script, "SHIPPED_DIR", shipped)
+    monkeypatch.setattr(shipped_module, "SHIPPED_DIR", shipped)
+    base = ["--config", str(tmp_path / "tiny.yaml"), "--name", "tiny"]
+    assert script.main(base + ["--out-dir", str(tmp_path / "runs1"), "--description", "Tiny prior"]) == 0
+    first = load_file(shipped / "tiny" / "ema.safetensors")
+    for bad in ("optimiser.lr", "lr=1", ".lr=1"):
+        with pytest.raises(SystemExit):
+            script.main(base + ["--out-dir", str(tmp_path / "bad"), "--set", bad])
+
+    # a rate of 1e-12 leaves the weights where the sitting started: the shipped ones, not a fresh initialisation
+    assert script.main(base + ["--out-dir", str(tmp_path / "runs2"), "--set", "run.init_from=tiny",
+                               "--set", "optimiser.lr=1e-12", "--set", "run.seed=6"]) == 0
+    second = load_file(shipped / "tiny" / "ema.safetensors")
+    assert set(first) == set(second)
+    assert all(torch.allclose(first[k].float(), second[k].float(), atol=1e-3) for k in first)
+    commands = (shipped / "tiny" / "command.txt").read_text()
+    assert "--description 'Tiny prior'" in commands
+    assert "# warm-started from the shipped weights, fresh optimiser:" in commands and "run.init_from=tiny" in commands
+
+    # the same sitting without the warm start ends far from the first weights (so the check above can fail)
+    assert script.main(base + ["--out-dir", str(tmp_path / "runs3"), "--set", "optimiser.lr=1e-12",
+                               "--set", "run.seed=6"]) == 0
+    third = load_file(shipped / "tiny" / "ema.safetensors")
+    assert not all(torch.allclose(first[k].float(), third[k].float(), atol=1e-3) for k in first)

@@ -306,6 +306,11 @@ def test_config_errors(tmp_path):
                 run_dir=tmp_path)
     with pytest.raises(MeddiffError, match="pad or crop to a multiple of 2"):
         Trainer(tiny_config(), TinyDataset(shape=(1, 15, 16)), run_dir=tmp_path)
+    with pytest.raises(MeddiffError, match=r"optimiser.lr='fast' must be a number \(e.g. 4.0e-4\)"):
+        Trainer({**tiny_config(), "optimiser": {"lr": "fast"}}, TinyDataset(), run_dir=tmp_path)
+    # PyYAML reads 4e-4 (no dot) as a string: it is still the number the user meant
+    assert Trainer({**tiny_config(), "optimiser": {"lr": "4e-4"}}, TinyDataset(),
+                   run_dir=tmp_path).optimizer.param_groups[0]["initial_lr"] == 4e-4
 
 
 def test_cli_train_runs_and_reports_errors(tmp_path, monkeypatch, capsys):

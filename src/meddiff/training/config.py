@@ -75,6 +75,17 @@ SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
 TOP_LEVEL = ("task", "model", "diffusion", "data", "optimiser", "schedule", "run", "loss")
 
 
+def _number(name: str, value) -> float:
+    """A real number from YAML: PyYAML reads ``4e-4`` (no dot) as a string, so such a string is converted;
+    anything else that is not a number is an error naming the key."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise MeddiffError(f"{name}={value!r} must be a number (e.g. 4.0e-4)")
+    try:
+        return float(value)
+    except ValueError:
+        raise MeddiffError(f"{name}={value!r} must be a number (e.g. 4.0e-4)") from None
+
+
 def load_config(path: str | Path) -> dict:
     """Read a YAML training config; errors name the file."""
     path = Path(path)
@@ -136,6 +147,7 @@ def resolve_config(config: dict) -> dict:
         raise MeddiffError(f"run.sample_every={run['sample_every']!r} must be an integer >= 0 (0: no samples)")
     if not 0 <= run["ema_decay"] < 1:
         raise MeddiffError(f"run.ema_decay={run['ema_decay']} must be in [0, 1)")
+    optimiser["lr"] = _number("optimiser.lr", optimiser["lr"])
     if optimiser["lr"] <= 0:
         raise MeddiffError(f"optimiser.lr={optimiser['lr']} must be positive")
     if optimiser["grad_clip"] is not None and optimiser["grad_clip"] <= 0:
