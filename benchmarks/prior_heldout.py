@@ -10,6 +10,8 @@ EMA weights are scored on the config's validation subjects (split by subject; th
   samples: what a perfect model would score);
 - training seconds to reach the step, from the run's log.csv (elapsed_s).
 Results are cached in ``--out`` by step, so a re-run after more training only scores the new checkpoints.
+``--also C ...`` scores further checkpoints (paths or shipped names) as rows named after them: the shipped weights
+that a sitting started from (``run.init_from``), to compare the sitting's checkpoints with its starting point.
 
     OMP_NUM_THREADS=2 python benchmarks/prior_heldout.py --config configs/brain_t1_ixi.yaml \
         --run-dir runs/shipped/brain_t1_ixi --fid-at 400 800 1200 1600 --out runs/brain_t1_ixi_heldout.json
@@ -88,6 +90,7 @@ def main(argv=None) -> int:
     from meddiff.data.io import write_json
     from meddiff.nets import build_network
     from meddiff.training import list_checkpoints, load_checkpoint, load_config
+    from meddiff.training.checkpoint import resolve_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
@@ -98,6 +101,9 @@ def main(argv=None) -> int:
     parser.add_argument("--fid-at", type=int, nargs="*", default=[], help="steps that also get FID / KID")
     parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--steps", type=int, nargs="*", help="only these checkpoint steps (default: all kept)")
+    parser.add_argument("--also", nargs="*", default=[], metavar="CHECKPOINT",
+                        help="further checkpoints (paths or shipped names) scored as rows named after them; with "
+                             "--fid-at also, they get FID too")
     args = parser.parse_args(argv)
     config = load_config(args.config)
     run_dir = Path(args.run_dir)
@@ -110,16 +116,20 @@ def main(argv=None) -> int:
     train_set = build_dataset({k: v for k, v in config["data"].items() if k != "augment"}, split="train")
     train = torch.stack([train_set[i]["image"] for i in evenly(len(train_set), args.samples)]).float()
     checkpoints = {int(p.name.split("_")[-1]): p for p in list_checkpoints(run_dir / "checkpoints")}
-    wanted = [0] + sorted(s for s in checkpoints if args.steps is None or s in args.steps)
+    wanted = [0] + sorted(s for s in checkpoints if args.steps is None or s in args.steps) + list(args.also)
     for step in wanted:
         row = result["rows"].get(str(step), {})
-        need_fid = step in args.fid_at and "fid" not in row
-        if "heldout_loss" in row:
+        also = isinstance(step, str)  # a checkpoint from --also, not a step of this run
+        need_fid = (step in args.fid_at or (also and bool(args.fid_at))) and "fid" not in row
+        if "heldout_loss" in row and not also:
             row["train_seconds"] = elapsed_at(run_dir, step) if step else 0.0
         if "heldout_loss" in row and not need_fid:
             continue
         start = time.perf_counter()
-        if step == 0:
+        if also:
+            checkpoint = resolve_checkpoint(step)
+            model, meta = load_checkpoint(checkpoint)
+        elif step == 0:
             _, meta = load_checkpoint(checkpoints[max(checkpoints)])
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
@@ -133,7 +143,7 @@ def main(argv=None) -> int:
             row.update({"step": step, "heldout_loss": float(np.mean(list(per_t.values()))),
                         "heldout_loss_per_t": per_t, "heldout_loss_low_t": float(np.mean([v for t, v in per_t.items()
                                                                                         if t < 250])),
-                        "train_seconds": elapsed_at(run_dir, step) if step else 0.0})
+                        "train_seconds": None if also else elapsed_at(run_dir, step) if step else 0.0})
         if need_fid:
             row.update(fid_scores(checkpoint, model, meta, val_all, train, args.samples))
         row["score_seconds"] = time.perf_counter() - start
@@ -145,7 +155,7 @@ def main(argv=None) -> int:
               + (f", FID {row['fid']:.3f} (floor {row['fid_floor']:.3f}), KID {row['kid']:.4f}" if "fid" in row
                  else "") + f" [{row['score_seconds']:.0f} s]", flush=True)
     lines = ["| step | training time (min) | held-out loss | held-out loss t < 250 | FID | KID |", "|---|---|---|---|---|---|"]
-    for key in sorted(result["rows"], key=int):
+    for key in sorted(result["rows"], key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k)):
         r = result["rows"][key]
         minutes = f"{r['train_seconds'] / 60:.0f}" if r.get("train_seconds") is not None else "?"
         fid_text = f"{r['fid']:.3f} (floor {r['fid_floor']:.3f})" if "fid" in r else ""
