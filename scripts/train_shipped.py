@@ -54,6 +54,22 @@ def shipped_card(name: str) -> dict:
     return json.loads(meta.read_text()).get("shipped", {}) if meta.is_file() else {}
 
 
+def earlier_logs(name: str, checkpoint: Path) -> dict[str, Path]:
+    """The training logs of the weights a warm-started run began from, to ship beside its own log.csv: a run started
+    from the shipped ``name`` (run.init_from) keeps that model's log.csv as log_until_step_<N>.csv (N: its steps) and
+    the earlier such files it carried; {} for any other run."""
+    meta = json.loads((Path(checkpoint) / "meta.json").read_text())
+    source = meta.get("init_from") or {}
+    shipped = SHIPPED_DIR / name
+    if source.get("source") != name or not shipped.is_dir():
+        return {}
+    logs = {path.name: path for path in shipped.glob("log_until_step_*.csv")}
+    before = f"log_until_step_{source['steps']}.csv"
+    if before not in logs and (shipped / "log.csv").is_file():  # the shipped folder still holds the source model
+        logs[before] = shipped / "log.csv"
+    return logs
+
+
 def apply_override(config: dict, assignment: str, parser: argparse.ArgumentParser) -> None:
     """``section.key=value`` -> config[section][key] = YAML value; a malformed assignment is a usage error."""
     import yaml
@@ -119,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     trained_on = args.trained_on or card.get("trained_on", "")
     default_for = args.default_for if args.default_for is not None else card.get("default_for", [])
     split_file = (config.get("data") or {}).get("split_file")  # the subject split travels with the model
-    extra = {"split.json": Path(split_file)} if split_file and Path(split_file).is_file() else None
+    extra = {"split.json": Path(split_file)} if split_file and Path(split_file).is_file() else {}
+    extra.update(earlier_logs(args.name, checkpoint))
     shipped = export_checkpoint(checkpoint, args.name, command=command, description=description,
-                                default_for=default_for, trained_on=trained_on, extra_files=extra)
+                                default_for=default_for, trained_on=trained_on, extra_files=extra or None)
     if args.real_examples:
         save_real_examples(config["data"], args.real_examples, shipped / "real_examples.png")
     print(f"shipped {checkpoint} -> {shipped} ({time.time() - started:.0f} s)")

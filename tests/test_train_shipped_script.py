@@ -84,6 +84,14 @@ def test_sitting_from_the_shipped_weights_with_overrides(tmp_path, monkeypatch):
     second = load_file(shipped / "tiny" / "ema.safetensors")
     assert set(first) == set(second)
     assert all(torch.allclose(first[k].float(), second[k].float(), atol=1e-3) for k in first)
+    card = json.loads((shipped / "tiny" / "meta.json").read_text())
+    assert card["step"] == 2 and card["total_steps"] == 4 and card["init_from"] == {"source": "tiny", "steps": 2}
+    assert (shipped / "tiny" / "log_until_step_2.csv").read_text().startswith("step,")  # the first sitting's log
+    assert script.main(base + ["--out-dir", str(tmp_path / "runs2"), "--steps", "3", "--resume", "--set",
+                               "run.init_from=tiny", "--set", "optimiser.lr=1e-12", "--set", "run.seed=6"]) == 0
+    card = json.loads((shipped / "tiny" / "meta.json").read_text())
+    assert card["total_steps"] == 5 and sorted(p.name for p in (shipped / "tiny").glob("log_until_*")) == [
+        "log_until_step_2.csv"]  # a resumed warm-started sitting keeps the earlier log, not its own first export's
     commands = (shipped / "tiny" / "command.txt").read_text()
     assert "--description 'Tiny prior'" in commands
     assert "# warm-started from the shipped weights, fresh optimiser:" in commands and "run.init_from=tiny" in commands
@@ -92,4 +100,5 @@ def test_sitting_from_the_shipped_weights_with_overrides(tmp_path, monkeypatch):
     assert script.main(base + ["--out-dir", str(tmp_path / "runs3"), "--set", "optimiser.lr=1e-12",
                                "--set", "run.seed=6"]) == 0
     third = load_file(shipped / "tiny" / "ema.safetensors")
+    assert not list((shipped / "tiny").glob("log_until_*"))  # a model trained from scratch has only its own log
     assert not all(torch.allclose(first[k].float(), third[k].float(), atol=1e-3) for k in first)

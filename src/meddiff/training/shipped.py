@@ -53,7 +53,7 @@ def list_shipped() -> list[dict]:
             "channels": meta.get("channels"),
             "num_classes": meta.get("num_classes"),
             "parameters": card.get("parameters"),
-            "steps": meta.get("step"),
+            "steps": meta.get("total_steps", meta.get("step")),  # a warm-started model: its source's steps too
             "size_mb": round(size, 2),
             "path": str(path),
         })

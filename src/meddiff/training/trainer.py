@@ -187,6 +187,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # initialisation from run.seed, identical on every process,
             torch.manual_seed(run["seed"])       # without touching the caller's global RNG
             self.net = build_network(config["model"]).to(self.device)
+        self.warm_start: dict | None = None  # {"source", "steps"}: the checkpoint this run started from, its steps
         if run["init_from"]:
             self._warm_start(run["init_from"])
         cuda = self.device.type == "cuda"
@@ -224,7 +225,11 @@ class Trainer:
     def _warm_start(self, source: str) -> None:
         """Start from the EMA weights of checkpoint ``source`` (fine-tuning or a new schedule after a finished run)."""
         checkpoint = resolve_checkpoint(source)
-        network, model = read_meta(checkpoint).get("network"), self.config["model"]
+        source_meta = read_meta(checkpoint)
+        network, model = source_meta.get("network"), self.config["model"]
+        # its training steps (over all its own warm starts), so the meta can say how long the weights trained in all
+        self.warm_start = {"source": str(source),
+                           "steps": int(source_meta.get("total_steps", source_meta.get("step")) or 0)}
         # a guidance input may be added (guidance distillation): its embedding is new and starts at zero
         adds_guidance = bool(model.get("guidance_input")) and network is not None \
             and not network.get("guidance_input")
@@ -296,6 +301,9 @@ class Trainer:
             "data": self.config["data"],
             "step": self.step,
             "versions": self._versions,
+            # a warm-started run (run.init_from): what it started from, and the steps of both together
+            **({"init_from": self.warm_start, "total_steps": self.warm_start["steps"] + self.step}
+               if self.warm_start else {}),
         }
 
     # -- run directory ---------------------------------------------------------------------------------
@@ -319,6 +327,9 @@ class Trainer:
         return checkpoints[-1] if (resume and checkpoints) else None
 
     def _restore(self, checkpoint: Path) -> None:
+        saved = read_meta(checkpoint).get("init_from")
+        if saved:  # what the run started from, as it was then (the source may since have been replaced by this run)
+            self.warm_start = saved
         load_weights(self.net, checkpoint, "model")
         load_weights(self.ema.module, checkpoint, "ema")
         state = load_state(checkpoint)

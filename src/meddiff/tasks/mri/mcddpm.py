@@ -28,8 +28,9 @@ image-domain solvers is the conditional network, which this option does not have
 
 The start: the paper starts the unmeasured lines from pure noise (``start=1``). Like the other solvers, the option may
 start from the L1-wavelet CS image noised to start x T. The start 0.1 of T had the highest std-error correlation at
-no PSNR cost against CS (the table below, then with 8 steps and K = 4); the defaults are now K = 8, 16 steps from 0.1
-of T below 6x and 20 steps from 0.25 of T from 6x on (``solvers.method_defaults``; chosen for PSNR on IXI val slices).
+no PSNR cost against CS (the table below, then with 8 steps and K = 4); the defaults are now K = 8 with 16 steps from
+0.1 of T below 6x and K = 16 with 20 steps from 0.25 of T from 6x on (``solvers.method_defaults``; chosen for PSNR on
+IXI val slices).
 
 Measured (``benchmarks/mri_uncertainty.py``, brain_t1_ixi prior at training step 200 of 1600, 3 IXI validation
 subjects x 3 axial slices, 8-coil simulation with noise 0.005, gaussian 4x and equispaced 8x with 8 % ACS,
