@@ -42,6 +42,33 @@ def test_model_denoiser_recovers_x0_from_perfect_eps_and_v_models():
         torch.testing.assert_close(denoised, x0, atol=2e-3 if kind == "eps" else 1e-5, rtol=1e-4)
 
 
+def test_cpu_chunks_give_the_whole_batch_result_and_gradient():
+    """cpu_chunk_pixels splits the batch (and per-sample t and conditioning) into network calls of a few samples: the
+    output and the gradient equal the single call's; a scalar t and non-batch conditioning pass through unchanged."""
+    schedule = DiscreteSchedule("linear")
+    net = torch.nn.Conv2d(2, 1, 3, padding=1)
+    calls = []
+
+    def model(x, t, cond=None, scale=1.0):
+        calls.append(x.shape[0])
+        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+        return scale * net(torch.cat([x, cond], 1)) + t.view(-1, 1, 1, 1) / 1000
+
+    x = torch.randn(7, 1, 6, 5, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    cond = torch.randn(7, 1, 6, 5, generator=torch.Generator().manual_seed(1))
+    t = torch.linspace(10, 900, 7)
+    whole = ModelDenoiser(model, schedule, "v")(x, t, cond=cond, scale=2.0)
+    (grad_whole,) = torch.autograd.grad(whole.square().sum(), x)
+    calls.clear()
+    chunked = ModelDenoiser(model, schedule, "v", cpu_chunk_pixels=2 * 30)(x, t, cond=cond, scale=2.0)
+    assert calls == [2, 2, 2, 1]
+    (grad_chunked,) = torch.autograd.grad(chunked.square().sum(), x)
+    torch.testing.assert_close(chunked, whole)
+    torch.testing.assert_close(grad_chunked, grad_whole)
+    scalar_t = ModelDenoiser(model, schedule, "v", cpu_chunk_pixels=1)(x, torch.tensor(500.0), cond=cond)
+    torch.testing.assert_close(scalar_t, ModelDenoiser(model, schedule, "v")(x, torch.tensor(500.0), cond=cond))
+
+
 def test_eps_prediction_refused_with_zero_terminal_snr():
     with pytest.raises(MeddiffError, match="zero terminal SNR"):
         ModelDenoiser(lambda x, t: x, DiscreteSchedule("linear", zero_terminal_snr=True), "eps")

@@ -84,6 +84,13 @@ def default_prior(command: str = "reconstruct") -> Path:
         return default_checkpoint("reconstruct")
 
 
+# The solvers run K samples as one batch. On this 2-core CPU the brain_t1_ixi network evaluates 16 slices of 96 x 120
+# in 1.10-1.22 s as one batch and in 0.83-0.86 s as four batches of 4 (two threads; one thread 1.95 -> 1.52 s), and
+# 16 of 232 x 184 in 6.0 s as one batch, 3.7 s one by one: batches beyond about 46 000 pixels outgrow the caches.
+# Measured with benchmarks/denoiser_chunks.py.
+CPU_CHUNK_PIXELS = 4 * 96 * 120
+
+
 def load_prior(checkpoint: str | Path | None = None, command: str = "reconstruct") -> Prior:
     """The prior from a checkpoint (path, run directory or shipped name); None: the shipped default for ``command``
     (``default_prior``: falling back to the one for reconstruct)."""
@@ -105,7 +112,8 @@ def load_prior(checkpoint: str | Path | None = None, command: str = "reconstruct
     for p in net.parameters():
         p.requires_grad_(False)
     schedule = make_schedule(meta["schedule"])
-    return Prior(ModelDenoiser(net, schedule, meta["prediction"]), schedule, 2 ** (len(network["channels"]) - 1), meta)
+    return Prior(ModelDenoiser(net, schedule, meta["prediction"], cpu_chunk_pixels=CPU_CHUNK_PIXELS), schedule,
+                 2 ** (len(network["channels"]) - 1), meta)
 
 
 def untrained_prior(prior: Prior, seed: int = 0) -> Prior:
@@ -124,7 +132,8 @@ def untrained_prior(prior: Prior, seed: int = 0) -> Prior:
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    return Prior(ModelDenoiser(net, prior.schedule, prior.meta["prediction"]), prior.schedule, prior.multiple,
+    return Prior(ModelDenoiser(net, prior.schedule, prior.meta["prediction"], cpu_chunk_pixels=CPU_CHUNK_PIXELS),
+                 prior.schedule, prior.multiple,
                  {**prior.meta, "untrained": True, "init_seed": seed}, prior.fixed_size)
 
 
