@@ -49,6 +49,7 @@ from meddiff.physics.ct.dose import MU_WATER
 from meddiff.tasks.ct import CTProblem, solve, solve_stack
 from meddiff.tasks.ct.evaluation import body_mask, error_figure, score
 from meddiff.tasks.prior import load_prior, untrained_prior
+from meddiff.training import training_steps
 
 SERIES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct_chest_dicom" / "dicom"
 BLOCKS = {"train": (0, 60), "dev": (62, 75), "test": (77, 99)}  # [start, stop) in sorted slice order
@@ -330,7 +331,7 @@ def main(argv=None) -> int:
         prior = load_prior(args.prior)
         control = untrained_prior(prior, seed=0)
         results.update(prior=str(args.prior), prior_image_size=prior.meta.get("image_size"),
-                       prior_step=prior.meta.get("step"), candidates={m: CANDIDATES[m] for m in args.diffusion},
+                       prior_step=training_steps(prior.meta), candidates={m: CANDIDATES[m] for m in args.diffusion},
                        diffusion_slices={k: idx[k] for k in ("ddev", "sdev", "stest")}, diffusion_tuned={},
                        diffusion_dev_rows=[], diffusion_test_rows=[])
     diffusion_settings = args.diffusion_settings if args.diffusion_settings is not None else args.settings

@@ -76,6 +76,7 @@ from meddiff.physics import baselines as physics_baselines
 from meddiff.physics.fft import ifft2c, rss
 from meddiff.physics.simulate import simulate_kspace
 from meddiff.tasks import mri
+from meddiff.training import training_steps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mri_baselines import scores  # noqa: E402
@@ -366,7 +367,7 @@ def run(args, priors: dict, prior, run_one, variants: dict) -> dict:
     result["cases"] = list(infos.values())
     result.update({"seeds": sorted(set(result.get("seeds", [])) | set(args.seeds)),
                    "diffusion_seeds": sorted(set(result.get("diffusion_seeds", [])) | set(args.diffusion_seeds)),
-                   "prior_meta_step": prior.meta.get("step"), "solver_defaults": mri.SOLVER_DEFAULTS,
+                   "prior_meta_step": training_steps(prior.meta), "solver_defaults": mri.SOLVER_DEFAULTS,
                    "variants": variants, "torch": torch.__version__, "threads": args.threads,
                    "data": "ixi_t1_2mm_dlmuse test subjects, simulated 8-coil k-space (mri_ixi.py)"})
     write_json(result, out)

@@ -27,6 +27,7 @@ from meddiff.data.io import write_json  # noqa: E402
 from meddiff.files import write_text  # noqa: E402
 from meddiff.physics import cs_wavelet  # noqa: E402
 from meddiff.tasks import mri  # noqa: E402
+from meddiff.training import training_steps  # noqa: E402
 
 DEV_SEED = 100
 LAMBDA = {4: 0.002, 8: 0.001}  # val-tuned CS weights (mri_reconstruction.py --domain ixi, tuning section)
@@ -92,7 +93,7 @@ def main(argv=None) -> int:
             rows.append(row)
             print(f"{setting} {method} {params or 'defaults'}: {row['psnr']:.2f} dB ({row['vs_cs']:+.2f} vs CS), fg "
                   f"{row['psnr_fg']:.2f} ({row['vs_cs_fg']:+.2f}), {row['seconds']:.1f} s", flush=True)
-            write_json({"rows": rows, "checkpoint": args.checkpoint, "prior_step": prior.meta.get("step"),
+            write_json({"rows": rows, "checkpoint": args.checkpoint, "prior_step": training_steps(prior.meta),
                         "cases": [f"{c.subject} z{c.slice}" for c in cases], "dev_seed": DEV_SEED,
                         "lambda": LAMBDA}, args.out)
     lines = ["| setting | method | settings | PSNR | vs CS | PSNR fg | vs CS fg | s / slice |", "|---|---|---|---|---|---|---|---|"]

@@ -48,6 +48,7 @@ from mri_baselines import ACS_FRACTION, FOREGROUND, SETTINGS, load_slice, scores
 
 from meddiff.physics import cs_wavelet, make_mask  # noqa: E402
 from meddiff.tasks import mri  # noqa: E402
+from meddiff.training import training_steps  # noqa: E402
 
 DEV_SEED = 100
 UNTRAINED_SEED = 0
@@ -276,7 +277,7 @@ def main(argv=None) -> int:
         print(markdown(result["summary"]))
     result.update({"solver_defaults": mri.SOLVER_DEFAULTS, "acs_fraction": ACS_FRACTION, "torch": torch.__version__,
                    "threads": args.threads, "combine": args.combine, "prior": str(args.checkpoint or "shipped default for reconstruct"),
-                   "prior_meta_step": prior.meta.get("step"), "seeds": args.seeds,
+                   "prior_meta_step": training_steps(prior.meta), "seeds": args.seeds,
                    "diffusion_seeds": args.diffusion_seeds, "variants": VARIANTS, "untrained_seed": UNTRAINED_SEED,
                    "data": "mri_kspace_brain_8ch (ESPIRiT demo, 8 coils, 230x180)"})
     write_json(result, args.out)

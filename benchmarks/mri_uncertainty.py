@@ -44,6 +44,7 @@ from meddiff.metrics.image import psnr
 from meddiff.physics import ifft2c, make_mask, rss
 from meddiff.physics.simulate import simulate_kspace
 from meddiff.tasks import mri
+from meddiff.training import training_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "ixi_t1_2mm_dlmuse"
@@ -224,7 +225,7 @@ def main(argv=None) -> int:
                                                                             np.concatenate(errs)))
     table = markdown(summary, masks)
     write_json({
-        "prior": source, "prior_step": prior.meta.get("step"), "noise": args.noise,
+        "prior": source, "prior_step": training_steps(prior.meta), "noise": args.noise,
         "slices": [(s, z) for s, z, _ in slices], "masks": masks, "acs_fraction": ACS_FRACTION,
         "mask_seed": f"{DEV_MASK_SEED} + slice index", "foreground": FOREGROUND, "pearson_target": PEARSON_TARGET,
         "command": "python benchmarks/mri_uncertainty.py " + " ".join(sys.argv[1:] if argv is None else argv),

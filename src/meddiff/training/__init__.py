@@ -8,6 +8,7 @@ from meddiff.training.checkpoint import (
     read_meta,
     resolve_checkpoint,
     save_checkpoint,
+    training_steps,
 )
 from meddiff.training.config import SECTION_DEFAULTS, load_config, resolve_config
 from meddiff.training.ema import EMA
@@ -25,6 +26,6 @@ from meddiff.training.trainer import (
 __all__ = [
     "EMA", "SECTION_DEFAULTS", "StepBatchSampler", "Trainer", "TrainingDiverged", "classifier_loss",
     "image_grid", "list_checkpoints", "load_checkpoint", "load_config", "load_state",
-    "load_weights", "lr_factor", "read_meta", "resolve_checkpoint", "resolve_config", "save_checkpoint",
+    "load_weights", "lr_factor", "read_meta", "resolve_checkpoint", "training_steps", "resolve_config", "save_checkpoint",
     "save_image_grid", "train", "versions",
 ]

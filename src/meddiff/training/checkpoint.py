@@ -75,6 +75,12 @@ def read_meta(path: str | Path) -> dict:
     return json.loads((resolve_checkpoint(path) / "meta.json").read_text())
 
 
+def training_steps(meta: dict) -> int | None:
+    """Steps the weights trained in all: a warm-started run's ``total_steps`` (its source's steps plus its own), else
+    its ``step``."""
+    return meta.get("total_steps", meta.get("step"))
+
+
 def load_state(path: str | Path) -> dict:
     """Trainer state (optimiser, scheduler, RNG, step), loaded with weights_only=True."""
     return torch.load(resolve_checkpoint(path) / "state.pt", map_location="cpu", weights_only=True)

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from meddiff.data.assets import ASSETS_DIR
 from meddiff.errors import MeddiffError
 from meddiff.files import atomic_path
+from meddiff.training.checkpoint import training_steps
 
 SHIPPED_DIR = ASSETS_DIR / "checkpoints"
 SHIPPED_FILES = ("ema.safetensors", "meta.json")
@@ -53,7 +54,7 @@ def list_shipped() -> list[dict]:
             "channels": meta.get("channels"),
             "num_classes": meta.get("num_classes"),
             "parameters": card.get("parameters"),
-            "steps": meta.get("total_steps", meta.get("step")),  # a warm-started model: its source's steps too
+            "steps": training_steps(meta),
             "size_mb": round(size, 2),
             "path": str(path),
         })

@@ -37,11 +37,11 @@ def file_sha256(path: str | Path) -> str:
 
 def prior_fingerprint(name_or_path: str | Path) -> dict:
     """{"name", "sha256", "step"} of a prior checkpoint (shipped name, directory or run directory)."""
-    from meddiff.training.checkpoint import resolve_checkpoint
+    from meddiff.training.checkpoint import resolve_checkpoint, training_steps
 
     folder = resolve_checkpoint(name_or_path)
     meta = json.loads((folder / "meta.json").read_text())
-    return {"name": str(name_or_path), "sha256": file_sha256(folder / "ema.safetensors"), "step": meta.get("step")}
+    return {"name": str(name_or_path), "sha256": file_sha256(folder / "ema.safetensors"), "step": training_steps(meta)}
 
 
 def save_segmenter(folder: str | Path, segmenter, *, meta: dict, classes=CLASSES,
