@@ -49,8 +49,9 @@ GRID = [
     ("mc-ddpm", {"start": 0.25, "steps": 20}), ("mc-ddpm", {"start": 0.3, "steps": 24}),
     # 27-29 (session 21): at 8x, more samples in the posterior mean at twice the cost (27) or at the cost of the
     # default (samples x steps = 160: 28, 29); run with --slices 2 --settings gaussian:8 equispaced:8 --only 25 27 28 29
+    # when 8 samples were the 8x default; 27 is the default since, so entry 30 (8 samples named) reproduces 25
     ("mc-ddpm", {"start": 0.25, "steps": 20, "samples": 16}), ("mc-ddpm", {"start": 0.25, "steps": 14, "samples": 12}),
-    ("mc-ddpm", {"start": 0.25, "steps": 10, "samples": 16}),
+    ("mc-ddpm", {"start": 0.25, "steps": 10, "samples": 16}), ("mc-ddpm", {"start": 0.25, "steps": 20, "samples": 8}),
 ]
 
 
