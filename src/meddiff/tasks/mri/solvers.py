@@ -60,9 +60,10 @@ INITS = ("sense", "cs-wavelet")  # the image a solver with start < 1 noises and 
 #   `start=0.1, steps=8` restores the old grid.
 # mc-ddpm averages 16 samples from 6x on (session 21, brain_t1_ixi step 3200, the same 6 val slices and dev masks;
 #   `benchmarks/mri_ixi_tune.py --slices 2 --settings gaussian:8 equispaced:8 --only 30 27 28 29`): gain over CS at
-#   Gaussian / equispaced 8x with 20 steps from 25 %: 8 samples (then entry 25) +1.05 / +1.39, 16 samples +1.18 / +1.49 (2.2x the
-#   time); at the cost of 8 x 20: 12 samples x 14 steps +1.05 / +1.35, 16 x 10 +1.11 / +1.38. At 8x the posterior is
-#   wider, so its mean needs more samples. Below 6x 8 stay: at Gaussian 4x 16 samples (8 steps) scored +0.97
+#   Gaussian / equispaced 8x with 20 steps from 25 %: 8 samples (then entry 25) +1.05 / +1.39, 16 samples +1.18 /
+#   +1.49 (2.2x the time); at the cost of 8 x 20: 12 samples x 14 steps +1.05 / +1.35, 16 x 10 +1.11 / +1.38. At 8x
+#   the posterior is wider, so its mean needs more samples; 22.6 s per slice on two threads with the chunked
+#   denoiser (benchmarks/mri_slice_seconds.py), inside the 30 s. Below 6x 8 stay: at Gaussian 4x 16 samples (8 steps) scored +0.97
 #   against the 16-step default's +0.94 (session 20), not worth twice the time.
 SOLVER_DEFAULTS: dict[str, dict] = {
     "pc": {"steps": 3, "samples": 4, "snr": 0.05, "start": 0.01, "init": "cs-wavelet"},
