@@ -22,7 +22,9 @@ def load_script():
     return module
 
 
-def test_resumed_sitting_keeps_the_card_and_every_command(tmp_path, monkeypatch):
+def tiny_setup(tmp_path, monkeypatch):
+    """A 2-step config of a tiny prior on random 16 x 16 patches (tmp_path/tiny.yaml) and the script loaded with its
+    shipped folder redirected to tmp_path/shipped: (script module, shipped folder)."""
     g = np.random.default_rng(0)
     images = (np.clip(g.normal(0.4, 0.3, (16, 16, 16)), 0, 1) * 255).astype(np.uint8)
     np.savez(tmp_path / "patches.npz", train_images=images, train_labels=np.zeros((16, 1), np.int64))
@@ -35,6 +37,11 @@ def test_resumed_sitting_keeps_the_card_and_every_command(tmp_path, monkeypatch)
     shipped = tmp_path / "shipped"
     monkeypatch.setattr(script, "SHIPPED_DIR", shipped)
     monkeypatch.setattr(shipped_module, "SHIPPED_DIR", shipped)
+    return script, shipped
+
+
+def test_resumed_sitting_keeps_the_card_and_every_command(tmp_path, monkeypatch):
+    script, shipped = tiny_setup(tmp_path, monkeypatch)
     common = ["--config", str(tmp_path / "tiny.yaml"), "--name", "tiny", "--out-dir", str(tmp_path / "runs")]
     with pytest.raises(SystemExit):  # a new model without a description
         script.main(common)
@@ -59,18 +66,7 @@ def test_sitting_from_the_shipped_weights_with_overrides(tmp_path, monkeypatch):
     import torch
     from safetensors.torch import load_file
 
-    g = np.random.default_rng(0)
-    images = (np.clip(g.normal(0.4, 0.3, (16, 16, 16)), 0, 1) * 255).astype(np.uint8)
-    np.savez(tmp_path / "patches.npz", train_images=images, train_labels=np.zeros((16, 1), np.int64))
-    config = {"model": {"channels": [8, 8], "attention_levels": [False, False], "num_classes": None},
-              "data": {"kind": "medmnist", "path": str(tmp_path / "patches.npz")},
-              "run": {"name": "tiny", "steps": 2, "batch_size": 4, "log_every": 1, "checkpoint_every": 1,
-                      "progress": False}}
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
-    script = load_script()
-    shipped = tmp_path / "shipped"
-    monkeypatch.setattr(script, "SHIPPED_DIR", shipped)
-    monkeypatch.setattr(shipped_module, "SHIPPED_DIR", shipped)
+    script, shipped = tiny_setup(tmp_path, monkeypatch)
     base = ["--config", str(tmp_path / "tiny.yaml"), "--name", "tiny"]
     assert script.main(base + ["--out-dir", str(tmp_path / "runs1"), "--description", "Tiny prior"]) == 0
     first = load_file(shipped / "tiny" / "ema.safetensors")
