@@ -36,7 +36,7 @@ from meddiff.errors import MeddiffError
 from meddiff.files import atomic_path, write_text
 from meddiff.nets import CLASS_LABELS, COND_IMAGE, build_network
 from meddiff.training.checkpoint import (list_checkpoints, load_state, load_weights, read_meta, resolve_checkpoint,
-                                       save_checkpoint)
+                                       save_checkpoint, training_steps)
 from meddiff.training.config import dump_yaml, resolve_config
 from meddiff.training.ema import EMA
 from meddiff.training.images import save_image_grid
@@ -228,8 +228,7 @@ class Trainer:
         source_meta = read_meta(checkpoint)
         network, model = source_meta.get("network"), self.config["model"]
         # its training steps (over all its own warm starts), so the meta can say how long the weights trained in all
-        self.warm_start = {"source": str(source),
-                           "steps": int(source_meta.get("total_steps", source_meta.get("step")) or 0)}
+        self.warm_start = {"source": str(source), "steps": int(training_steps(source_meta) or 0)}
         # a guidance input may be added (guidance distillation): its embedding is new and starts at zero
         adds_guidance = bool(model.get("guidance_input")) and network is not None \
             and not network.get("guidance_input")
