@@ -87,7 +87,8 @@ def default_prior(command: str = "reconstruct") -> Path:
 # The solvers run K samples as one batch. On this 2-core CPU the brain_t1_ixi network evaluates 16 slices of 96 x 120
 # in 1.10-1.22 s as one batch and in 0.83-0.86 s as four batches of 4 (two threads; one thread 1.95 -> 1.52 s), and
 # 16 of 232 x 184 in 6.0 s as one batch, 3.7 s one by one: batches beyond about 46 000 pixels outgrow the caches.
-# Measured with benchmarks/denoiser_chunks.py.
+# Reproduced by `OMP_NUM_THREADS=2 python benchmarks/denoiser_chunks.py --threads 2 --sizes 96x120 232x184 --chunks
+# 16 4 1 --out OUT`: 96 x 120 1.03 / 0.80 / 0.89 s, 232 x 184 5.97 / 4.10 / 3.21 s per 16 samples (chunks 16 / 4 / 1).
 CPU_CHUNK_PIXELS = 4 * 96 * 120
 
 
